@@ -1,0 +1,207 @@
+//! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone).
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for any configuration or usage error (printed as one line).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::{mock, server};
+
+/// The default config file, used when it exists and `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "conf/promptgate.toml";
+
+#[derive(Parser)]
+#[command(name = "promptgate", version, about = "A governing gateway for OpenAI-format LLM traffic")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run(RunArgs),
+    /// Start the mock upstream and the gateway with the default config, and print commands to try.
+    Demo(DemoArgs),
+    /// Run the mock OpenAI upstream alone (for benchmarks and manual tests).
+    Mock(MockArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file (TOML). Default: conf/promptgate.toml when it exists, else built-in defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Gateway listen address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin listen address (/healthz, /metrics), e.g. 127.0.0.1:9901.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Upstream base URL, e.g. https://api.openai.com.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Rules directory.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Gateway listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Admin listen address.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+}
+
+#[derive(Args)]
+struct MockArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Content deltas per streamed answer.
+    #[arg(long, default_value_t = 8)]
+    chunks: usize,
+    /// Bytes of filler text per delta (default: pieces of a fixed sentence).
+    #[arg(long)]
+    chunk_bytes: Option<usize>,
+    /// Pause between streamed events, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Answer every completion with the request it received.
+    #[arg(long)]
+    echo: bool,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// Parses the command line, runs the subcommand and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Demo(args) => demo(args),
+        Command::Mock(args) => run_mock(args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| Path::new(DEFAULT_CONFIG).is_file().then(|| PathBuf::from(DEFAULT_CONFIG)))
+}
+
+fn fail(e: &ConfigError) -> i32 {
+    eprintln!("promptgate: {e}");
+    2
+}
+
+fn run(args: RunArgs) -> i32 {
+    let overrides = Overrides {
+        listen: args.listen,
+        admin: args.admin,
+        upstream: args.upstream,
+        rules: args.rules,
+    };
+    let config = match Config::load(config_path(args.config).as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    server::run(config);
+    0
+}
+
+fn demo(args: DemoArgs) -> i32 {
+    // The mock gets an ephemeral port, bound here so the gateway's upstream is known before it starts.
+    let mock_listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("promptgate: demo: cannot bind the mock upstream: {e}");
+            return 1;
+        }
+    };
+    let mock_addr = match mock_listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("promptgate: demo: {e}");
+            return 1;
+        }
+    };
+    let overrides = Overrides {
+        listen: Some(args.listen),
+        admin: Some(args.admin),
+        upstream: Some(format!("http://{mock_addr}")),
+        rules: None,
+    };
+    let config = match Config::load(config_path(None).as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let gw = config.listen;
+    println!("promptgate demo: gateway on http://{gw}, mock upstream on http://{mock_addr}, admin on http://{}", config.admin);
+    println!();
+    println!("# 1. a clean request: forwarded as it is");
+    println!(
+        r#"curl -s http://{gw}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Say hello"}}]}}'"#
+    );
+    println!("# 2. a request carrying an email address: redacted before it reaches the upstream (echo shows what arrived)");
+    println!(
+        r#"curl -s http://{gw}/v1/chat/completions -H 'content-type: application/json' -H 'x-mock-echo: 1' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Email jane.doe@example.com about the launch"}}]}}'"#
+    );
+    println!("# 3. a request carrying an AWS access key id: blocked with 409");
+    println!(
+        r#"curl -si http://{gw}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"my key is AKIAIOSFODNN7EXAMPLE"}}]}}'"#
+    );
+    println!();
+    println!("metrics: curl -s http://{}/metrics | grep promptgate_   (Ctrl-C stops the demo)", config.admin);
+    server::run_with_mock(config, mock_listener);
+    0
+}
+
+fn run_mock(args: MockArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("promptgate: mock: {e}");
+            return 1;
+        }
+    };
+    let config = mock::MockConfig {
+        chunks: args.chunks,
+        chunk_bytes: args.chunk_bytes,
+        delay: Duration::from_millis(args.delay_ms),
+        echo: args.echo,
+    };
+    rt.block_on(async move {
+        match mock::start(args.listen, config).await {
+            Ok(m) => {
+                println!("promptgate mock listening on http://{}", m.addr);
+                tokio::signal::ctrl_c().await.ok();
+                0
+            }
+            Err(e) => {
+                eprintln!("promptgate: mock: cannot listen on {}: {e}", args.listen);
+                2
+            }
+        }
+    })
+}

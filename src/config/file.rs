@@ -1,0 +1,115 @@
+//! The on-disk TOML format. Every section rejects unknown keys; defaults live here and nowhere else.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    pub rules: RulesSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub admin: String,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin: "127.0.0.1:9901".into(),
+            threads: 2,
+            grace_period_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            url: "https://api.openai.com".into(),
+            connect_timeout_ms: 5_000,
+            // A non-streamed completion can think for minutes before its first byte.
+            read_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesSection {
+    pub dir: PathBuf,
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("rules"),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Parses TOML text. On error returns `(field, message)`: the dotted field where serde names one, and a
+    /// message that carries the line number.
+    pub fn parse(text: &str) -> Result<Self, (String, String)> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().trim().to_string();
+            let field = field_at(text, e.span()).unwrap_or_else(|| "(file)".to_string());
+            match line {
+                Some(l) => (field, format!("{message} (line {l})")),
+                None => (field, message),
+            }
+        })
+    }
+}
+
+/// Reconstructs `section.key` for the TOML span an error points at, so the one-line error names the field.
+fn field_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
+    let span = span?;
+    let before = &text[..span.start.min(text.len())];
+    let section = before
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        });
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return section;
+    }
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}

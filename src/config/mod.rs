@@ -1,0 +1,315 @@
+//! Gateway configuration: the TOML file format (`file`) and the validated, internal form (`Config`).
+//!
+//! The file format is a firewall: it is deserialised with `deny_unknown_fields`, command-line flags are applied
+//! on top of it, and only then is it turned into [`Config`] by one validation pass whose every error names the
+//! source, the field and what is wrong. Nothing outside this module sees the file structs.
+
+mod file;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use file::FileConfig;
+
+/// A configuration that cannot be used. Rendered as one line: `SOURCE: FIELD: WHAT`.
+#[derive(Debug, Error)]
+#[error("{source_name}: {field}: {message}")]
+pub struct ConfigError {
+    /// The file path, or `command line` for flags.
+    pub source_name: String,
+    /// The dotted field (`upstream.url`) or the flag (`--upstream`).
+    pub field: String,
+    pub message: String,
+}
+
+/// Values given on the command line; each overrides the matching file field.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub upstream: Option<String>,
+    pub rules: Option<PathBuf>,
+}
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
+    pub grace_period: Duration,
+    pub upstream: UpstreamConfig,
+    pub rules_dir: PathBuf,
+}
+
+/// Where and how requests are forwarded.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The URL as the operator wrote it (for logs and `/healthz`).
+    pub url: String,
+    pub tls: bool,
+    /// Host name (or IP literal) used for SNI and certificate verification.
+    pub host: String,
+    /// The address resolved once at load: Pingora's peer constructor resolves blocking and panics on failure.
+    pub addr: SocketAddr,
+    /// The `Host` header sent upstream (`host` or `host:port` for a non-default port).
+    pub authority: String,
+    /// A path prefix prepended to every forwarded path (`""` when the URL has none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// CA certificates (PEM) trusted for an `https://` upstream instead of the system roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path` (or the built-in defaults when `path` is `None`), applies `overrides`, validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (source_name, raw) = match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    source_name: name.clone(),
+                    field: "(file)".into(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                let raw = FileConfig::parse(&text).map_err(|(field, message)| ConfigError {
+                    source_name: name.clone(),
+                    field,
+                    message,
+                })?;
+                (name, raw)
+            }
+            None => ("(defaults)".to_string(), FileConfig::default()),
+        };
+        Self::from_file(raw, &source_name, overrides)
+    }
+
+    /// Validates a parsed file with `overrides` applied on top.
+    pub fn from_file(
+        raw: FileConfig,
+        source_name: &str,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let from_file = |field: &str, message: String| ConfigError {
+            source_name: source_name.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let from_flag = |flag: &str, message: String| ConfigError {
+            source_name: "command line".to_string(),
+            field: flag.to_string(),
+            message,
+        };
+
+        let listen = match &overrides.listen {
+            Some(v) => parse_addr(v).map_err(|m| from_flag("--listen", m))?,
+            None => parse_addr(&raw.server.listen).map_err(|m| from_file("server.listen", m))?,
+        };
+        let admin = match &overrides.admin {
+            Some(v) => parse_addr(v).map_err(|m| from_flag("--admin", m))?,
+            None => parse_addr(&raw.server.admin).map_err(|m| from_file("server.admin", m))?,
+        };
+        if listen == admin {
+            return Err(from_file(
+                "server.admin",
+                format!("must differ from server.listen ({listen})"),
+            ));
+        }
+        if raw.server.threads == 0 || raw.server.threads > 256 {
+            return Err(from_file(
+                "server.threads",
+                format!("must be between 1 and 256, got {}", raw.server.threads),
+            ));
+        }
+
+        let upstream_url = overrides.upstream.as_ref().unwrap_or(&raw.upstream.url);
+        let url_err = |m: String| match &overrides.upstream {
+            Some(_) => from_flag("--upstream", m),
+            None => from_file("upstream.url", m),
+        };
+        let target = parse_upstream_url(upstream_url).map_err(url_err)?;
+
+        let ms = |field: &str, v: u64| -> Result<Duration, ConfigError> {
+            if v == 0 {
+                Err(from_file(field, "must be greater than 0".into()))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        let u = &raw.upstream;
+        let ca_file = match &u.ca_file {
+            Some(p) if !p.is_file() => {
+                return Err(from_file(
+                    "upstream.ca_file",
+                    format!("no such file {:?}", p.display().to_string()),
+                ))
+            }
+            other => other.clone(),
+        };
+        let upstream = UpstreamConfig {
+            url: upstream_url.clone(),
+            tls: target.tls,
+            host: target.host,
+            addr: target.addr,
+            authority: target.authority,
+            base_path: target.base_path,
+            connect_timeout: ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
+            read_timeout: ms("upstream.read_timeout_ms", u.read_timeout_ms)?,
+            write_timeout: ms("upstream.write_timeout_ms", u.write_timeout_ms)?,
+            idle_timeout: ms("upstream.idle_timeout_ms", u.idle_timeout_ms)?,
+            ca_file,
+        };
+
+        let rules_dir = overrides
+            .rules
+            .clone()
+            .unwrap_or_else(|| raw.rules.dir.clone());
+
+        Ok(Config {
+            listen,
+            admin,
+            threads: raw.server.threads,
+            grace_period: Duration::from_secs(raw.server.grace_period_seconds),
+            upstream,
+            rules_dir,
+        })
+    }
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .map_err(|_| format!("invalid address {v:?} (expected IP:PORT, e.g. 127.0.0.1:8080)"))
+}
+
+struct UpstreamTarget {
+    tls: bool,
+    host: String,
+    addr: SocketAddr,
+    authority: String,
+    base_path: String,
+}
+
+fn parse_upstream_url(v: &str) -> Result<UpstreamTarget, String> {
+    let url = url::Url::parse(v).map_err(|e| format!("invalid URL {v:?} ({e})"))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(format!(
+                "invalid URL {v:?} (scheme {other:?}: only http and https are supported)"
+            ))
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "invalid URL {v:?} (credentials in the URL are not supported)"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "invalid URL {v:?} (a query or fragment is not allowed)"
+        ));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(format!("invalid URL {v:?} (no host)")),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("invalid URL {v:?} (no port)"))?;
+    // Resolved once, here, at load: a failure is a configuration error, not a request-time panic.
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host:?}: no address"))?;
+    let authority = match url.port() {
+        Some(p) => match url.host() {
+            Some(url::Host::Ipv6(_)) => format!("[{host}]:{p}"),
+            _ => format!("{host}:{p}"),
+        },
+        None => host.clone(),
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+    Ok(UpstreamTarget {
+        tls,
+        host,
+        addr,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, o: &Overrides) -> Result<Config, String> {
+        let raw = FileConfig::parse(text).map_err(|(f, m)| format!("x.toml: {f}: {m}"))?;
+        Config::from_file(raw, "x.toml", o).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_str("", &Overrides::default()).expect("defaults");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin.to_string(), "127.0.0.1:9901");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("[upstream]\nurl = \"htp://x\"", "x.toml: upstream.url: invalid URL \"htp://x\""),
+            ("[server]\nlisten = \"nope\"", "x.toml: server.listen: invalid address \"nope\""),
+            ("[server]\nthreads = 0", "x.toml: server.threads: must be between 1 and 256"),
+            ("[upstream]\nread_timeout_ms = 0", "x.toml: upstream.read_timeout_ms: must be greater"),
+            ("[server]\nlisen = \"x\"", "x.toml: server.lisen: unknown field"),
+            ("[upstream]\nurl = 5", "x.toml: upstream.url: invalid type"),
+        ];
+        for (text, want) in cases {
+            let got = load_str(text, &Overrides::default()).expect_err(text);
+            assert!(got.starts_with(want), "{text:?}: got {got:?}, want prefix {want:?}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_named_when_bad() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:1".into()),
+            upstream: Some("http://127.0.0.1:9/base/".into()),
+            ..Default::default()
+        };
+        let c = load_str("[server]\nlisten = \"127.0.0.1:2\"", &o).expect("valid");
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.upstream.base_path, "/base");
+        assert_eq!(c.upstream.authority, "127.0.0.1:9");
+        let bad = Overrides {
+            upstream: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        let err = load_str("", &bad).expect_err("bad flag");
+        assert!(err.starts_with("command line: --upstream: invalid URL"), "{err}");
+    }
+
+    #[test]
+    fn https_upstream_keeps_host_for_sni() {
+        let o = Overrides {
+            upstream: Some("https://127.0.0.1".into()),
+            ..Default::default()
+        };
+        let c = load_str("", &o).expect("valid");
+        assert!(c.upstream.tls);
+        assert_eq!(c.upstream.addr.port(), 443);
+        assert_eq!(c.upstream.authority, "127.0.0.1");
+    }
+}

@@ -1,0 +1,70 @@
+//! Every metric the gateway exports, declared in one place. Labels come from closed sets (route names, status
+//! codes) — never raw keys, paths or prompt text.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
+    IntCounterVec, IntGauge, TextEncoder,
+};
+
+/// Requests answered, by route and HTTP status.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_requests_total",
+        "Requests answered by the gateway, by route and HTTP status.",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// Whole-request latency as the client sees it (header in → last byte out), by route.
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "promptgate_request_duration_seconds",
+        "Time from request received to response finished, by route.",
+        &["route"],
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 120.0, 300.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests currently being handled (header received, response not finished).
+pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_requests_in_flight",
+        "Requests currently being handled."
+    )
+    .expect("metric registers once")
+});
+
+/// Upstream failures by kind (`connect`, `timeout`, `other`).
+pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upstream_errors_total",
+        "Upstream failures seen by the gateway, by kind.",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Forces registration so that every metric shows on `/metrics` from the first scrape.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&IN_FLIGHT);
+    LazyLock::force(&UPSTREAM_ERRORS);
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 * 1024);
+    // Encoding into a Vec cannot fail on I/O; a metric family that cannot be encoded is skipped.
+    if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut out) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    out
+}

@@ -1,0 +1,286 @@
+//! A mock OpenAI upstream for the demo, the tests and the benchmarks: plain tokio and `httparse`, HTTP/1.1 with
+//! keep-alive, fast enough never to be the bottleneck on a small machine.
+//!
+//! It answers `/v1/chat/completions` (JSON and SSE), `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
+//! `/v1/moderations` and `/v1/models`, and records every request it receives so tests can assert what reached
+//! the upstream. Per-request behaviour is steered with `x-mock-*` headers (see [`Behaviour`]); the control
+//! endpoints live under `/__mock/`.
+
+mod http1;
+mod openai;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use http1::{Request, Responder};
+
+/// Defaults for requests that do not override them with headers.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Content deltas in a streamed answer.
+    pub chunks: usize,
+    /// When set, each delta is this many bytes of filler text instead of a piece of the default answer.
+    pub chunk_bytes: Option<usize>,
+    /// Pause between streamed events.
+    pub delay: Duration,
+    /// Answer every completion with what was received.
+    pub echo: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            chunks: 8,
+            chunk_bytes: None,
+            delay: Duration::ZERO,
+            echo: false,
+        }
+    }
+}
+
+/// How one request is answered, from the config and the request's `x-mock-*` headers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// `x-mock-chunks`
+    pub chunks: usize,
+    /// `x-mock-chunk-bytes`
+    pub chunk_bytes: Option<usize>,
+    /// `x-mock-delay-ms`: between streamed events.
+    pub delay: Duration,
+    /// `x-mock-latency-ms`: before the response header.
+    pub latency: Duration,
+    /// `x-mock-status`: answer with this status and an OpenAI-shaped error.
+    pub status: Option<u16>,
+    /// `x-mock-echo: 1`
+    pub echo: bool,
+    /// `x-mock-content`: the assistant's answer.
+    pub content: Option<String>,
+    /// `x-mock-hold: TOKEN`: after the first content delta, wait for `POST /__mock/release/TOKEN`.
+    pub hold: Option<String>,
+    /// `x-mock-reset-after: N`: drop the connection after N content deltas.
+    pub reset_after: Option<usize>,
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body, decoded as UTF-8 where possible (lossy).
+    pub body: String,
+    /// The exact body bytes, base64.
+    pub body_b64: String,
+    /// Whether the whole response has been written.
+    pub completed: bool,
+}
+
+/// State shared by all connections of one mock.
+#[derive(Default)]
+pub struct MockState {
+    config: MockConfig,
+    seq: AtomicU64,
+    recorded: Mutex<Vec<Recorded>>,
+    released: Mutex<HashSet<String>>,
+    release_notify: Notify,
+}
+
+/// Most requests kept in the record; older ones are dropped (the benchmarks send millions).
+const RECORD_CAP: usize = 10_000;
+
+impl MockState {
+    fn record(&self, req: &Request) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let rec = Recorded {
+            seq,
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req.headers.clone(),
+            body: String::from_utf8_lossy(&req.body).into_owned(),
+            body_b64: base64(&req.body),
+            completed: false,
+        };
+        if let Ok(mut r) = self.recorded.lock() {
+            if r.len() >= RECORD_CAP {
+                r.remove(0);
+            }
+            r.push(rec);
+        }
+        seq
+    }
+
+    fn complete(&self, seq: u64) {
+        if let Ok(mut r) = self.recorded.lock() {
+            if let Some(rec) = r.iter_mut().rev().find(|r| r.seq == seq) {
+                rec.completed = true;
+            }
+        }
+    }
+
+    async fn wait_release(&self, token: &str) {
+        loop {
+            let notified = self.release_notify.notified();
+            if self.released.lock().map(|s| s.contains(token)).unwrap_or(true) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn behaviour(&self, req: &Request) -> Behaviour {
+        let num = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
+        Behaviour {
+            chunks: num("x-mock-chunks").map_or(self.config.chunks, |n| n as usize).max(1),
+            chunk_bytes: num("x-mock-chunk-bytes")
+                .map(|n| n as usize)
+                .or(self.config.chunk_bytes),
+            delay: num("x-mock-delay-ms").map_or(self.config.delay, Duration::from_millis),
+            latency: num("x-mock-latency-ms").map_or(Duration::ZERO, Duration::from_millis),
+            status: num("x-mock-status").and_then(|s| u16::try_from(s).ok()),
+            echo: self.config.echo || req.header("x-mock-echo").is_some_and(|v| v == "1" || v == "true"),
+            content: req.header("x-mock-content").map(str::to_string),
+            hold: req.header("x-mock-hold").map(str::to_string),
+            reset_after: num("x-mock-reset-after").map(|n| n as usize),
+        }
+    }
+}
+
+/// A running mock: its address and state.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+}
+
+/// Binds `addr` and serves until the runtime stops.
+pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<Mock> {
+    serve(TcpListener::bind(addr).await?, config)
+}
+
+/// Serves on an already bound listener until the runtime stops.
+pub fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result<Mock> {
+    let addr = listener.local_addr()?;
+    let state = Arc::new(MockState {
+        config,
+        ..MockState::default()
+    });
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(stream, st).await {
+                            tracing::debug!("mock connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("mock accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    Ok(Mock { addr, state })
+}
+
+async fn serve_connection(mut stream: TcpStream, state: Arc<MockState>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut conn = http1::Connection::new();
+    while let Some(req) = conn.read_request(&mut stream).await? {
+        let keep_alive = req.keep_alive;
+        let mut out = Responder::new(&mut stream, keep_alive);
+        let finished = route(&req, &state, &mut out).await?;
+        if !finished || !keep_alive {
+            break;
+        }
+    }
+    stream.shutdown().await.ok();
+    Ok(())
+}
+
+/// Answers one request. Returns `false` when the connection must be closed (a simulated reset).
+async fn route(req: &Request, state: &MockState, out: &mut Responder<'_>) -> std::io::Result<bool> {
+    if let Some(ctl) = req.path.strip_prefix("/__mock/") {
+        return control(ctl, req, state, out).await.map(|()| true);
+    }
+    let seq = state.record(req);
+    let b = state.behaviour(req);
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    let finished = openai::answer(req, &b, state, out).await?;
+    state.complete(seq);
+    Ok(finished)
+}
+
+async fn control(ctl: &str, req: &Request, state: &MockState, out: &mut Responder<'_>) -> std::io::Result<()> {
+    match (req.method.as_str(), ctl) {
+        ("GET", "requests") => {
+            let body = state
+                .recorded
+                .lock()
+                .map(|r| serde_json::to_vec(&*r).unwrap_or_default())
+                .unwrap_or_default();
+            out.json(200, &body).await
+        }
+        ("DELETE", "requests") => {
+            if let Ok(mut r) = state.recorded.lock() {
+                r.clear();
+            }
+            out.json(200, b"{}").await
+        }
+        ("POST", c) if c.starts_with("release/") => {
+            let token = &c["release/".len()..];
+            if let Ok(mut s) = state.released.lock() {
+                s.insert(token.to_string());
+            }
+            state.release_notify.notify_waiters();
+            out.json(200, b"{}").await
+        }
+        _ => out.json(404, br#"{"error":{"message":"unknown mock control","type":"invalid_request_error","param":null,"code":"not_found"}}"#).await,
+    }
+}
+
+/// Standard base64 with padding (the record's exact-bytes field).
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")];
+        for (i, o) in cases {
+            assert_eq!(super::base64(i.as_bytes()), o);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The mock's OpenAI answers: realistic shapes, deterministic content.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::http1::{Request, Responder};
+use super::{Behaviour, MockState};
+
+const DEFAULT_ANSWER: &str = "Hello! This is the promptgate mock upstream answering your request.";
+const FILLER: &[u8] = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ";
+
+/// The few request fields the mock looks at; everything else is skipped without being built.
+#[derive(Deserialize, Default)]
+struct Peek {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    n: Option<usize>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Answers an API request. Returns `false` if the connection was deliberately cut.
+pub async fn answer(
+    req: &Request,
+    b: &Behaviour,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
+    if let Some(status) = b.status {
+        let body = json!({"error": {"message": format!("mock error {status}"), "type": "server_error", "param": null, "code": "mock_error"}});
+        out.json(status, body.to_string().as_bytes()).await?;
+        return Ok(true);
+    }
+    let peek: Peek = if req.body.is_empty() {
+        Peek::default()
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(p) => p,
+            Err(e) => {
+                let body = json!({"error": {"message": format!("mock: invalid JSON body: {e}"), "type": "invalid_request_error", "param": null, "code": "invalid_json"}});
+                out.json(400, body.to_string().as_bytes()).await?;
+                return Ok(true);
+            }
+        }
+    };
+    let model = peek.model.clone().unwrap_or_else(|| "mock-gpt".to_string());
+    let text = answer_text(req, b);
+    match (req.method.as_str(), req.path.trim_end_matches('/')) {
+        ("POST", "/v1/chat/completions") if peek.stream => {
+            stream_chat(&model, &text, &peek, b, state, out).await
+        }
+        ("POST", "/v1/chat/completions") => {
+            let n = peek.n.unwrap_or(1).clamp(1, 16);
+            let choices: Vec<Value> = (0..n)
+                .map(|i| json!({"index": i, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": "stop"}))
+                .collect();
+            let mut body = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
+                "choices": choices, "usage": usage(req, &text), "system_fingerprint": "fp_mock"
+            });
+            if b.echo {
+                body["echo"] = echo(req);
+            }
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        ("POST", "/v1/completions") if peek.stream => {
+            stream_events(&text, b, state, out, |i, piece| {
+                json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000u64, "model": model,
+                       "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": if i.is_none() { json!("stop") } else { Value::Null }}]})
+            })
+            .await
+        }
+        ("POST", "/v1/completions") => {
+            let body = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000u64, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"}], "usage": usage(req, &text)});
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        ("POST", "/v1/embeddings") => {
+            let body = json!({"object": "list", "model": model,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819]}],
+                "usage": {"prompt_tokens": req.body.len() / 4, "total_tokens": req.body.len() / 4}});
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        ("POST", "/v1/responses") => {
+            let body = json!({"id": "resp_mock", "object": "response", "created_at": 1_700_000_000u64, "status": "completed", "model": model,
+                "output": [{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                "usage": {"input_tokens": req.body.len() / 4, "output_tokens": text.len() / 4, "total_tokens": (req.body.len() + text.len()) / 4}});
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        ("POST", "/v1/moderations") => {
+            let body = json!({"id": "modr-mock", "model": "omni-moderation-latest",
+                "results": [{"flagged": false, "categories": {}, "category_scores": {}}]});
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        ("GET", "/v1/models") => {
+            let body = json!({"object": "list", "data": [{"id": "mock-gpt", "object": "model", "created": 1_700_000_000u64, "owned_by": "promptgate"}]});
+            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+        }
+        _ => {
+            let body = json!({"error": {"message": format!("mock: no route {} {}", req.method, req.path), "type": "invalid_request_error", "param": null, "code": "not_found"}});
+            out.json(404, body.to_string().as_bytes()).await.map(|()| true)
+        }
+    }
+}
+
+fn answer_text(req: &Request, b: &Behaviour) -> String {
+    if b.echo {
+        return String::from_utf8_lossy(&req.body).into_owned();
+    }
+    if let Some(c) = &b.content {
+        return c.clone();
+    }
+    if let Some(size) = b.chunk_bytes {
+        let total = size * b.chunks;
+        return FILLER.iter().cycle().take(total).map(|&c| c as char).collect();
+    }
+    DEFAULT_ANSWER.to_string()
+}
+
+fn usage(req: &Request, text: &str) -> Value {
+    let prompt = req.body.len() / 4;
+    let completion = text.len().div_ceil(4);
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn echo(req: &Request) -> Value {
+    json!({
+        "method": req.method, "path": req.path, "query": req.query,
+        "headers": req.headers, "body": String::from_utf8_lossy(&req.body),
+    })
+}
+
+/// Splits `text` into `n` pieces of about equal size, on character boundaries.
+fn pieces(text: &str, n: usize) -> Vec<&str> {
+    let n = n.max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    for i in 1..=n {
+        let mut end = if i == n { text.len() } else { text.len() * i / n };
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        end = end.max(start);
+        out.push(&text[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// Shared pacing of a streamed answer: one event per piece, then `[DONE]`.
+async fn stream_events(
+    text: &str,
+    b: &Behaviour,
+    state: &MockState,
+    out: &mut Responder<'_>,
+    event: impl Fn(Option<usize>, &str) -> Value,
+) -> std::io::Result<bool> {
+    out.sse_start().await?;
+    let parts = pieces(text, b.chunks);
+    for (i, piece) in parts.iter().enumerate() {
+        if i > 0 && !b.delay.is_zero() {
+            tokio::time::sleep(b.delay).await;
+        }
+        if b.reset_after == Some(i) {
+            return Ok(false);
+        }
+        let data = format!("data: {}\n\n", event(Some(i), piece));
+        out.sse_raw(data.as_bytes()).await?;
+        if i == 0 {
+            if let Some(token) = &b.hold {
+                state.wait_release(token).await;
+            }
+        }
+    }
+    let last = format!("data: {}\n\ndata: [DONE]\n\n", event(None, ""));
+    out.sse_raw(last.as_bytes()).await?;
+    out.sse_end().await?;
+    Ok(true)
+}
+
+async fn stream_chat(
+    model: &str,
+    text: &str,
+    peek: &Peek,
+    b: &Behaviour,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
+    let n = peek.n.unwrap_or(1).clamp(1, 16);
+    let include_usage = peek.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let chunk = |choices: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+               "model": model, "system_fingerprint": "fp_mock", "choices": choices})
+    };
+    out.sse_start().await?;
+    let role: Vec<Value> = (0..n)
+        .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
+        .collect();
+    out.sse_raw(format!("data: {}\n\n", chunk(Value::Array(role))).as_bytes())
+        .await?;
+    let parts = pieces(text, b.chunks);
+    for (i, piece) in parts.iter().enumerate() {
+        if i > 0 && !b.delay.is_zero() {
+            tokio::time::sleep(b.delay).await;
+        }
+        if b.reset_after == Some(i) {
+            return Ok(false);
+        }
+        let mut data = String::new();
+        for c in 0..n {
+            let ev = chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]));
+            data.push_str(&format!("data: {ev}\n\n"));
+        }
+        out.sse_raw(data.as_bytes()).await?;
+        if i == 0 {
+            if let Some(token) = &b.hold {
+                state.wait_release(token).await;
+            }
+        }
+    }
+    let finish: Vec<Value> = (0..n)
+        .map(|i| json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}))
+        .collect();
+    let mut tail = format!("data: {}\n\n", chunk(Value::Array(finish)));
+    if include_usage {
+        let prompt = 10;
+        let completion = text.len().div_ceil(4) * n;
+        let mut u = chunk(json!([]));
+        u["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+        tail.push_str(&format!("data: {u}\n\n"));
+    }
+    tail.push_str("data: [DONE]\n\n");
+    out.sse_raw(tail.as_bytes()).await?;
+    out.sse_end().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn pieces_cover_the_text_on_char_boundaries() {
+        for n in 1..12 {
+            let t = "héllo wörld ✓ ok";
+            let p = pieces(t, n);
+            assert_eq!(p.len(), n);
+            assert_eq!(p.concat(), t);
+        }
+    }
+}

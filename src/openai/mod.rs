@@ -1,0 +1,5 @@
+//! OpenAI wire knowledge: which routes exist and what they carry. Pure data; no sockets, no Pingora.
+
+mod route;
+
+pub use route::Route;

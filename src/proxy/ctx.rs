@@ -1,0 +1,87 @@
+//! The per-request context: everything one request carries from its first hook to `logging`. It is dropped
+//! when the request ends, on every path, so guards stored here (in-flight count now, limit permits later) are
+//! released exactly once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crate::metrics;
+use crate::openai::Route;
+
+/// Requests in flight in this process: the drain on shutdown waits for it to reach zero.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one request as in flight for as long as it lives.
+#[derive(Debug)]
+pub struct InFlightGuard(());
+
+impl InFlightGuard {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        metrics::IN_FLIGHT.inc();
+        Self(())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        metrics::IN_FLIGHT.dec();
+    }
+}
+
+/// State of one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    pub route: Route,
+    /// The id echoed to the client and sent upstream: the client's if valid, else a fresh one.
+    pub request_id: String,
+    _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            route: Route::NotFound,
+            request_id: String::new(),
+            _in_flight: InFlightGuard::new(),
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A client-supplied request id is kept only if it is short and made of safe characters, so it can go into
+/// headers and logs as it is.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh request id (a random UUID, simple form).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_validation() {
+        assert!(valid_request_id(b"abc-123_X.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(b"new\nline"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

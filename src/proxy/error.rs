@@ -1,0 +1,216 @@
+//! The one place where failures become HTTP responses: status codes, OpenAI-shaped JSON bodies and the headers
+//! that go with them. Hooks return a typed [`Rejection`] (inside a `pingora::Error`) or a Pingora error, and
+//! `fail_to_proxy` hands it here.
+
+use bytes::Bytes;
+use pingora::{Error, ErrorSource, ErrorType};
+use serde::Serialize;
+
+/// A response the gateway itself produces instead of (or in place of) the upstream's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Rejection {
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream failed while answering")]
+    UpstreamFailed,
+    #[error("the request could not be read")]
+    BadRequest,
+    #[error("internal gateway error")]
+    Internal,
+}
+
+/// Everything needed to write one error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub status: u16,
+    pub body: Bytes,
+    /// `x-should-retry`, which the official OpenAI SDKs obey before their own status-based retry rules.
+    pub should_retry: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl Rejection {
+    /// Status, OpenAI error `type` and `code` for this rejection.
+    fn parts(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            Rejection::NotFound { .. } => (404, "invalid_request_error", "not_found"),
+            Rejection::UpstreamUnreachable => (502, "upstream_error", "upstream_unreachable"),
+            Rejection::UpstreamFailed => (502, "upstream_error", "upstream_failed"),
+            Rejection::UpstreamTimeout => (504, "upstream_error", "upstream_timeout"),
+            Rejection::BadRequest => (400, "invalid_request_error", "bad_request"),
+            Rejection::Internal => (500, "server_error", "internal_error"),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.parts().0
+    }
+
+    /// Renders the OpenAI-shaped error: `{"error":{"message","type","param","code"}}`.
+    pub fn render(&self) -> ErrorResponse {
+        let (status, kind, code) = self.parts();
+        let message = match self {
+            Rejection::NotFound { method, path } => format!(
+                "Unknown route {method} {}: promptgate forwards OpenAI API paths under /v1",
+                sanitize_path(path)
+            ),
+            other => other.to_string(),
+        };
+        let body = serde_json::to_vec(&Envelope {
+            error: Body {
+                message: &message,
+                kind,
+                param: None,
+                code,
+            },
+        })
+        .map(Bytes::from)
+        // Serialising plain strings cannot fail; keep a valid body even if it ever did.
+        .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal gateway error","type":"server_error","param":null,"code":"internal_error"}}"#));
+        ErrorResponse {
+            status,
+            body,
+            should_retry: match self {
+                // Retrying a 404 cannot help; the SDKs would not retry it anyway.
+                Rejection::NotFound { .. } | Rejection::BadRequest => Some(false),
+                _ => None,
+            },
+        }
+    }
+
+    /// Wraps the rejection in a Pingora error whose root cause can be found again in `fail_to_proxy`.
+    pub fn into_error(self) -> Box<Error> {
+        let status = self.status();
+        Error::because(ErrorType::HTTPStatus(status), "promptgate rejection", self)
+    }
+
+    /// Maps any error that ended a request to the rejection the client should see, or `None` when the client
+    /// is gone (nothing can be written).
+    pub fn from_error(e: &Error) -> Option<Rejection> {
+        if let Some(r) = e.root_cause().downcast_ref::<Rejection>() {
+            return Some(r.clone());
+        }
+        use ErrorType::*;
+        match e.esource() {
+            ErrorSource::Upstream => Some(match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout => Rejection::UpstreamTimeout,
+                ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+                | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert => {
+                    Rejection::UpstreamUnreachable
+                }
+                _ => Rejection::UpstreamFailed,
+            }),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => None,
+                _ => Some(Rejection::BadRequest),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                HTTPStatus(404) => Some(Rejection::NotFound {
+                    method: String::new(),
+                    path: String::new(),
+                }),
+                ConnectTimedout | ReadTimedout | WriteTimedout => Some(Rejection::UpstreamTimeout),
+                _ => Some(Rejection::Internal),
+            },
+        }
+    }
+
+    /// The `kind` label of `promptgate_upstream_errors_total`, for upstream failures.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            Rejection::UpstreamUnreachable => Some("connect"),
+            Rejection::UpstreamTimeout => Some("timeout"),
+            Rejection::UpstreamFailed => Some("other"),
+            _ => None,
+        }
+    }
+}
+
+/// Paths are client input: keep error messages short and printable.
+fn sanitize_path(path: &str) -> String {
+    let mut s: String = path
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect();
+    if path.len() > 128 {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_openai_shaped() {
+        let cases = [
+            (Rejection::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Rejection::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                Rejection::NotFound {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                },
+                404,
+                "not_found",
+            ),
+            (Rejection::Internal, 500, "internal_error"),
+        ];
+        for (r, status, code) in cases {
+            let resp = r.render();
+            assert_eq!(resp.status, status);
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["message"].is_string());
+            assert!(v["error"]["type"].is_string());
+            assert!(v["error"]["param"].is_null());
+        }
+    }
+
+    #[test]
+    fn typed_cause_survives_the_pingora_error() {
+        let e = Rejection::UpstreamTimeout.into_error();
+        assert!(matches!(
+            Rejection::from_error(&e),
+            Some(Rejection::UpstreamTimeout)
+        ));
+    }
+
+    #[test]
+    fn upstream_errors_map_by_kind() {
+        let mut e = Error::new(ErrorType::ConnectRefused);
+        e.esource = ErrorSource::Upstream;
+        assert!(matches!(
+            Rejection::from_error(&e),
+            Some(Rejection::UpstreamUnreachable)
+        ));
+        let mut e = Error::new(ErrorType::ReadTimedout);
+        e.esource = ErrorSource::Upstream;
+        assert!(matches!(
+            Rejection::from_error(&e),
+            Some(Rejection::UpstreamTimeout)
+        ));
+        let mut e = Error::new(ErrorType::ReadError);
+        e.esource = ErrorSource::Downstream;
+        assert!(Rejection::from_error(&e).is_none());
+    }
+}
