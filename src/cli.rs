@@ -15,7 +15,11 @@ use crate::{mock, server};
 pub const DEFAULT_CONFIG: &str = "conf/promptgate.toml";
 
 #[derive(Parser)]
-#[command(name = "promptgate", version, about = "A governing gateway for OpenAI-format LLM traffic")]
+#[command(
+    name = "promptgate",
+    version,
+    about = "A governing gateway for OpenAI-format LLM traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,16 +98,22 @@ pub fn main() -> i32 {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
 
 fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
-    explicit.or_else(|| Path::new(DEFAULT_CONFIG).is_file().then(|| PathBuf::from(DEFAULT_CONFIG)))
+    explicit.or_else(|| {
+        Path::new(DEFAULT_CONFIG)
+            .is_file()
+            .then(|| PathBuf::from(DEFAULT_CONFIG))
+    })
 }
 
 fn fail(e: &ConfigError) -> i32 {
@@ -122,8 +132,10 @@ fn run(args: RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    server::run(config);
-    0
+    match server::run(config) {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
 }
 
 fn demo(args: DemoArgs) -> i32 {
@@ -168,9 +180,14 @@ fn demo(args: DemoArgs) -> i32 {
         r#"curl -si http://{gw}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"my key is AKIAIOSFODNN7EXAMPLE"}}]}}'"#
     );
     println!();
-    println!("metrics: curl -s http://{}/metrics | grep promptgate_   (Ctrl-C stops the demo)", config.admin);
-    server::run_with_mock(config, mock_listener);
-    0
+    println!(
+        "metrics: curl -s http://{}/metrics | grep promptgate_   (Ctrl-C stops the demo)",
+        config.admin
+    );
+    match server::run_with_mock(config, mock_listener) {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
 }
 
 fn run_mock(args: MockArgs) -> i32 {

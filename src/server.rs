@@ -12,21 +12,26 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::proxy::{Gateway, Upstream, IN_FLIGHT};
 
 /// Builds the server from a validated config and runs it until shutdown. Blocks.
-pub fn run(config: Config) {
-    let server = build(&config);
+pub fn run(config: Config) -> Result<(), ConfigError> {
+    let server = build(&config)?;
     start(server, &config);
+    Ok(())
 }
 
 /// Like [`run`], with the mock upstream served on `mock` by a background service (the demo).
-pub fn run_with_mock(config: Config, mock: std::net::TcpListener) {
-    let mut server = build(&config);
-    server.add_service(background_service("mock upstream", MockService(std::sync::Mutex::new(Some(mock)))));
+pub fn run_with_mock(config: Config, mock: std::net::TcpListener) -> Result<(), ConfigError> {
+    let mut server = build(&config)?;
+    server.add_service(background_service(
+        "mock upstream",
+        MockService(std::sync::Mutex::new(Some(mock))),
+    ));
     start(server, &config);
+    Ok(())
 }
 
 fn start(server: Server, config: &Config) {
@@ -41,8 +46,9 @@ fn start(server: Server, config: &Config) {
     });
 }
 
-fn build(config: &Config) -> Server {
+fn build(config: &Config) -> Result<Server, ConfigError> {
     metrics::init();
+    let upstream = Upstream::new(&config.upstream)?;
     let conf = ServerConf {
         threads: config.threads,
         // Pingora sleeps for the whole grace period after a graceful signal; the drain service below ends the
@@ -59,20 +65,23 @@ fn build(config: &Config) -> Server {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(Upstream::new(&config.upstream));
+    let gateway = Gateway::new(upstream);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.
     proxy.add_tcp(&config.listen.to_string());
 
-    let mut admin = Service::new("promptgate admin".to_string(), HttpServer::new_app(AdminApp::new()));
+    let mut admin = Service::new(
+        "promptgate admin".to_string(),
+        HttpServer::new_app(AdminApp::new()),
+    );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("drain", Drain));
-    server
+    Ok(server)
 }
 
 /// Serves the mock upstream inside the server's runtime until shutdown.
@@ -139,10 +148,7 @@ impl BackgroundService for Drain {
         while IN_FLIGHT.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::info!(
-            "drained in {:?}; exiting",
-            since.elapsed()
-        );
+        tracing::info!("drained in {:?}; exiting", since.elapsed());
         std::process::exit(0);
     }
 }

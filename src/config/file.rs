@@ -93,15 +93,12 @@ impl FileConfig {
 fn field_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
     let span = span?;
     let before = &text[..span.start.min(text.len())];
-    let section = before
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.strip_prefix('[')
-                .and_then(|r| r.strip_suffix(']'))
-                .map(str::to_string)
-        });
+    let section = before.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .map(str::to_string)
+    });
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next()?.trim();

@@ -55,8 +55,7 @@ pub struct UpstreamConfig {
     pub tls: bool,
     /// Host name (or IP literal) used for SNI and certificate verification.
     pub host: String,
-    /// The address resolved once at load: Pingora's peer constructor resolves blocking and panics on failure.
-    pub addr: SocketAddr,
+    pub port: u16,
     /// The `Host` header sent upstream (`host` or `host:port` for a non-default port).
     pub authority: String,
     /// A path prefix prepended to every forwarded path (`""` when the URL has none).
@@ -67,6 +66,23 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// CA certificates (PEM) trusted for an `https://` upstream instead of the system roots (a private CA).
     pub ca_file: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    /// Resolves the upstream host once, before the server starts: Pingora's peer constructor would resolve
+    /// blocking on every build and panic on failure. A failure is a configuration error (exit 2).
+    pub fn resolve(&self) -> Result<SocketAddr, ConfigError> {
+        let err = |message: String| ConfigError {
+            source_name: "upstream".into(),
+            field: "url".into(),
+            message,
+        };
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| err(format!("cannot resolve {:?}: {e}", self.host)))?
+            .next()
+            .ok_or_else(|| err(format!("cannot resolve {:?}: no address", self.host)))
+    }
 }
 
 impl Config {
@@ -158,7 +174,7 @@ impl Config {
             url: upstream_url.clone(),
             tls: target.tls,
             host: target.host,
-            addr: target.addr,
+            port: target.port,
             authority: target.authority,
             base_path: target.base_path,
             connect_timeout: ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
@@ -192,7 +208,7 @@ fn parse_addr(v: &str) -> Result<SocketAddr, String> {
 struct UpstreamTarget {
     tls: bool,
     host: String,
-    addr: SocketAddr,
+    port: u16,
     authority: String,
     base_path: String,
 }
@@ -227,12 +243,6 @@ fn parse_upstream_url(v: &str) -> Result<UpstreamTarget, String> {
     let port = url
         .port_or_known_default()
         .ok_or_else(|| format!("invalid URL {v:?} (no port)"))?;
-    // Resolved once, here, at load: a failure is a configuration error, not a request-time panic.
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host:?}: no address"))?;
     let authority = match url.port() {
         Some(p) => match url.host() {
             Some(url::Host::Ipv6(_)) => format!("[{host}]:{p}"),
@@ -244,7 +254,7 @@ fn parse_upstream_url(v: &str) -> Result<UpstreamTarget, String> {
     Ok(UpstreamTarget {
         tls,
         host,
-        addr,
+        port,
         authority,
         base_path,
     })
@@ -269,16 +279,34 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         let cases = [
-            ("[upstream]\nurl = \"htp://x\"", "x.toml: upstream.url: invalid URL \"htp://x\""),
-            ("[server]\nlisten = \"nope\"", "x.toml: server.listen: invalid address \"nope\""),
-            ("[server]\nthreads = 0", "x.toml: server.threads: must be between 1 and 256"),
-            ("[upstream]\nread_timeout_ms = 0", "x.toml: upstream.read_timeout_ms: must be greater"),
-            ("[server]\nlisen = \"x\"", "x.toml: server.lisen: unknown field"),
+            (
+                "[upstream]\nurl = \"htp://x\"",
+                "x.toml: upstream.url: invalid URL \"htp://x\"",
+            ),
+            (
+                "[server]\nlisten = \"nope\"",
+                "x.toml: server.listen: invalid address \"nope\"",
+            ),
+            (
+                "[server]\nthreads = 0",
+                "x.toml: server.threads: must be between 1 and 256",
+            ),
+            (
+                "[upstream]\nread_timeout_ms = 0",
+                "x.toml: upstream.read_timeout_ms: must be greater",
+            ),
+            (
+                "[server]\nlisen = \"x\"",
+                "x.toml: server.lisen: unknown field",
+            ),
             ("[upstream]\nurl = 5", "x.toml: upstream.url: invalid type"),
         ];
         for (text, want) in cases {
             let got = load_str(text, &Overrides::default()).expect_err(text);
-            assert!(got.starts_with(want), "{text:?}: got {got:?}, want prefix {want:?}");
+            assert!(
+                got.starts_with(want),
+                "{text:?}: got {got:?}, want prefix {want:?}"
+            );
         }
     }
 
@@ -298,7 +326,10 @@ mod tests {
             ..Default::default()
         };
         let err = load_str("", &bad).expect_err("bad flag");
-        assert!(err.starts_with("command line: --upstream: invalid URL"), "{err}");
+        assert!(
+            err.starts_with("command line: --upstream: invalid URL"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -309,7 +340,7 @@ mod tests {
         };
         let c = load_str("", &o).expect("valid");
         assert!(c.upstream.tls);
-        assert_eq!(c.upstream.addr.port(), 443);
+        assert_eq!(c.upstream.port, 443);
         assert_eq!(c.upstream.authority, "127.0.0.1");
     }
 }

@@ -54,7 +54,10 @@ impl Connection {
     }
 
     /// The next request, or `None` at a clean end of the connection.
-    pub async fn read_request(&mut self, stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
+    pub async fn read_request(
+        &mut self,
+        stream: &mut TcpStream,
+    ) -> std::io::Result<Option<Request>> {
         let (head_len, mut req, content_length, chunked) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut parsed = httparse::Request::new(&mut headers);
@@ -81,9 +84,12 @@ impl Connection {
                     for (k, v) in &hs {
                         match k.as_str() {
                             "content-length" => {
-                                content_length = v.trim().parse().map_err(|_| bad("content-length"))?
+                                content_length =
+                                    v.trim().parse().map_err(|_| bad("content-length"))?
                             }
-                            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+                            "transfer-encoding" => {
+                                chunked = v.to_ascii_lowercase().contains("chunked")
+                            }
                             "connection" => {
                                 let v = v.to_ascii_lowercase();
                                 if v.contains("close") {

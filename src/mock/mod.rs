@@ -132,7 +132,12 @@ impl MockState {
     async fn wait_release(&self, token: &str) {
         loop {
             let notified = self.release_notify.notified();
-            if self.released.lock().map(|s| s.contains(token)).unwrap_or(true) {
+            if self
+                .released
+                .lock()
+                .map(|s| s.contains(token))
+                .unwrap_or(true)
+            {
                 return;
             }
             notified.await;
@@ -142,14 +147,19 @@ impl MockState {
     fn behaviour(&self, req: &Request) -> Behaviour {
         let num = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
         Behaviour {
-            chunks: num("x-mock-chunks").map_or(self.config.chunks, |n| n as usize).max(1),
+            chunks: num("x-mock-chunks")
+                .map_or(self.config.chunks, |n| n as usize)
+                .max(1),
             chunk_bytes: num("x-mock-chunk-bytes")
                 .map(|n| n as usize)
                 .or(self.config.chunk_bytes),
             delay: num("x-mock-delay-ms").map_or(self.config.delay, Duration::from_millis),
             latency: num("x-mock-latency-ms").map_or(Duration::ZERO, Duration::from_millis),
             status: num("x-mock-status").and_then(|s| u16::try_from(s).ok()),
-            echo: self.config.echo || req.header("x-mock-echo").is_some_and(|v| v == "1" || v == "true"),
+            echo: self.config.echo
+                || req
+                    .header("x-mock-echo")
+                    .is_some_and(|v| v == "1" || v == "true"),
             content: req.header("x-mock-content").map(str::to_string),
             hold: req.header("x-mock-hold").map(str::to_string),
             reset_after: num("x-mock-reset-after").map(|n| n as usize),
@@ -227,7 +237,12 @@ async fn route(req: &Request, state: &MockState, out: &mut Responder<'_>) -> std
     Ok(finished)
 }
 
-async fn control(ctl: &str, req: &Request, state: &MockState, out: &mut Responder<'_>) -> std::io::Result<()> {
+async fn control(
+    ctl: &str,
+    req: &Request,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<()> {
     match (req.method.as_str(), ctl) {
         ("GET", "requests") => {
             let body = state
@@ -278,7 +293,13 @@ fn base64(data: &[u8]) -> String {
 mod tests {
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (i, o) in cases {
             assert_eq!(super::base64(i.as_bytes()), o);
         }

@@ -7,7 +7,8 @@ use super::http1::{Request, Responder};
 use super::{Behaviour, MockState};
 
 const DEFAULT_ANSWER: &str = "Hello! This is the promptgate mock upstream answering your request.";
-const FILLER: &[u8] = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ";
+const FILLER: &[u8] =
+    b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ";
 
 /// The few request fields the mock looks at; everything else is skipped without being built.
 #[derive(Deserialize, Default)]
@@ -122,7 +123,12 @@ fn answer_text(req: &Request, b: &Behaviour) -> String {
     }
     if let Some(size) = b.chunk_bytes {
         let total = size * b.chunks;
-        return FILLER.iter().cycle().take(total).map(|&c| c as char).collect();
+        return FILLER
+            .iter()
+            .cycle()
+            .take(total)
+            .map(|&c| c as char)
+            .collect();
     }
     DEFAULT_ANSWER.to_string()
 }
@@ -146,7 +152,11 @@ fn pieces(text: &str, n: usize) -> Vec<&str> {
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
     for i in 1..=n {
-        let mut end = if i == n { text.len() } else { text.len() * i / n };
+        let mut end = if i == n {
+            text.len()
+        } else {
+            text.len() * i / n
+        };
         while !text.is_char_boundary(end) {
             end += 1;
         }
@@ -197,7 +207,10 @@ async fn stream_chat(
     out: &mut Responder<'_>,
 ) -> std::io::Result<bool> {
     let n = peek.n.unwrap_or(1).clamp(1, 16);
-    let include_usage = peek.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let include_usage = peek
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let chunk = |choices: Value| {
         json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
                "model": model, "system_fingerprint": "fp_mock", "choices": choices})
@@ -218,7 +231,9 @@ async fn stream_chat(
         }
         let mut data = String::new();
         for c in 0..n {
-            let ev = chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]));
+            let ev = chunk(
+                json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]),
+            );
             data.push_str(&format!("data: {ev}\n\n"));
         }
         out.sse_raw(data.as_bytes()).await?;

@@ -61,8 +61,7 @@ impl Default for RequestCtx {
 /// headers and logs as it is.
 pub fn valid_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len())
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 

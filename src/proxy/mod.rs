@@ -44,7 +44,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let req = session.req_header();
         ctx.route = Route::classify(req.uri.path());
         ctx.request_id = match req.headers.get(REQUEST_ID) {
@@ -69,7 +73,11 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         Ok(self.upstream.peer())
     }
 
@@ -97,7 +105,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let Some(rejection) = Rejection::from_error(e) else {
             // The client is gone: nothing to write.
             return FailToProxy {
@@ -145,7 +158,9 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
     if let Some(retry) = resp.should_retry {
         header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
     }
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session
         .write_response_body(Some(Bytes::clone(&resp.body)), true)
         .await
@@ -153,27 +168,32 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
 
 /// Status codes as static labels: a closed set, whatever the upstream sends.
 fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        409 => "409",
-        413 => "413",
-        415 => "415",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
+    const KNOWN: [(u16, &str); 15] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    if let Some((_, label)) = KNOWN.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
+    match status / 100 {
         0 => "none",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
         _ => "5xx",
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::Uri;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::UpstreamConfig;
+use crate::config::{ConfigError, UpstreamConfig};
 
 /// Where requests go.
 #[derive(Clone)]
@@ -17,8 +17,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
-        let mut peer = HttpPeer::new(cfg.addr, cfg.tls, cfg.host.clone());
+    /// Resolves the host and builds the peer; fails when the host does not resolve.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ConfigError> {
+        let mut peer = HttpPeer::new(cfg.resolve()?, cfg.tls, cfg.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(cfg.connect_timeout);
         o.read_timeout = Some(cfg.read_timeout);
@@ -28,11 +29,11 @@ impl Upstream {
         // The trusted roots are the system's, or only `upstream.ca_file` when set (see `server.rs`).
         o.verify_cert = true;
         o.verify_hostname = true;
-        Self {
+        Ok(Self {
             peer,
             authority: Arc::from(cfg.authority.as_str()),
             base_path: Arc::from(cfg.base_path.as_str()),
-        }
+        })
     }
 
     pub fn peer(&self) -> Box<HttpPeer> {

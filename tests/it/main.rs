@@ -1,0 +1,9 @@
+//! The integration suite: one binary, real processes on ephemeral ports. The gateway runs as the real
+//! `promptgate` executable; the upstream is the project's mock (a real HTTP server task) or, for TLS, a Python
+//! HTTPS server; clients are `reqwest`, raw TCP and the official `openai` Python package.
+
+mod support;
+
+mod forwarding;
+mod lifecycle;
+mod sdk;

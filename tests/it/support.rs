@@ -1,0 +1,252 @@
+//! Test harness: start the mock and the gateway on ephemeral ports, talk to them, read what the mock received.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use promptgate::mock::{self, MockConfig};
+use serde_json::Value;
+
+/// The built `promptgate` executable.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_promptgate"))
+}
+
+/// The repository root (tests run with the package root as working directory, but be explicit).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("ephemeral port")
+}
+
+/// The mock upstream, running as a task of the test's runtime.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        Self::start_with(MockConfig::default()).await
+    }
+
+    pub async fn start_with(config: MockConfig) -> Self {
+        let m = mock::start("127.0.0.1:0".parse().expect("addr"), config)
+            .await
+            .expect("mock starts");
+        Self {
+            addr: m.addr,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request the mock has received, oldest first.
+    pub async fn received(&self) -> Vec<Value> {
+        let v: Value = self
+            .client
+            .get(format!("{}/__mock/requests", self.url()))
+            .send()
+            .await
+            .expect("mock control")
+            .json()
+            .await
+            .expect("json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn release(&self, token: &str) {
+        self.client
+            .post(format!("{}/__mock/release/{token}", self.url()))
+            .send()
+            .await
+            .expect("release");
+    }
+}
+
+/// A header of a recorded request.
+pub fn recorded_header<'a>(rec: &'a Value, name: &str) -> Option<&'a str> {
+    rec["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str())
+}
+
+/// A running `promptgate run` process. Killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _config: tempfile::NamedTempFile,
+    pub stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// What to start the gateway with.
+pub struct GatewayOpts {
+    pub upstream: String,
+    /// Extra TOML, appended to the generated config.
+    pub toml: String,
+}
+
+impl GatewayOpts {
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            toml: String::new(),
+        }
+    }
+
+    pub fn toml(mut self, t: &str) -> Self {
+        self.toml.push_str(t);
+        self.toml.push('\n');
+        self
+    }
+}
+
+impl Gateway {
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_with(GatewayOpts::new(upstream)).await
+    }
+
+    pub async fn start_with(opts: GatewayOpts) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut config = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp config");
+        let toml = if opts.toml.contains("[server]") {
+            opts.toml.clone()
+        } else {
+            format!("[server]\ngrace_period_seconds = 10\n{}", opts.toml)
+        };
+        config.write_all(toml.as_bytes()).expect("write config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(binary())
+            .current_dir(repo_root())
+            .args(["run", "--config"])
+            .arg(config.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+            .args(["--upstream", &opts.upstream])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn promptgate");
+        let mut gw = Gateway {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            admin: format!("127.0.0.1:{admin_port}").parse().expect("addr"),
+            _config: config,
+            stderr_path,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited during start ({status}): {}", self.stderr());
+            }
+            let admin_up = client
+                .get(self.admin_url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            let proxy_up = std::net::TcpStream::connect(self.addr).is_ok();
+            if admin_up && proxy_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of a metric sample line, e.g. `promptgate_requests_total{route="models",status="200"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `chat.completions` body of about `size` bytes.
+pub fn chat_body(text: &str) -> String {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+        .to_string()
+}
