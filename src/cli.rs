@@ -33,6 +33,32 @@ enum Command {
     Demo(DemoArgs),
     /// Run the mock OpenAI upstream alone (for benchmarks and manual tests).
     Mock(MockArgs),
+    /// Validate a rules directory: parse, compile, run every rule's examples. Exit 1 on any failure.
+    Check(CheckArgs),
+    /// Print what the rules find in a text or an OpenAI request body, and the redacted result.
+    Scan(ScanArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Rules directory.
+    #[arg(default_value = "rules")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// Rules directory.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Which rules apply: request, response or both.
+    #[arg(long, default_value = "request")]
+    direction: String,
+    /// Input file; `-` or nothing reads standard input.
+    input: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -94,6 +120,13 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::Mock(args) => run_mock(args),
+        Command::Check(args) => crate::rules::cli::check(&args.dir),
+        Command::Scan(args) => crate::rules::cli::scan(
+            &args.rules,
+            args.input.as_deref(),
+            args.json,
+            &args.direction,
+        ),
     }
 }
 

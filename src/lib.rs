@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod proxy;
+pub mod rules;
 pub mod server;

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
-    IntCounterVec, IntGauge, TextEncoder,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Encoder, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Requests answered, by route and HTTP status.
@@ -51,12 +51,48 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Rule-set reloads by result (`ok`, `unchanged`, `error`).
+pub static RULES_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_rules_reload_total",
+        "Rule-set reloads, by result.",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// The live rule-set version: one series with value 1.
+pub static RULES_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "promptgate_rules_info",
+        "The live rule-set version (value 1).",
+        &["version"]
+    )
+    .expect("metric registers once")
+});
+
+/// Rules in the live set.
+pub static RULES_COUNT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("promptgate_rules", "Rules in the live rule set.")
+        .expect("metric registers once")
+});
+
+/// Records a newly live rule-set version.
+pub fn set_rules_version(version: &str, rules: usize) {
+    RULES_INFO.reset();
+    RULES_INFO.with_label_values(&[version]).set(1);
+    RULES_COUNT.set(rules as i64);
+}
+
 /// Forces registration so that every metric shows on `/metrics` from the first scrape.
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&RULES_RELOADS);
+    LazyLock::force(&RULES_INFO);
+    LazyLock::force(&RULES_COUNT);
 }
 
 /// The Prometheus text exposition of every registered metric.

@@ -1,0 +1,473 @@
+//! The compiled rule set: one immutable value built once per version and shared by every request.
+//!
+//! All keyword terms live in two Aho-Corasick automata (case-folded and exact), all regexes in one
+//! multi-pattern `regex-automata` meta regex, each with a pattern-id → rule table. Matching runs on the
+//! normalised views of `normalize`, validators run only on regex candidates, and spans are mapped back to the
+//! original text. Construction is fallible; scanning is not.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex_automata::meta;
+use regex_automata::Input;
+
+use super::normalize::{normalize_term, View};
+use super::spec::{default_replacement, Action, Direction, LoadedSet, Mode, RuleError, Severity};
+use super::validate::Validator;
+
+/// Limits a rule set must stay within to be accepted (a reload over them is refused like a bad edit).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Keyword terms in all rules together.
+    pub max_terms: usize,
+    /// Size limit of the compiled regex program, bytes.
+    pub max_regex_bytes: usize,
+    /// Wall-clock time to compile the set (examples excluded).
+    pub max_compile: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            max_terms: 1_000_000,
+            max_regex_bytes: 64 << 20,
+            max_compile: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A compiled rule: what a match means.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub action: Action,
+    pub mode: Mode,
+    pub direction: Direction,
+    pub severity: Severity,
+    pub replacement: String,
+    pub file: PathBuf,
+    pub line: usize,
+    validator: Option<Validator>,
+    whole_word: bool,
+}
+
+/// One match, in original byte offsets (always on character boundaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// Index into [`RuleSet::rules`].
+    pub rule: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Match {
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.end
+    }
+}
+
+struct Keywords {
+    ac: AhoCorasick,
+    /// Pattern id → rule index.
+    rules: Vec<u32>,
+}
+
+struct Regexes {
+    re: meta::Regex,
+    rules: Vec<u32>,
+}
+
+/// The whole compiled rule set.
+pub struct RuleSet {
+    version: String,
+    rules: Vec<Rule>,
+    folded: Option<Keywords>,
+    exact: Option<Keywords>,
+    regex: Option<Regexes>,
+    /// Longest possible match in normalised bytes; `None` when some regex is unbounded.
+    max_match_len: Option<usize>,
+    terms: usize,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("version", &self.version)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// Whether `r` in `hay` stands alone as a word (the bytes around it are not word characters).
+fn at_word_boundaries(hay: &str, r: &Range<usize>) -> bool {
+    let b = hay.as_bytes();
+    let before_ok = r.start == 0 || !is_word_byte(b[r.start - 1]);
+    let after_ok = r.end >= b.len() || !is_word_byte(b[r.end]);
+    // Non-ASCII letters count as word characters on the outside, so `café` does not contain the word `caf`.
+    before_ok && after_ok
+}
+
+impl RuleSet {
+    /// Compiles a loaded set, refuses it if it breaks the budget, and runs every rule's examples.
+    pub fn compile(loaded: &LoadedSet, budget: &Budget) -> Result<RuleSet, Vec<RuleError>> {
+        let started = Instant::now();
+        let mut errors = Vec::new();
+        let err = |r: &super::spec::LoadedRule, message: String| RuleError {
+            file: r.file.clone(),
+            line: Some(r.line),
+            rule: Some(r.spec.id.clone()),
+            message,
+        };
+
+        // Patterns of more severe rules first: among matches starting at the same place, the automata and
+        // the meta regex prefer the lowest pattern id.
+        let mut order: Vec<usize> = (0..loaded.rules.len()).collect();
+        order.sort_by_key(|&i| {
+            std::cmp::Reverse((loaded.rules[i].spec.action, loaded.rules[i].spec.severity))
+        });
+
+        let rules: Vec<Rule> = loaded
+            .rules
+            .iter()
+            .map(|r| Rule {
+                id: r.spec.id.clone(),
+                description: r.spec.description.clone(),
+                action: r.spec.action,
+                mode: r.spec.mode,
+                direction: r.spec.direction,
+                severity: r.spec.severity,
+                replacement: r
+                    .spec
+                    .replacement
+                    .clone()
+                    .unwrap_or_else(|| default_replacement(&r.spec.id)),
+                file: r.file.clone(),
+                line: r.line,
+                validator: r.spec.validator,
+                whole_word: r.spec.whole_word,
+            })
+            .collect();
+
+        let terms: usize = loaded.rules.iter().map(|r| r.terms.len()).sum();
+        if terms > budget.max_terms {
+            return Err(vec![RuleError {
+                file: loaded.files.first().cloned().unwrap_or_default(),
+                line: None,
+                rule: None,
+                message: format!(
+                    "{terms} keyword terms, over the budget of {}",
+                    budget.max_terms
+                ),
+            }]);
+        }
+
+        let mut max_len = Some(0usize);
+        let mut folded_terms = (Vec::new(), Vec::new());
+        let mut exact_terms = (Vec::new(), Vec::new());
+        let mut patterns = Vec::new();
+        let mut pattern_rules = Vec::new();
+        for &i in &order {
+            let r = &loaded.rules[i];
+            for t in &r.terms {
+                let (bucket, fold) = if r.spec.case_sensitive {
+                    (&mut exact_terms, false)
+                } else {
+                    (&mut folded_terms, true)
+                };
+                let term = normalize_term(t, fold);
+                if term.is_empty() {
+                    errors.push(err(r, format!("keyword {t:?} is empty once normalised")));
+                    continue;
+                }
+                max_len = max_len.map(|m| m.max(term.len()));
+                bucket.0.push(term);
+                bucket.1.push(i as u32);
+            }
+            if let Some(re) = &r.spec.regex {
+                let mut p = re.pattern.get_ref().clone();
+                if r.spec.whole_word {
+                    p = format!(r"(?-u:\b)(?:{p})(?-u:\b)");
+                }
+                if !r.spec.case_sensitive {
+                    p = format!("(?i:{p})");
+                }
+                match regex_syntax::ParserBuilder::new().build().parse(&p) {
+                    Err(e) => {
+                        // The regex crate's own message, flattened to one line.
+                        let msg = e
+                            .to_string()
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        errors.push(err(r, format!("bad regex: {msg}")));
+                        continue;
+                    }
+                    Ok(hir) => {
+                        let props = hir.properties();
+                        if props.minimum_len() == Some(0) {
+                            errors.push(err(r, "regex can match the empty string".into()));
+                            continue;
+                        }
+                        max_len = match (max_len, props.maximum_len()) {
+                            (Some(m), Some(l)) => Some(m.max(l)),
+                            _ => None,
+                        };
+                    }
+                }
+                patterns.push(p);
+                pattern_rules.push(i as u32);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let build_ac = |(terms, rules): (Vec<String>, Vec<u32>),
+                        fold: bool|
+         -> Result<Option<Keywords>, String> {
+            if terms.is_empty() {
+                return Ok(None);
+            }
+            let ac = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .ascii_case_insensitive(fold)
+                .build(&terms)
+                .map_err(|e| e.to_string())?;
+            Ok(Some(Keywords { ac, rules }))
+        };
+        let set_err = |message: String| {
+            vec![RuleError {
+                file: loaded.files.first().cloned().unwrap_or_default(),
+                line: None,
+                rule: None,
+                message,
+            }]
+        };
+        let folded = build_ac(folded_terms, true).map_err(|e| set_err(format!("keywords: {e}")))?;
+        let exact = build_ac(exact_terms, false).map_err(|e| set_err(format!("keywords: {e}")))?;
+        let regex = if patterns.is_empty() {
+            None
+        } else {
+            let re = meta::Regex::builder()
+                .configure(meta::Config::new().nfa_size_limit(Some(budget.max_regex_bytes)))
+                .build_many(&patterns)
+                .map_err(|e| set_err(format!("regexes: {e} (over the regex size budget?)")))?;
+            Some(Regexes {
+                re,
+                rules: pattern_rules,
+            })
+        };
+        let took = started.elapsed();
+        if took > budget.max_compile {
+            return Err(set_err(format!(
+                "compiling took {} ms, over the budget of {} ms",
+                took.as_millis(),
+                budget.max_compile.as_millis()
+            )));
+        }
+
+        let set = RuleSet {
+            version: loaded.version.clone(),
+            rules,
+            folded,
+            exact,
+            regex,
+            max_match_len: max_len,
+            terms,
+        };
+        let failures = set.check_examples(loaded);
+        if !failures.is_empty() {
+            return Err(failures);
+        }
+        Ok(set)
+    }
+
+    /// Runs every rule's `examples`; returns one error per example that does not behave.
+    fn check_examples(&self, loaded: &LoadedSet) -> Vec<RuleError> {
+        let mut errors = Vec::new();
+        for (i, r) in loaded.rules.iter().enumerate() {
+            let err = |message: String| RuleError {
+                file: r.file.clone(),
+                line: Some(r.line),
+                rule: Some(r.spec.id.clone()),
+                message,
+            };
+            for ex in &r.spec.examples.should_match {
+                if !self
+                    .candidates(ex, Direction::Both)
+                    .iter()
+                    .any(|m| m.rule == i)
+                {
+                    errors.push(err(format!("example {ex:?} should match but does not")));
+                }
+            }
+            for ex in &r.spec.examples.no_match {
+                if self
+                    .candidates(ex, Direction::Both)
+                    .iter()
+                    .any(|m| m.rule == i)
+                {
+                    errors.push(err(format!("example {ex:?} should not match but does")));
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, index: usize) -> &Rule {
+        &self.rules[index]
+    }
+
+    /// Keyword terms across all rules.
+    pub fn term_count(&self) -> usize {
+        self.terms
+    }
+
+    /// Longest possible match, in bytes of the normalised view; `None` when a regex is unbounded.
+    pub fn max_match_len(&self) -> Option<usize> {
+        self.max_match_len
+    }
+
+    /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Where candidates
+    /// overlap, the most severe action wins (then severity, then the longer span).
+    pub fn scan(&self, text: &str, flow: Direction) -> Vec<Match> {
+        let mut cands = self.candidates(text, flow);
+        if cands.len() <= 1 {
+            return cands;
+        }
+        cands.sort_by_key(|m| (m.start, std::cmp::Reverse(m.end)));
+        let rank = |m: &Match| {
+            let r = &self.rules[m.rule];
+            (r.action, r.severity, m.end - m.start)
+        };
+        let mut out: Vec<Match> = Vec::with_capacity(cands.len());
+        for m in cands {
+            match out.last_mut() {
+                Some(last) if m.start < last.end => {
+                    if rank(&m) > rank(last) {
+                        *last = m;
+                    }
+                }
+                _ => out.push(m),
+            }
+        }
+        out
+    }
+
+    /// Every candidate of every matcher, before overlaps are resolved.
+    fn candidates(&self, text: &str, flow: Direction) -> Vec<Match> {
+        let mut out = Vec::new();
+        if self.regex.is_none() && self.exact.is_none() && self.folded.is_none() {
+            return out;
+        }
+        let norm = View::new(text, false);
+        if let Some(re) = &self.regex {
+            self.scan_regex(re, &norm, flow, &mut out);
+        }
+        if let Some(kw) = &self.exact {
+            self.scan_keywords(kw, &norm, flow, &mut out);
+        }
+        if let Some(kw) = &self.folded {
+            if norm.is_identity() {
+                // ASCII: the automaton folds ASCII case itself.
+                self.scan_keywords(kw, &norm, flow, &mut out);
+            } else {
+                let folded = View::new(text, true);
+                self.scan_keywords(kw, &folded, flow, &mut out);
+            }
+        }
+        out
+    }
+
+    fn accepts(&self, rule: usize, hay: &str, r: &Range<usize>, flow: Direction) -> bool {
+        let rule = &self.rules[rule];
+        rule.direction.applies_to(flow) && rule.validator.is_none_or(|v| v.check(&hay[r.clone()]))
+    }
+
+    fn scan_regex(&self, re: &Regexes, view: &View<'_>, flow: Direction, out: &mut Vec<Match>) {
+        let hay = view.text();
+        let mut input = Input::new(hay);
+        let mut at = 0;
+        while at < hay.len() {
+            input.set_start(at);
+            let Some(m) = re.re.search(&input) else { break };
+            let rule = re.rules[m.pattern().as_usize()] as usize;
+            let r = m.range();
+            if self.accepts(rule, hay, &r, flow) {
+                let o = view.to_original(r.clone());
+                out.push(Match {
+                    rule,
+                    start: o.start,
+                    end: o.end,
+                });
+                at = r.end.max(r.start + 1);
+            } else {
+                // A rejected candidate may hide a valid one starting inside it: search again just after its
+                // start.
+                at = r.start + 1;
+            }
+            while at < hay.len() && !hay.is_char_boundary(at) {
+                at += 1;
+            }
+        }
+    }
+
+    fn scan_keywords(&self, kw: &Keywords, view: &View<'_>, flow: Direction, out: &mut Vec<Match>) {
+        let hay = view.text();
+        for m in kw.ac.find_iter(hay) {
+            let rule = kw.rules[m.pattern().as_usize()] as usize;
+            let r = m.range();
+            if self.rules[rule].whole_word && !at_word_boundaries(hay, &r) {
+                continue;
+            }
+            if !self.rules[rule].direction.applies_to(flow) {
+                continue;
+            }
+            // A match that starts or ends inside a character's expansion (a ligature, `ß` → `ss`) widens to
+            // that whole character in the original: redaction never cuts a character in half.
+            let o = view.to_original(r);
+            out.push(Match {
+                rule,
+                start: o.start,
+                end: o.end,
+            });
+        }
+    }
+}
+
+/// Replaces each match in `text` by its replacement. `matches` must be sorted and non-overlapping (as
+/// [`RuleSet::scan`] returns them); the text between matches is kept byte for byte.
+pub fn redact<'a>(
+    text: &str,
+    matches: impl IntoIterator<Item = (Range<usize>, &'a str)>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (r, replacement) in matches {
+        if r.start < last || r.end > text.len() {
+            continue;
+        }
+        out.push_str(&text[last..r.start]);
+        out.push_str(replacement);
+        last = r.end;
+    }
+    out.push_str(&text[last..]);
+    out
+}

@@ -1,0 +1,22 @@
+//! Rules: the file format rule authors write (`spec`), the normalised views matching runs on (`normalize`),
+//! validators (`validate`), the compiled matcher (`engine`) and the store that swaps in new versions safely
+//! (`store`). Pure except for `store`, which reads files and watches the directory.
+
+pub mod cli;
+mod engine;
+mod normalize;
+mod spec;
+mod store;
+mod validate;
+
+pub use engine::{redact, Budget, Match, Rule, RuleSet};
+pub use normalize::View;
+pub use spec::{load_dir, Action, Direction, LoadedSet, Mode, RuleError, Severity};
+pub use store::{ReloadOutcome, RuleStore};
+pub use validate::Validator;
+
+/// Loads, compiles and checks a rules directory: the one path from files to a usable [`RuleSet`].
+pub fn load(dir: &std::path::Path, budget: &Budget) -> Result<RuleSet, Vec<RuleError>> {
+    let loaded = load_dir(dir)?;
+    RuleSet::compile(&loaded, budget)
+}

@@ -1,0 +1,293 @@
+//! The normalised views the matchers see, and the map from a view's byte offsets back to the original text.
+//!
+//! Two views exist. The *normalised* view (regexes and case-sensitive keywords): Unicode NFKC applied per
+//! character (full-width digits become ASCII digits, ligatures split, compatibility spaces become U+0020),
+//! zero-width characters and soft hyphens removed, Unicode dashes unified to `-` and Unicode spaces to ` `. The
+//! *folded* view (case-insensitive keywords) adds full case folding (`ß` → `ss`, `Σ`/`ς` → `σ`) and maps common
+//! Cyrillic and Greek look-alikes to their Latin twins.
+//!
+//! ASCII text is its own normalised view: no copy, no map, which keeps the common case at memchr-like speed.
+//! NFKC is applied character by character: combining sequences are not recomposed across characters (a
+//! decomposed `é` stays two characters); precomposed text, which is what clients send, is unaffected.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use unicode_normalization::char::decompose_compatible;
+use unicode_normalization::UnicodeNormalization;
+
+/// A view of a text and the way back to it.
+#[derive(Debug)]
+pub struct View<'a> {
+    text: Cow<'a, str>,
+    /// For each byte of the view: the original byte range of the character that produced it. Empty when the
+    /// view is the original text.
+    map: Vec<(u32, u32)>,
+}
+
+impl<'a> View<'a> {
+    /// The normalised view (`fold = false`) or the folded one (`fold = true`) of `original`. For ASCII text
+    /// both are the text itself: ASCII case is left to the matchers, which fold it themselves.
+    pub fn new(original: &'a str, fold: bool) -> Self {
+        if original.is_ascii() {
+            return View {
+                text: Cow::Borrowed(original),
+                map: Vec::new(),
+            };
+        }
+        let mut text = String::with_capacity(original.len() + 16);
+        let mut map = Vec::with_capacity(original.len() + 16);
+        let mut buf = String::new();
+        for (start, c) in original.char_indices() {
+            let range = (start as u32, (start + c.len_utf8()) as u32);
+            buf.clear();
+            normalize_char(c, fold, &mut buf);
+            for _ in 0..buf.len() {
+                map.push(range);
+            }
+            text.push_str(&buf);
+        }
+        View {
+            text: Cow::Owned(text),
+            map,
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether view offsets are original offsets.
+    pub fn is_identity(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The original byte range a view range came from: from the start of the character that produced the
+    /// first byte to the end of the character that produced the last. Always on character boundaries.
+    pub fn to_original(&self, r: Range<usize>) -> Range<usize> {
+        if self.map.is_empty() || r.is_empty() {
+            return match self.map.get(r.start) {
+                Some(&(s, _)) if r.is_empty() => s as usize..s as usize,
+                _ => r,
+            };
+        }
+        let start = self.map[r.start].0 as usize;
+        let end = self.map[r.end - 1].1 as usize;
+        start..end
+    }
+}
+
+/// Characters removed from the view: zero-width space / joiners, word joiner, BOM, soft hyphen, Mongolian
+/// vowel separator, and the invisible math operators.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'
+            | '\u{200C}'
+            | '\u{200D}'
+            | '\u{2060}'
+            | '\u{FEFF}'
+            | '\u{00AD}'
+            | '\u{180E}'
+            | '\u{2061}'..='\u{2064}'
+    )
+}
+
+fn is_dash(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2010}'
+            ..='\u{2015}'
+                | '\u{2212}'
+                | '\u{FE58}'
+                | '\u{FE63}'
+                | '\u{FF0D}'
+                | '\u{2043}'
+                | '\u{1806}'
+    )
+}
+
+fn is_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+    )
+}
+
+/// Appends the view of one original character to `out`.
+fn normalize_char(c: char, fold: bool, out: &mut String) {
+    if c.is_ascii() {
+        out.push(if fold { c.to_ascii_lowercase() } else { c });
+        return;
+    }
+    if is_invisible(c) {
+        return;
+    }
+    if is_dash(c) {
+        out.push('-');
+        return;
+    }
+    if is_space(c) {
+        out.push(' ');
+        return;
+    }
+    // NFKC of a single character: compatibility decomposition, then canonical composition.
+    let mut decomposed = String::new();
+    decompose_compatible(c, |d| decomposed.push(d));
+    for n in decomposed.nfc() {
+        if is_invisible(n) {
+            continue;
+        }
+        let n = if is_dash(n) {
+            '-'
+        } else if is_space(n) {
+            ' '
+        } else {
+            n
+        };
+        if fold {
+            fold_char(n, out);
+        } else {
+            out.push(n);
+        }
+    }
+}
+
+/// Full case folding for the characters where it differs from lowercasing, then look-alike mapping.
+fn fold_char(c: char, out: &mut String) {
+    match c {
+        'ß' | 'ẞ' => out.push_str("ss"),
+        'ς' => out.push('σ'),
+        'ﬅ' | 'ﬆ' => out.push_str("st"),
+        _ => {
+            for l in c.to_lowercase() {
+                out.push(confusable(l));
+            }
+        }
+    }
+}
+
+/// Cyrillic and Greek letters that render like Latin ones, mapped to the Latin letter (after lowercasing).
+fn confusable(c: char) -> char {
+    match c {
+        'а' => 'a',
+        'в' => 'b',
+        'е' | 'ё' => 'e',
+        'к' => 'k',
+        'м' => 'm',
+        'н' => 'h',
+        'о' => 'o',
+        'р' => 'p',
+        'с' => 'c',
+        'т' => 't',
+        'у' => 'y',
+        'х' => 'x',
+        'і' => 'i',
+        'ј' => 'j',
+        'ѕ' => 's',
+        'ԁ' => 'd',
+        'ԛ' => 'q',
+        'ԝ' => 'w',
+        'α' => 'a',
+        'ε' => 'e',
+        'ι' => 'i',
+        'κ' => 'k',
+        'ν' => 'v',
+        'ο' => 'o',
+        'ρ' => 'p',
+        'τ' => 't',
+        'υ' => 'u',
+        'χ' => 'x',
+        _ => c,
+    }
+}
+
+/// Normalises a keyword term the way the text is normalised, so that both meet in the same view.
+pub fn normalize_term(term: &str, fold: bool) -> String {
+    let mut out = String::with_capacity(term.len());
+    for c in term.chars() {
+        normalize_char(c, fold, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &str) -> String {
+        View::new(s, false).text().to_string()
+    }
+
+    fn fold(s: &str) -> String {
+        View::new(s, true).text().to_string()
+    }
+
+    #[test]
+    fn normalisation_table() {
+        let cases = [
+            // zero-width inside an email
+            (
+                "jane\u{200B}.doe@exa\u{200D}mple.com",
+                "jane.doe@example.com",
+            ),
+            // full-width digits in a card
+            ("４１１１ １１１１", "4111 1111"),
+            // Unicode dashes in an SSN
+            ("123\u{2013}45\u{2011}6789", "123-45-6789"),
+            // NBSP and other spaces
+            ("a\u{00A0}b\u{2009}c\u{3000}d", "a b c d"),
+            // soft hyphen
+            ("pass\u{00AD}word", "password"),
+            // ligature (NFKC)
+            ("ﬁle", "file"),
+            ("plain ascii stays", "plain ascii stays"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(norm(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn folding_table() {
+        let cases = [
+            ("STRAẞE", "strasse"),
+            ("Straße", "strasse"),
+            ("ΟΔΥΣΣΕΥΣ", "oδuσσeuσ"),
+            // Cyrillic look-alikes: "Рrојесt" written with Cyrillic Р, о, ј, е, с
+            ("\u{0420}r\u{043E}\u{0458}\u{0435}\u{0441}t", "project"),
+            ("ＰＲＯＪＥＣＴ", "project"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(fold(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn spans_map_back_to_the_original_bytes() {
+        let original = "Mail: jane\u{200B}.doe@exa\u{200D}mple.com — ok";
+        let v = View::new(original, false);
+        let at = v.text().find("jane.doe@example.com").expect("found");
+        let back = v.to_original(at..at + "jane.doe@example.com".len());
+        assert_eq!(&original[back], "jane\u{200B}.doe@exa\u{200D}mple.com");
+
+        let original = "card ４１１１-１１１１ end";
+        let v = View::new(original, false);
+        let at = v.text().find("4111-1111").expect("found");
+        let back = v.to_original(at..at + 9);
+        assert_eq!(&original[back], "４１１１-１１１１");
+
+        let original = "Die STRAẞE hier";
+        let v = View::new(original, true);
+        let at = v.text().find("strasse").expect("found");
+        let back = v.to_original(at..at + 7);
+        assert_eq!(&original[back], "STRAẞE");
+    }
+
+    #[test]
+    fn ascii_is_borrowed() {
+        let v = View::new("hello", true);
+        assert!(v.is_identity());
+        assert_eq!(v.to_original(1..3), 1..3);
+    }
+}
