@@ -1,5 +1,6 @@
 //! The admin listener, on its own address: `GET /healthz` and `GET /metrics`. It never serves the data path.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -8,33 +9,51 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics;
+use crate::rules::{ReloadOutcome, RuleStore};
 
 /// Answers the admin endpoints.
 pub struct AdminApp {
     started: Instant,
+    rules: Arc<RuleStore>,
 }
 
 impl AdminApp {
-    pub fn new() -> Self {
+    pub fn new(rules: Arc<RuleStore>) -> Self {
         Self {
             started: Instant::now(),
+            rules,
         }
     }
 
     fn healthz(&self) -> Vec<u8> {
+        let set = self.rules.snapshot();
         serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "rules": {"version": set.version(), "count": set.rules().len()},
         })
         .to_string()
         .into_bytes()
     }
-}
 
-impl Default for AdminApp {
-    fn default() -> Self {
-        Self::new()
+    async fn reload(&self) -> (StatusCode, Vec<u8>) {
+        let outcome = crate::server::reload_off_path(&self.rules).await;
+        let (status, body) = match outcome {
+            ReloadOutcome::Reloaded { version, rules } => (
+                StatusCode::OK,
+                serde_json::json!({"result": "reloaded", "version": version, "rules": rules}),
+            ),
+            ReloadOutcome::Unchanged { version, rules } => (
+                StatusCode::OK,
+                serde_json::json!({"result": "unchanged", "version": version, "rules": rules}),
+            ),
+            ReloadOutcome::Failed { version, errors } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"result": "error", "version": version, "errors": errors}),
+            ),
+        };
+        (status, body.to_string().into_bytes())
     }
 }
 
@@ -44,6 +63,10 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let (status, content_type, body) = match (&req.method, req.uri.path()) {
             (&Method::GET, "/healthz") => (StatusCode::OK, "application/json", self.healthz()),
+            (&Method::POST, "/reload") => {
+                let (status, body) = self.reload().await;
+                (status, "application/json", body)
+            }
             (&Method::GET, "/metrics") => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -52,7 +75,7 @@ impl ServeHttp for AdminApp {
             _ => (
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":{"message":"admin endpoints: GET /healthz, GET /metrics","type":"invalid_request_error","param":null,"code":"not_found"}}"#.to_vec(),
+                br#"{"error":{"message":"admin endpoints: GET /healthz, GET /metrics, POST /reload","type":"invalid_request_error","param":null,"code":"not_found"}}"#.to_vec(),
             ),
         };
         Response::builder()

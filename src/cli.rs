@@ -154,6 +154,13 @@ fn fail(e: &ConfigError) -> i32 {
     2
 }
 
+fn start_failed(e: &server::StartError) -> i32 {
+    for line in e.to_string().lines() {
+        eprintln!("promptgate: {line}");
+    }
+    2
+}
+
 fn run(args: RunArgs) -> i32 {
     let overrides = Overrides {
         listen: args.listen,
@@ -167,7 +174,7 @@ fn run(args: RunArgs) -> i32 {
     };
     match server::run(config) {
         Ok(()) => 0,
-        Err(e) => fail(&e),
+        Err(e) => start_failed(&e),
     }
 }
 
@@ -219,7 +226,7 @@ fn demo(args: DemoArgs) -> i32 {
     );
     match server::run_with_mock(config, mock_listener) {
         Ok(()) => 0,
-        Err(e) => fail(&e),
+        Err(e) => start_failed(&e),
     }
 }
 

@@ -12,19 +12,31 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::{Config, ConfigError};
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, RulesConfig};
 use crate::metrics;
 use crate::proxy::{Gateway, Upstream, IN_FLIGHT};
+use crate::rules::{RuleError, RuleStore};
+
+/// Why the gateway did not start. Each is reported on stderr and ends the process with exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid rule set, refusing to start:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<RuleError>),
+}
 
 /// Builds the server from a validated config and runs it until shutdown. Blocks.
-pub fn run(config: Config) -> Result<(), ConfigError> {
+pub fn run(config: Config) -> Result<(), StartError> {
     let server = build(&config)?;
     start(server, &config);
     Ok(())
 }
 
 /// Like [`run`], with the mock upstream served on `mock` by a background service (the demo).
-pub fn run_with_mock(config: Config, mock: std::net::TcpListener) -> Result<(), ConfigError> {
+pub fn run_with_mock(config: Config, mock: std::net::TcpListener) -> Result<(), StartError> {
     let mut server = build(&config)?;
     server.add_service(background_service(
         "mock upstream",
@@ -46,9 +58,21 @@ fn start(server: Server, config: &Config) {
     });
 }
 
-fn build(config: &Config) -> Result<Server, ConfigError> {
+fn build(config: &Config) -> Result<Server, StartError> {
     metrics::init();
     let upstream = Upstream::new(&config.upstream)?;
+    // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
+    let store = Arc::new(
+        RuleStore::open(&config.rules.dir, config.rules.budget.clone())
+            .map_err(StartError::Rules)?,
+    );
+    let snapshot = store.snapshot();
+    tracing::info!(
+        dir = %config.rules.dir.display(),
+        version = snapshot.version(),
+        rules = snapshot.rules().len(),
+        "rules loaded"
+    );
     let conf = ServerConf {
         threads: config.threads,
         // Pingora sleeps for the whole grace period after a graceful signal; the drain service below ends the
@@ -65,7 +89,7 @@ fn build(config: &Config) -> Result<Server, ConfigError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(upstream);
+    let gateway = Gateway::new(upstream, store.clone());
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.
@@ -73,7 +97,7 @@ fn build(config: &Config) -> Result<Server, ConfigError> {
 
     let mut admin = Service::new(
         "promptgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new()),
+        HttpServer::new_app(AdminApp::new(store.clone())),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());
@@ -81,7 +105,89 @@ fn build(config: &Config) -> Result<Server, ConfigError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("drain", Drain));
+    server.add_service(background_service(
+        "rules reload",
+        RulesReload {
+            store,
+            config: config.rules.clone(),
+        },
+    ));
     Ok(server)
+}
+
+/// Reloads the rules when their files change (if watching), on SIGHUP, and never on the request path.
+struct RulesReload {
+    store: Arc<RuleStore>,
+    config: RulesConfig,
+}
+
+/// Runs a reload on a blocking thread (it reads files and compiles).
+pub async fn reload_off_path(store: &Arc<RuleStore>) -> crate::rules::ReloadOutcome {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.reload()).await {
+        Ok(outcome) => outcome,
+        Err(e) => crate::rules::ReloadOutcome::Failed {
+            version: String::new(),
+            errors: vec![format!("reload task failed: {e}")],
+        },
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RulesReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // The watcher lives as long as this service; its callback runs on notify's own thread.
+        let _watcher = if self.config.watch {
+            match watch(&self.config.dir, tx) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(dir = %self.config.dir.display(), "cannot watch the rules directory ({e}); reload with SIGHUP or POST /reload");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = changes.recv() => {
+                    // Debounce: editors and `git checkout` write in several steps.
+                    while let Ok(Some(())) = tokio::time::timeout(self.config.debounce, changes.recv()).await {}
+                    reload_off_path(&self.store).await;
+                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    reload_off_path(&self.store).await;
+                }
+            }
+        }
+    }
+}
+
+fn watch(
+    dir: &std::path::Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+        Ok(_) => {
+            let _ = tx.send(());
+        }
+        Err(e) => tracing::warn!("rules watcher: {e}"),
+    })?;
+    w.watch(dir, RecursiveMode::Recursive)?;
+    Ok(w)
 }
 
 /// Serves the mock upstream inside the server's runtime until shutdown.

@@ -61,12 +61,22 @@ impl Default for UpstreamSection {
 #[serde(deny_unknown_fields, default)]
 pub struct RulesSection {
     pub dir: PathBuf,
+    pub watch: bool,
+    pub reload_debounce_ms: u64,
+    pub max_terms: usize,
+    pub max_regex_bytes: usize,
+    pub max_compile_ms: u64,
 }
 
 impl Default for RulesSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("rules"),
+            watch: true,
+            reload_debounce_ms: 250,
+            max_terms: 1_000_000,
+            max_regex_bytes: 64 << 20,
+            max_compile_ms: 10_000,
         }
     }
 }

@@ -44,7 +44,18 @@ pub struct Config {
     /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
     pub grace_period: Duration,
     pub upstream: UpstreamConfig,
-    pub rules_dir: PathBuf,
+    pub rules: RulesConfig,
+}
+
+/// Where the rules live and the limits a rule set must respect.
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+    /// Reload when files in `dir` change.
+    pub watch: bool,
+    /// Quiet time after the last change before reloading (editors write in several steps).
+    pub debounce: Duration,
+    pub budget: crate::rules::Budget,
 }
 
 /// Where and how requests are forwarded.
@@ -184,10 +195,17 @@ impl Config {
             ca_file,
         };
 
-        let rules_dir = overrides
-            .rules
-            .clone()
-            .unwrap_or_else(|| raw.rules.dir.clone());
+        let r = &raw.rules;
+        let rules = RulesConfig {
+            dir: overrides.rules.clone().unwrap_or_else(|| r.dir.clone()),
+            watch: r.watch,
+            debounce: Duration::from_millis(r.reload_debounce_ms),
+            budget: crate::rules::Budget {
+                max_terms: r.max_terms,
+                max_regex_bytes: r.max_regex_bytes,
+                max_compile: ms("rules.max_compile_ms", r.max_compile_ms)?,
+            },
+        };
 
         Ok(Config {
             listen,
@@ -195,7 +213,7 @@ impl Config {
             threads: raw.server.threads,
             grace_period: Duration::from_secs(raw.server.grace_period_seconds),
             upstream,
-            rules_dir,
+            rules,
         })
     }
 }

@@ -3,10 +3,12 @@
 //! released exactly once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metrics;
 use crate::openai::Route;
+use crate::rules::RuleSet;
 
 /// Requests in flight in this process: the drain on shutdown waits for it to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -37,6 +39,8 @@ pub struct RequestCtx {
     pub route: Route,
     /// The id echoed to the client and sent upstream: the client's if valid, else a fresh one.
     pub request_id: String,
+    /// The rule set this request is checked against, taken once at its start.
+    pub rules: Option<Arc<RuleSet>>,
     _in_flight: InFlightGuard,
 }
 
@@ -46,6 +50,7 @@ impl RequestCtx {
             started: Instant::now(),
             route: Route::NotFound,
             request_id: String::new(),
+            rules: None,
             _in_flight: InFlightGuard::new(),
         }
     }

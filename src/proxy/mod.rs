@@ -20,19 +20,24 @@ pub use ctx::{RequestCtx, IN_FLIGHT};
 pub use error::{ErrorResponse, Rejection};
 pub use upstream::Upstream;
 
+use std::sync::Arc;
+
 use crate::metrics;
 use crate::openai::Route;
+use crate::rules::RuleStore;
 
 const REQUEST_ID: &str = "x-request-id";
+const RULES_VERSION: &str = "x-promptgate-rules-version";
 
 /// The gateway's proxy logic.
 pub struct Gateway {
     upstream: Upstream,
+    rules: Arc<RuleStore>,
 }
 
 impl Gateway {
-    pub fn new(upstream: Upstream) -> Self {
-        Self { upstream }
+    pub fn new(upstream: Upstream, rules: Arc<RuleStore>) -> Self {
+        Self { upstream, rules }
     }
 }
 
@@ -49,6 +54,8 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // One snapshot per request: a reload during the request does not change what it is checked against.
+        ctx.rules = Some(self.rules.snapshot());
         let req = session.req_header();
         ctx.route = Route::classify(req.uri.path());
         ctx.request_id = match req.headers.get(REQUEST_ID) {
@@ -102,6 +109,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(rules) = &ctx.rules {
+            upstream_response.insert_header(RULES_VERSION, rules.version())?;
+        }
         Ok(())
     }
 

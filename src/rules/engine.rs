@@ -237,8 +237,10 @@ impl RuleSet {
             if terms.is_empty() {
                 return Ok(None);
             }
+            // Standard semantics with overlapping search: every occurrence of every term is a candidate, so
+            // a benign term can never hide an overlapping forbidden one; `scan` resolves the overlaps.
             let ac = AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
+                .match_kind(MatchKind::Standard)
                 .ascii_case_insensitive(fold)
                 .build(&terms)
                 .map_err(|e| e.to_string())?;
@@ -345,8 +347,9 @@ impl RuleSet {
         self.max_match_len
     }
 
-    /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Where candidates
-    /// overlap, the most severe action wins (then severity, then the longer span).
+    /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Overlapping candidates
+    /// merge into one match spanning both, named by the most severe rule (action, then severity, then the
+    /// longer span).
     pub fn scan(&self, text: &str, flow: Direction) -> Vec<Match> {
         let mut cands = self.candidates(text, flow);
         if cands.len() <= 1 {
@@ -361,9 +364,18 @@ impl RuleSet {
         for m in cands {
             match out.last_mut() {
                 Some(last) if m.start < last.end => {
-                    if rank(&m) > rank(last) {
-                        *last = m;
-                    }
+                    // Overlapping candidates merge into one span covering both, so redaction leaks no part
+                    // of either; the most severe rule names it.
+                    let rule = if rank(&m) > rank(last) {
+                        m.rule
+                    } else {
+                        last.rule
+                    };
+                    *last = Match {
+                        rule,
+                        start: last.start,
+                        end: last.end.max(m.end),
+                    };
                 }
                 _ => out.push(m),
             }
@@ -431,7 +443,7 @@ impl RuleSet {
 
     fn scan_keywords(&self, kw: &Keywords, view: &View<'_>, flow: Direction, out: &mut Vec<Match>) {
         let hay = view.text();
-        for m in kw.ac.find_iter(hay) {
+        for m in kw.ac.find_overlapping_iter(hay) {
             let rule = kw.rules[m.pattern().as_usize()] as usize;
             let r = m.range();
             if self.rules[rule].whole_word && !at_word_boundaries(hay, &r) {

@@ -6,4 +6,6 @@ mod support;
 
 mod forwarding;
 mod lifecycle;
+mod rules_engine;
+mod rules_reload;
 mod sdk;

@@ -101,6 +101,8 @@ pub struct GatewayOpts {
     pub upstream: String,
     /// Extra TOML, appended to the generated config.
     pub toml: String,
+    /// Rules directory (default: the shipped `rules/`).
+    pub rules: Option<PathBuf>,
 }
 
 impl GatewayOpts {
@@ -108,7 +110,13 @@ impl GatewayOpts {
         Self {
             upstream: upstream.into(),
             toml: String::new(),
+            rules: None,
         }
+    }
+
+    pub fn rules(mut self, dir: &std::path::Path) -> Self {
+        self.rules = Some(dir.to_path_buf());
+        self
     }
 
     pub fn toml(mut self, t: &str) -> Self {
@@ -139,9 +147,15 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(dir) = &opts.rules {
+            cmd.arg("run").arg("--rules").arg(dir);
+        } else {
+            cmd.arg("run");
+        }
+        let child = cmd
             .current_dir(repo_root())
-            .args(["run", "--config"])
+            .arg("--config")
             .arg(config.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
