@@ -9,11 +9,12 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex_automata::meta;
 use regex_automata::Input;
 
 use super::normalize::{normalize_term, View};
+use super::plan::{self, Scope};
 use super::spec::{default_replacement, Action, Direction, LoadedSet, Mode, RuleError, Severity};
 use super::validate::Validator;
 
@@ -75,9 +76,12 @@ struct Keywords {
     rules: Vec<u32>,
 }
 
+/// One planned group of regexes (see `plan`).
 struct Regexes {
     re: meta::Regex,
+    /// Pattern id → rule index.
     rules: Vec<u32>,
+    scope: Scope,
 }
 
 /// The whole compiled rule set.
@@ -86,7 +90,7 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     folded: Option<Keywords>,
     exact: Option<Keywords>,
-    regex: Option<Regexes>,
+    regexes: Vec<Regexes>,
     /// Longest possible match in normalised bytes; `None` when some regex is unbounded.
     max_match_len: Option<usize>,
     terms: usize,
@@ -171,8 +175,8 @@ impl RuleSet {
         let mut max_len = Some(0usize);
         let mut folded_terms = (Vec::new(), Vec::new());
         let mut exact_terms = (Vec::new(), Vec::new());
-        let mut patterns = Vec::new();
-        let mut pattern_rules = Vec::new();
+        // Planned groups: (scope, patterns, rules).
+        let mut groups: Vec<(Scope, Vec<String>, Vec<u32>)> = Vec::new();
         for &i in &order {
             let r = &loaded.rules[i];
             for t in &r.terms {
@@ -221,31 +225,34 @@ impl RuleSet {
                             (Some(m), Some(l)) => Some(m.max(l)),
                             _ => None,
                         };
+                        add_to_plan(&mut groups, plan::scope_of(&hir), p, i as u32);
                     }
                 }
-                patterns.push(p);
-                pattern_rules.push(i as u32);
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
 
-        let build_ac = |(terms, rules): (Vec<String>, Vec<u32>),
-                        fold: bool|
-         -> Result<Option<Keywords>, String> {
-            if terms.is_empty() {
-                return Ok(None);
-            }
-            // Standard semantics with overlapping search: every occurrence of every term is a candidate, so
-            // a benign term can never hide an overlapping forbidden one; `scan` resolves the overlaps.
-            let ac = AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .ascii_case_insensitive(fold)
-                .build(&terms)
-                .map_err(|e| e.to_string())?;
-            Ok(Some(Keywords { ac, rules }))
-        };
+        // Folded terms meet a folded (lowercase) view, so both automata search case-sensitively: that lets
+        // the crate's rare-byte prefilters work, which ASCII case-insensitivity would defeat.
+        let build_ac =
+            |(terms, rules): (Vec<String>, Vec<u32>)| -> Result<Option<Keywords>, String> {
+                if terms.is_empty() {
+                    return Ok(None);
+                }
+                // Standard semantics with overlapping search: every occurrence of every term is a candidate, so
+                // a benign term can never hide an overlapping forbidden one; `scan` resolves the overlaps.
+                // A full DFA is the fastest automaton and affordable for small term lists; large lists let the
+                // crate choose (a contiguous NFA) to bound memory and build time.
+                let kind = (terms.len() <= 5_000).then_some(AhoCorasickKind::DFA);
+                let ac = AhoCorasick::builder()
+                    .kind(kind)
+                    .match_kind(MatchKind::Standard)
+                    .build(&terms)
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(Keywords { ac, rules }))
+            };
         let set_err = |message: String| {
             vec![RuleError {
                 file: loaded.files.first().cloned().unwrap_or_default(),
@@ -254,20 +261,16 @@ impl RuleSet {
                 message,
             }]
         };
-        let folded = build_ac(folded_terms, true).map_err(|e| set_err(format!("keywords: {e}")))?;
-        let exact = build_ac(exact_terms, false).map_err(|e| set_err(format!("keywords: {e}")))?;
-        let regex = if patterns.is_empty() {
-            None
-        } else {
+        let folded = build_ac(folded_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
+        let exact = build_ac(exact_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
+        let mut regexes = Vec::with_capacity(groups.len());
+        for (scope, patterns, rules) in groups {
             let re = meta::Regex::builder()
                 .configure(meta::Config::new().nfa_size_limit(Some(budget.max_regex_bytes)))
                 .build_many(&patterns)
                 .map_err(|e| set_err(format!("regexes: {e} (over the regex size budget?)")))?;
-            Some(Regexes {
-                re,
-                rules: pattern_rules,
-            })
-        };
+            regexes.push(Regexes { re, rules, scope });
+        }
         let took = started.elapsed();
         if took > budget.max_compile {
             return Err(set_err(format!(
@@ -282,7 +285,7 @@ impl RuleSet {
             rules,
             folded,
             exact,
-            regex,
+            regexes,
             max_match_len: max_len,
             terms,
         };
@@ -386,24 +389,33 @@ impl RuleSet {
     /// Every candidate of every matcher, before overlaps are resolved.
     fn candidates(&self, text: &str, flow: Direction) -> Vec<Match> {
         let mut out = Vec::new();
-        if self.regex.is_none() && self.exact.is_none() && self.folded.is_none() {
+        if self.regexes.is_empty() && self.exact.is_none() && self.folded.is_none() {
             return out;
         }
         let norm = View::new(text, false);
-        if let Some(re) = &self.regex {
-            self.scan_regex(re, &norm, flow, &mut out);
+        for group in &self.regexes {
+            match &group.scope {
+                Scope::Prefixed | Scope::Everything => {
+                    self.scan_regex(group, &norm, 0..norm.text().len(), flow, &mut out)
+                }
+                Scope::IfPresent { bytes } => {
+                    if plan::any_byte(norm.text(), bytes) {
+                        self.scan_regex(group, &norm, 0..norm.text().len(), flow, &mut out);
+                    }
+                }
+                Scope::Windowed { bytes, reach } => {
+                    for (a, b) in plan::windows(norm.text(), bytes, *reach) {
+                        self.scan_regex(group, &norm, a..b, flow, &mut out);
+                    }
+                }
+            }
         }
         if let Some(kw) = &self.exact {
             self.scan_keywords(kw, &norm, flow, &mut out);
         }
         if let Some(kw) = &self.folded {
-            if norm.is_identity() {
-                // ASCII: the automaton folds ASCII case itself.
-                self.scan_keywords(kw, &norm, flow, &mut out);
-            } else {
-                let folded = View::new(text, true);
-                self.scan_keywords(kw, &folded, flow, &mut out);
-            }
+            let folded = View::new(text, true);
+            self.scan_keywords(kw, &folded, flow, &mut out);
         }
         out
     }
@@ -413,29 +425,42 @@ impl RuleSet {
         rule.direction.applies_to(flow) && rule.validator.is_none_or(|v| v.check(&hay[r.clone()]))
     }
 
-    fn scan_regex(&self, re: &Regexes, view: &View<'_>, flow: Direction, out: &mut Vec<Match>) {
+    /// Every accepted match of `re` inside `window` (look-arounds see the text outside it).
+    fn scan_regex(
+        &self,
+        re: &Regexes,
+        view: &View<'_>,
+        window: Range<usize>,
+        flow: Direction,
+        out: &mut Vec<Match>,
+    ) {
         let hay = view.text();
-        let mut input = Input::new(hay);
-        let mut at = 0;
-        while at < hay.len() {
+        let mut input = Input::new(hay).range(window.clone());
+        let mut at = window.start;
+        while at < window.end {
             input.set_start(at);
             let Some(m) = re.re.search(&input) else { break };
             let rule = re.rules[m.pattern().as_usize()] as usize;
             let r = m.range();
-            if self.accepts(rule, hay, &r, flow) {
+            let accepted = self.accepts(rule, hay, &r, flow);
+            if accepted {
                 let o = view.to_original(r.clone());
                 out.push(Match {
                     rule,
                     start: o.start,
                     end: o.end,
                 });
-                at = r.end.max(r.start + 1);
-            } else {
-                // A rejected candidate may hide a valid one starting inside it: search again just after its
-                // start.
-                at = r.start + 1;
             }
-            while at < hay.len() && !hay.is_char_boundary(at) {
+            // Leftmost-first reports one match per start; another pattern's match (more severe, or valid where
+            // this one failed its validator) may start inside it. Search again just after this start: matches
+            // are rare, so the rescans are short, and `scan` merges overlapping candidates. A lone pattern
+            // whose match was accepted can only find its own sub-matches there: skip past it.
+            at = if accepted && re.rules.len() == 1 {
+                r.end
+            } else {
+                r.start + 1
+            };
+            while at < window.end && !hay.is_char_boundary(at) {
                 at += 1;
             }
         }
@@ -460,6 +485,44 @@ impl RuleSet {
                 start: o.start,
                 end: o.end,
             });
+        }
+    }
+}
+
+/// Adds a pattern to its planned group: one group per scope kind, except `IfPresent`, one per pattern (each
+/// then gets the single-pattern optimisations of the meta regex). Windowed groups share one window set: the
+/// union of their bytes, the largest reach.
+fn add_to_plan(
+    groups: &mut Vec<(Scope, Vec<String>, Vec<u32>)>,
+    scope: Scope,
+    pattern: String,
+    rule: u32,
+) {
+    let slot = match &scope {
+        Scope::IfPresent { .. } => None,
+        Scope::Prefixed => groups.iter().position(|g| g.0 == Scope::Prefixed),
+        Scope::Everything => groups.iter().position(|g| g.0 == Scope::Everything),
+        Scope::Windowed { .. } => groups
+            .iter()
+            .position(|g| matches!(g.0, Scope::Windowed { .. })),
+    };
+    match slot {
+        None => groups.push((scope, vec![pattern], vec![rule])),
+        Some(i) => {
+            let g = &mut groups[i];
+            if let (
+                Scope::Windowed { bytes, reach },
+                Scope::Windowed {
+                    bytes: b2,
+                    reach: r2,
+                },
+            ) = (&mut g.0, &scope)
+            {
+                bytes.union(b2);
+                *reach = (*reach).max(*r2);
+            }
+            g.1.push(pattern);
+            g.2.push(rule);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod cli;
 mod engine;
 mod normalize;
+mod plan;
 mod spec;
 mod store;
 mod validate;

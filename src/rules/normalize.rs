@@ -6,7 +6,8 @@
 //! *folded* view (case-insensitive keywords) adds full case folding (`ß` → `ss`, `Σ`/`ς` → `σ`) and maps common
 //! Cyrillic and Greek look-alikes to their Latin twins.
 //!
-//! ASCII text is its own normalised view: no copy, no map, which keeps the common case at memchr-like speed.
+//! ASCII text is its own normalised view (no copy, no map) and its lowercase copy is its folded view, which
+//! keeps the common case fast.
 //! NFKC is applied character by character: combining sequences are not recomposed across characters (a
 //! decomposed `é` stays two characters); precomposed text, which is what clients send, is unaffected.
 
@@ -27,25 +28,46 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     /// The normalised view (`fold = false`) or the folded one (`fold = true`) of `original`. For ASCII text
-    /// both are the text itself: ASCII case is left to the matchers, which fold it themselves.
+    /// the normalised view is the text itself and the folded view its lowercase copy: offsets are the
+    /// original's either way, so no map is built.
     pub fn new(original: &'a str, fold: bool) -> Self {
         if original.is_ascii() {
             return View {
-                text: Cow::Borrowed(original),
+                text: if fold {
+                    Cow::Owned(original.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(original)
+                },
                 map: Vec::new(),
             };
         }
+        let bytes = original.as_bytes();
         let mut text = String::with_capacity(original.len() + 16);
-        let mut map = Vec::with_capacity(original.len() + 16);
-        let mut buf = String::new();
-        for (start, c) in original.char_indices() {
-            let range = (start as u32, (start + c.len_utf8()) as u32);
-            buf.clear();
-            normalize_char(c, fold, &mut buf);
-            for _ in 0..buf.len() {
-                map.push(range);
+        let mut map: Vec<(u32, u32)> = Vec::with_capacity(original.len() + 16);
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].is_ascii() {
+                // ASCII runs are copied whole: they are their own normal form.
+                let start = i;
+                while i < bytes.len() && bytes[i].is_ascii() {
+                    i += 1;
+                }
+                let run = &original[start..i];
+                if fold {
+                    text.extend(run.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+                } else {
+                    text.push_str(run);
+                }
+                map.extend((start..i).map(|j| (j as u32, j as u32 + 1)));
+                continue;
             }
-            text.push_str(&buf);
+            let Some(c) = original[i..].chars().next() else {
+                break;
+            };
+            let range = (i as u32, (i + c.len_utf8()) as u32);
+            normalize_char(c, fold, &mut text);
+            map.resize(text.len(), range);
+            i += c.len_utf8();
         }
         View {
             text: Cow::Owned(text),
@@ -131,6 +153,15 @@ fn normalize_char(c: char, fold: bool, out: &mut String) {
         out.push(' ');
         return;
     }
+    // Most characters are their own NFKC form: skip the decomposition for them.
+    if nfkc_stable(c) {
+        if fold {
+            fold_char(c, out);
+        } else {
+            out.push(c);
+        }
+        return;
+    }
     // NFKC of a single character: compatibility decomposition, then canonical composition.
     let mut decomposed = String::new();
     decompose_compatible(c, |d| decomposed.push(d));
@@ -149,6 +180,26 @@ fn normalize_char(c: char, fold: bool, out: &mut String) {
             fold_char(n, out);
         } else {
             out.push(n);
+        }
+    }
+}
+
+/// Whether `c` is its own NFKC form: a table-free answer for the common scripts, the quick check otherwise.
+fn nfkc_stable(c: char) -> bool {
+    match c {
+        // Latin-1 letters, Latin Extended-A except its compatibility characters (Ĳ ĳ Ŀ ŀ ŉ ſ), Cyrillic, CJK
+        // ideographs, Hangul syllables.
+        '\u{C0}'..='\u{FF}'
+        | '\u{400}'..='\u{4FF}'
+        | '\u{4E00}'..='\u{9FFF}'
+        | '\u{AC00}'..='\u{D7A3}' => true,
+        '\u{100}'..='\u{17F}' => !matches!(
+            c,
+            '\u{132}' | '\u{133}' | '\u{13F}' | '\u{140}' | '\u{149}' | '\u{17F}'
+        ),
+        _ => {
+            unicode_normalization::is_nfkc_quick(std::iter::once(c))
+                == unicode_normalization::IsNormalized::Yes
         }
     }
 }
@@ -285,9 +336,33 @@ mod tests {
     }
 
     #[test]
-    fn ascii_is_borrowed() {
-        let v = View::new("hello", true);
+    fn the_stable_ranges_agree_with_nfkc() {
+        let ranges = [
+            '\u{C0}'..='\u{FF}',
+            '\u{100}'..='\u{17F}',
+            '\u{400}'..='\u{4FF}',
+            '\u{4E00}'..='\u{4FFF}',
+            '\u{AC00}'..='\u{AFFF}',
+        ];
+        for r in ranges {
+            for c in r {
+                let nfkc: String = std::iter::once(c).nfkc().collect();
+                assert_eq!(
+                    nfkc_stable(c),
+                    nfkc == c.to_string(),
+                    "{c:?} U+{:04X}",
+                    c as u32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_views_need_no_map() {
+        let v = View::new("HeLLo", true);
         assert!(v.is_identity());
+        assert_eq!(v.text(), "hello");
         assert_eq!(v.to_original(1..3), 1..3);
+        assert_eq!(View::new("HeLLo", false).text(), "HeLLo");
     }
 }

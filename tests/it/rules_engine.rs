@@ -354,3 +354,48 @@ fn version_is_a_content_hash() {
         load(b.path(), &Budget::default()).expect("b2").version()
     );
 }
+
+#[test]
+fn a_regex_match_cannot_hide_a_more_severe_one_inside_it() {
+    // The email pattern starts first and covers the key; the key's block must still be seen.
+    let set = default_pack();
+    let text = "contact AKIAIOSFODNN7EXAMPLE@example.com now";
+    let got = found(&set, text);
+    assert_eq!(
+        got,
+        vec![(
+            "secret.aws_access_key_id".to_string(),
+            "AKIAIOSFODNN7EXAMPLE@example.com".to_string()
+        )]
+    );
+
+    // Two regexes in one multi-pattern group: a redact match starting first must not hide a block one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "g.toml",
+        r#"
+[[rule]]
+id = "t.wide"
+description = "wide, redact"
+regex = { pattern = '[a-z]+ [a-z]+ [a-z]+' }
+case_sensitive = true
+action = "redact"
+
+[[rule]]
+id = "t.narrow"
+description = "narrow, block"
+regex = { pattern = 'b[a-z]ta g[a-z]mma' }
+case_sensitive = true
+action = "block"
+"#,
+    );
+    let set = load(dir.path(), &Budget::default()).expect("loads");
+    let text = "alpha beta gamma";
+    let got: Vec<&str> = set
+        .scan(text, Direction::Both)
+        .iter()
+        .map(|m| set.rule(m.rule).id.as_str())
+        .collect();
+    assert_eq!(got, ["t.narrow"]);
+}
