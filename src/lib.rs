@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod inspect;
 pub mod metrics;
 pub mod mock;
 pub mod openai;

@@ -51,6 +51,26 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Inspection decisions by direction and decision.
+pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_decisions_total",
+        "Inspection decisions, by direction and decision.",
+        &["direction", "decision"]
+    )
+    .expect("metric registers once")
+});
+
+/// Inspections that failed inside the gateway (the request was refused, or forwarded under fail-open).
+pub static INSPECTION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_inspection_errors_total",
+        "Inspections that failed inside the gateway, by outcome (fail_closed, fail_open).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Rule-set reloads by result (`ok`, `unchanged`, `error`).
 pub static RULES_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -91,6 +111,8 @@ pub fn init() {
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&RULES_RELOADS);
+    LazyLock::force(&DECISIONS);
+    LazyLock::force(&INSPECTION_ERRORS);
     LazyLock::force(&RULES_INFO);
     LazyLock::force(&RULES_COUNT);
 }

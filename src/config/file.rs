@@ -10,6 +10,61 @@ pub struct FileConfig {
     pub server: ServerSection,
     pub upstream: UpstreamSection,
     pub rules: RulesSection,
+    pub inspect: InspectSection,
+    pub policy: PolicySection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectSection {
+    pub enabled: bool,
+    pub unknown_routes: String,
+    pub opaque_inputs: String,
+    pub max_json_depth: usize,
+}
+
+impl Default for InspectSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            unknown_routes: "inspect".into(),
+            opaque_inputs: "pass".into(),
+            max_json_depth: 64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    pub mode: String,
+    pub fail_open: bool,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            fail_open: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_body_bytes: usize,
+    pub max_decoded_body_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 << 20,
+            max_decoded_body_bytes: 32 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

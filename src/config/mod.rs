@@ -45,6 +45,29 @@ pub struct Config {
     pub grace_period: Duration,
     pub upstream: UpstreamConfig,
     pub rules: RulesConfig,
+    pub inspect: InspectConfig,
+}
+
+/// What to do with `/v1` routes the gateway does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownRoutes {
+    Inspect,
+    Pass,
+    Deny,
+}
+
+/// Request inspection settings.
+#[derive(Debug, Clone)]
+pub struct InspectConfig {
+    pub enabled: bool,
+    pub unknown_routes: UnknownRoutes,
+    pub options: crate::inspect::InspectOptions,
+    /// Largest request body accepted, as received (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest request body once decoded.
+    pub max_decoded_body_bytes: usize,
+    /// Forward uninspected (and count it) when inspection itself fails, instead of answering 503.
+    pub fail_open: bool,
 }
 
 /// Where the rules live and the limits a rule set must respect.
@@ -207,6 +230,73 @@ impl Config {
             },
         };
 
+        let i = &raw.inspect;
+        let unknown_routes = match i.unknown_routes.as_str() {
+            "inspect" => UnknownRoutes::Inspect,
+            "pass" => UnknownRoutes::Pass,
+            "deny" => UnknownRoutes::Deny,
+            other => {
+                return Err(from_file(
+                    "inspect.unknown_routes",
+                    format!("{other:?}: expected \"inspect\", \"pass\" or \"deny\""),
+                ))
+            }
+        };
+        let opaque = match i.opaque_inputs.as_str() {
+            "pass" => crate::inspect::OpaquePolicy::Pass,
+            "deny" => crate::inspect::OpaquePolicy::Deny,
+            other => {
+                return Err(from_file(
+                    "inspect.opaque_inputs",
+                    format!("{other:?}: expected \"pass\" or \"deny\""),
+                ))
+            }
+        };
+        let monitor = match raw.policy.mode.as_str() {
+            "enforce" => false,
+            "monitor" => true,
+            other => {
+                return Err(from_file(
+                    "policy.mode",
+                    format!("{other:?}: expected \"enforce\" or \"monitor\""),
+                ))
+            }
+        };
+        if !(2..=1024).contains(&i.max_json_depth) {
+            return Err(from_file(
+                "inspect.max_json_depth",
+                format!("must be between 2 and 1024, got {}", i.max_json_depth),
+            ));
+        }
+        let l = &raw.limits;
+        if l.max_body_bytes == 0 {
+            return Err(from_file(
+                "limits.max_body_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if l.max_decoded_body_bytes < l.max_body_bytes {
+            return Err(from_file(
+                "limits.max_decoded_body_bytes",
+                format!(
+                    "must be at least limits.max_body_bytes ({})",
+                    l.max_body_bytes
+                ),
+            ));
+        }
+        let inspect = InspectConfig {
+            enabled: i.enabled,
+            unknown_routes,
+            options: crate::inspect::InspectOptions {
+                max_depth: i.max_json_depth,
+                opaque,
+                monitor,
+            },
+            max_body_bytes: l.max_body_bytes,
+            max_decoded_body_bytes: l.max_decoded_body_bytes,
+            fail_open: raw.policy.fail_open,
+        };
+
         Ok(Config {
             listen,
             admin,
@@ -214,6 +304,7 @@ impl Config {
             grace_period: Duration::from_secs(raw.server.grace_period_seconds),
             upstream,
             rules,
+            inspect,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! OpenAI wire knowledge: which routes exist and what they carry. Pure data; no sockets, no Pingora.
 
+pub mod json;
 mod route;
 
 pub use route::Route;

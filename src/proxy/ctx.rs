@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The rule set this request is checked against, taken once at its start.
     pub rules: Option<Arc<RuleSet>>,
+    /// Request-body inspection, when the body is inspected.
+    pub body: Option<super::body::BodyInspection>,
     _in_flight: InFlightGuard,
 }
 
@@ -51,6 +53,7 @@ impl RequestCtx {
             route: Route::NotFound,
             request_id: String::new(),
             rules: None,
+            body: None,
             _in_flight: InFlightGuard::new(),
         }
     }

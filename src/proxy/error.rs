@@ -21,6 +21,20 @@ pub enum Rejection {
     BadRequest,
     #[error("internal gateway error")]
     Internal,
+    #[error("Request blocked by policy '{rule}': {description}")]
+    PolicyBlocked { rule: String, description: String },
+    #[error("Request blocked by policy 'inspect.opaque_inputs': the request carries inputs that cannot be inspected as text (token ids, images, audio or files)")]
+    OpaqueInputDenied,
+    #[error("This route is not allowed through the gateway (inspect.unknown_routes = \"deny\")")]
+    RouteDenied,
+    #[error("The request body is larger than the gateway accepts ({limit} bytes)")]
+    BodyTooLarge { limit: usize },
+    #[error("Content-Encoding {0:?} is not supported: use gzip, deflate, br, zstd or none")]
+    UnsupportedEncoding(String),
+    #[error("The request body could not be read: {0}")]
+    InvalidBody(String),
+    #[error("The request could not be inspected; it was not forwarded")]
+    InspectionFailed,
 }
 
 /// Everything needed to write one error response.
@@ -44,6 +58,9 @@ struct Body<'a> {
     kind: &'a str,
     param: Option<&'a str>,
     code: &'a str,
+    /// The rule (or setting) that refused the request, for policy errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
 }
 
 impl Rejection {
@@ -56,6 +73,15 @@ impl Rejection {
             Rejection::UpstreamTimeout => (504, "upstream_error", "upstream_timeout"),
             Rejection::BadRequest => (400, "invalid_request_error", "bad_request"),
             Rejection::Internal => (500, "server_error", "internal_error"),
+            Rejection::PolicyBlocked { .. } => (409, "policy_violation", "policy_blocked"),
+            Rejection::OpaqueInputDenied => (409, "policy_violation", "opaque_input_denied"),
+            Rejection::RouteDenied => (403, "permission_error", "route_denied"),
+            Rejection::BodyTooLarge { .. } => (413, "invalid_request_error", "body_too_large"),
+            Rejection::UnsupportedEncoding(_) => {
+                (415, "invalid_request_error", "unsupported_encoding")
+            }
+            Rejection::InvalidBody(_) => (400, "invalid_request_error", "invalid_body"),
+            Rejection::InspectionFailed => (503, "server_error", "inspection_failed"),
         }
     }
 
@@ -79,6 +105,11 @@ impl Rejection {
                 kind,
                 param: None,
                 code,
+                policy: match self {
+                    Rejection::PolicyBlocked { rule, .. } => Some(rule.as_str()),
+                    Rejection::OpaqueInputDenied => Some("inspect.opaque_inputs"),
+                    _ => None,
+                },
             },
         })
         .map(Bytes::from)
@@ -88,8 +119,17 @@ impl Rejection {
             status,
             body,
             should_retry: match self {
-                // Retrying a 404 cannot help; the SDKs would not retry it anyway.
-                Rejection::NotFound { .. } | Rejection::BadRequest => Some(false),
+                // The official OpenAI SDKs retry 409 (and 5xx) unless told not to; a policy decision or a bad
+                // request will not change on retry.
+                Rejection::NotFound { .. }
+                | Rejection::BadRequest
+                | Rejection::PolicyBlocked { .. }
+                | Rejection::OpaqueInputDenied
+                | Rejection::RouteDenied
+                | Rejection::BodyTooLarge { .. }
+                | Rejection::UnsupportedEncoding(_)
+                | Rejection::InvalidBody(_)
+                | Rejection::InspectionFailed => Some(false),
                 _ => None,
             },
         }

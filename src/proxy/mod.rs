@@ -6,6 +6,7 @@
 //! request id (`upstream_request_filter`) → stream the response back, request id added (`response_filter`) →
 //! metrics (`logging`) → context dropped.
 
+mod body;
 mod ctx;
 mod error;
 mod upstream;
@@ -22,6 +23,7 @@ pub use upstream::Upstream;
 
 use std::sync::Arc;
 
+use crate::config::InspectConfig;
 use crate::metrics;
 use crate::openai::Route;
 use crate::rules::RuleStore;
@@ -33,11 +35,70 @@ const RULES_VERSION: &str = "x-promptgate-rules-version";
 pub struct Gateway {
     upstream: Upstream,
     rules: Arc<RuleStore>,
+    inspect: InspectConfig,
 }
 
 impl Gateway {
-    pub fn new(upstream: Upstream, rules: Arc<RuleStore>) -> Self {
-        Self { upstream, rules }
+    pub fn new(upstream: Upstream, rules: Arc<RuleStore>, inspect: InspectConfig) -> Self {
+        Self {
+            upstream,
+            rules,
+            inspect,
+        }
+    }
+
+    /// Plans body inspection from the header; for small declared bodies, reads and inspects the body now,
+    /// before any upstream connection (see `body.rs`). `Err` is a rejection to answer with.
+    async fn handle_request_body_early(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        let req = session.req_header();
+        let header =
+            |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let content_length = match header(http::header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| Rejection::InvalidBody("invalid Content-Length".into()))?,
+            ),
+            None => None,
+        };
+        let chunked = header(http::header::TRANSFER_ENCODING).is_some();
+        let encoding = header(http::header::CONTENT_ENCODING).map(str::to_string);
+        let mut insp = match body::plan(
+            &self.inspect,
+            ctx.route,
+            content_length,
+            chunked,
+            encoding.as_deref(),
+        )? {
+            body::Plan::Skip => return Ok(()),
+            body::Plan::Inspect(i) => i,
+        };
+        if insp.mode == body::BodyMode::Early {
+            // Pingora forwards a body read here only through its retry buffer: enable it before reading.
+            session.as_mut().enable_retry_buffering();
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => body::hold(&mut insp, &chunk, self.inspect.max_body_bytes)?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(Rejection::InvalidBody(format!(
+                            "reading the body failed ({})",
+                            e.etype().as_str()
+                        )))
+                    }
+                }
+            }
+            let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
+            let decided = body::decide(&mut insp, &rules, &self.inspect);
+            ctx.body = Some(insp);
+            return decided;
+        }
+        ctx.body = Some(insp);
+        Ok(())
     }
 }
 
@@ -77,7 +138,51 @@ impl ProxyHttp for Gateway {
             write_error(session, ctx, &rejection.render()).await?;
             return Ok(true);
         }
+        if let Err(rejection) = self.handle_request_body_early(session, ctx).await {
+            // A body refused before it was read whole is still on the connection: do not reuse it.
+            if !session.is_body_done() {
+                session.set_keepalive(None);
+            }
+            write_error(session, ctx, &rejection.render()).await?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(insp) = ctx.body.as_mut() else {
+            return Ok(());
+        };
+        if insp.mode == body::BodyMode::Held && insp.forward.is_none() {
+            if let Some(chunk) = body.take() {
+                body::hold(insp, &chunk, self.inspect.max_body_bytes)
+                    .map_err(Rejection::into_error)?;
+            }
+            if !end_of_stream {
+                // Nothing goes upstream until the whole body is inspected.
+                *body = Some(Bytes::new());
+                return Ok(());
+            }
+            let rules = ctx
+                .rules
+                .clone()
+                .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
+            body::decide(insp, &rules, &self.inspect).map_err(Rejection::into_error)?;
+        }
+        // The decided body replaces whatever Pingora has (the retry buffer in early mode); it is cloned so an
+        // upstream retry sends it again.
+        *body = if end_of_stream {
+            insp.forward.clone()
+        } else {
+            Some(Bytes::new())
+        };
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -94,6 +199,25 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(insp) = &ctx.body {
+            match (&insp.forward, insp.mode) {
+                (Some(forward), body::BodyMode::Early) => {
+                    upstream_request
+                        .insert_header(http::header::CONTENT_LENGTH, forward.len().to_string())?;
+                    if insp.forward_decoded {
+                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
+                    }
+                }
+                _ => {
+                    // The body is not decided yet: no length to promise (Pingora sends it chunked), and it
+                    // leaves decoded if it arrived encoded.
+                    upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                    if insp.encoding != crate::inspect::ContentEncoding::Identity {
+                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
+                    }
+                }
+            }
+        }
         upstream_request.insert_header(http::header::HOST, self.upstream.authority())?;
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(uri) = self.upstream.rewrite_uri(&upstream_request.uri) {
@@ -109,9 +233,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(rules) = &ctx.rules {
-            upstream_response.insert_header(RULES_VERSION, rules.version())?;
-        }
+        decision_headers(upstream_response, ctx)?;
         Ok(())
     }
 
@@ -165,6 +287,7 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;
     header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    decision_headers(&mut header, ctx)?;
     if let Some(retry) = resp.should_retry {
         header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
     }
@@ -174,6 +297,40 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
     session
         .write_response_body(Some(Bytes::clone(&resp.body)), true)
         .await
+}
+
+/// `x-promptgate-rules-version` on every response; `x-promptgate-decision` and `x-promptgate-rules` (ids
+/// only, never values) when the request body was inspected.
+fn decision_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(rules) = &ctx.rules else {
+        return Ok(());
+    };
+    header.insert_header(RULES_VERSION, rules.version())?;
+    let Some(insp) = &ctx.body else {
+        return Ok(());
+    };
+    if insp.failed_open {
+        header.insert_header("x-promptgate-decision", "error")?;
+        return Ok(());
+    }
+    let Some(v) = &insp.verdict else {
+        return Ok(());
+    };
+    let decision = if v.opaque_denied {
+        "block"
+    } else {
+        v.decision.as_str()
+    };
+    header.insert_header("x-promptgate-decision", decision)?;
+    if !v.hits.is_empty() {
+        let ids: Vec<&str> = v
+            .hits
+            .iter()
+            .map(|h| rules.rule(h.rule).id.as_str())
+            .collect();
+        header.insert_header("x-promptgate-rules", ids.join(","))?;
+    }
+    Ok(())
 }
 
 /// Status codes as static labels: a closed set, whatever the upstream sends.

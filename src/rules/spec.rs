@@ -300,6 +300,11 @@ pub fn load_dir(dir: &Path) -> Result<LoadedSet, Vec<RuleError>> {
                 }
                 (None, Some(_)) => {}
             }
+            if spec.validator == Some(Validator::FaultInjection)
+                && std::env::var("PROMPTGATE_ALLOW_FAULT_INJECTION").as_deref() != Ok("1")
+            {
+                errors.push(at("validator \"fault_injection\" is for tests only".into()));
+            }
             if spec.keywords.is_some() && spec.validator.is_some() {
                 errors.push(at("validators apply to regex rules only".into()));
             }

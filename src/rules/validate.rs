@@ -22,6 +22,9 @@ pub enum Validator {
     Jwt,
     /// Phone number: 8 to 15 digits (E.164's maximum), not all the same digit.
     Phone,
+    /// Panics on every candidate: a fault injected by tests to prove that a failing rule fails closed. Only
+    /// loadable when `PROMPTGATE_ALLOW_FAULT_INJECTION=1` is set.
+    FaultInjection,
 }
 
 impl Validator {
@@ -34,6 +37,7 @@ impl Validator {
             Validator::AbaRouting => digits(candidate).is_some_and(|d| aba_routing(&d)),
             Validator::Jwt => jwt(candidate),
             Validator::Phone => phone(candidate),
+            Validator::FaultInjection => panic!("fault injected by a test rule"),
         }
     }
 
@@ -46,6 +50,7 @@ impl Validator {
             Validator::AbaRouting => "aba_routing",
             Validator::Jwt => "jwt",
             Validator::Phone => "phone",
+            Validator::FaultInjection => "fault_injection",
         }
     }
 }

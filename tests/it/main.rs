@@ -6,6 +6,7 @@ mod support;
 
 mod forwarding;
 mod lifecycle;
+mod requests;
 mod rules_engine;
 mod rules_reload;
 mod sdk;

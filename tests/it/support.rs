@@ -103,6 +103,8 @@ pub struct GatewayOpts {
     pub toml: String,
     /// Rules directory (default: the shipped `rules/`).
     pub rules: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOpts {
@@ -111,7 +113,13 @@ impl GatewayOpts {
             upstream: upstream.into(),
             toml: String::new(),
             rules: None,
+            env: Vec::new(),
         }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
     }
 
     pub fn rules(mut self, dir: &std::path::Path) -> Self {
@@ -152,6 +160,9 @@ impl Gateway {
             cmd.arg("run").arg("--rules").arg(dir);
         } else {
             cmd.arg("run");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         let child = cmd
             .current_dir(repo_root())

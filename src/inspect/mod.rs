@@ -1,0 +1,10 @@
+//! Request inspection: pure functions from a body and a rule set to a verdict (allow, redact with the
+//! rewritten body, block, monitor). No sockets, no Pingora; `proxy` calls in and acts on the verdict.
+
+mod decode;
+mod request;
+
+pub use decode::{decode_body, ContentEncoding, DecodeError};
+pub use request::{
+    inspect_json, inspect_text, Decision, InspectOptions, OpaquePolicy, RuleHit, Verdict,
+};

@@ -1,0 +1,267 @@
+//! The verdict on one request body. Every string is inspected — keys too, and strings that hold JSON
+//! (tool-call `arguments`, double-encoded payloads) are parsed and inspected as JSON, then re-encoded in
+//! place. Non-text inputs (token-id arrays, image / audio / file parts) follow an explicit policy.
+
+use std::collections::BTreeMap;
+
+use crate::openai::json::{self, JsonError, Node, Str};
+use crate::rules::{redact, Action, Direction, Mode, RuleSet};
+
+/// What happens to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Decision {
+    Allow,
+    Monitor,
+    Redact,
+    Block,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Monitor => "monitor",
+            Decision::Redact => "redact",
+            Decision::Block => "block",
+        }
+    }
+}
+
+/// What to do with inputs that cannot be inspected as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpaquePolicy {
+    Pass,
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct InspectOptions {
+    /// JSON nesting bound (documents nested in strings count their own levels).
+    pub max_depth: usize,
+    pub opaque: OpaquePolicy,
+    /// Global monitor mode: record what would happen, change nothing.
+    pub monitor: bool,
+}
+
+/// Matches of one rule in one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHit {
+    pub rule: usize,
+    pub count: u32,
+    /// Whether the rule's action was applied (false in monitor mode, or for a monitor-mode rule).
+    pub enforced: bool,
+}
+
+/// The outcome of inspecting a body.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// What would have happened with every rule enforced (differs from `decision` in monitor mode).
+    pub would_be: Decision,
+    pub hits: Vec<RuleHit>,
+    /// The rule that blocked (the most severe enforced block), if any.
+    pub blocked_by: Option<usize>,
+    /// The body to forward when it was rewritten.
+    pub rewritten: Option<Vec<u8>>,
+    /// Non-text inputs seen (token-id arrays, image / audio / file parts).
+    pub opaque_inputs: u32,
+    /// The opaque-input policy refused the request.
+    pub opaque_denied: bool,
+}
+
+const OPAQUE_PART_TYPES: &[&str] = &[
+    "image_url",
+    "input_image",
+    "input_audio",
+    "file",
+    "input_file",
+    "image",
+];
+/// Strings nested in strings are parsed as JSON this deep at most.
+const MAX_NESTED_DOCUMENTS: usize = 4;
+
+struct Walk<'a> {
+    set: &'a RuleSet,
+    opts: &'a InspectOptions,
+    hits: BTreeMap<usize, (u32, bool)>,
+    opaque: u32,
+}
+
+impl Walk<'_> {
+    /// Inspects one string; returns its new value if enforced redactions changed it.
+    fn text(&mut self, s: &str, nested: usize) -> Option<String> {
+        let t = s.trim_start();
+        if nested < MAX_NESTED_DOCUMENTS && (t.starts_with('{') || t.starts_with('[')) {
+            if let Ok(doc) = json::parse(s.as_bytes(), self.opts.max_depth) {
+                let mut edits = Vec::new();
+                self.node(&doc, None, nested + 1, &mut edits);
+                return (!edits.is_empty()).then(|| {
+                    String::from_utf8_lossy(&json::splice(s.as_bytes(), &edits)).into_owned()
+                });
+            }
+        }
+        let matches = self.set.scan(s, Direction::Request);
+        if matches.is_empty() {
+            return None;
+        }
+        let mut redactions = Vec::new();
+        for m in &matches {
+            let rule = self.set.rule(m.rule);
+            let enforced = rule.mode == Mode::Enforce && !self.opts.monitor;
+            let e = self.hits.entry(m.rule).or_insert((0, enforced));
+            e.0 += 1;
+            if enforced && rule.action == Action::Redact {
+                redactions.push((m.range(), rule.replacement.as_str()));
+            }
+        }
+        (!redactions.is_empty()).then(|| redact(s, redactions))
+    }
+
+    fn string(
+        &mut self,
+        s: &Str,
+        nested: usize,
+        edits: &mut Vec<(std::ops::Range<usize>, String)>,
+    ) {
+        if let Some(new) = self.text(&s.value, nested) {
+            edits.push((s.range.clone(), json::encode_str(&new)));
+        }
+    }
+
+    fn node(
+        &mut self,
+        n: &Node,
+        key: Option<&str>,
+        nested: usize,
+        edits: &mut Vec<(std::ops::Range<usize>, String)>,
+    ) {
+        match n {
+            Node::String(s) => self.string(s, nested, edits),
+            Node::Array(items) => {
+                // Token ids: `prompt` / `input` given as integers (or lists of them) instead of text.
+                if matches!(key, Some("prompt" | "input"))
+                    && !items.is_empty()
+                    && items.iter().all(is_token_ids)
+                {
+                    self.opaque += 1;
+                }
+                for item in items {
+                    self.node(item, None, nested, edits);
+                }
+            }
+            Node::Object(entries) => {
+                if n.get("type")
+                    .and_then(Node::as_str)
+                    .is_some_and(|t| OPAQUE_PART_TYPES.contains(&t))
+                {
+                    self.opaque += 1;
+                }
+                for (k, v) in entries {
+                    self.string(k, nested, edits);
+                    self.node(v, Some(k.value.as_str()), nested, edits);
+                }
+            }
+            Node::Null | Node::Bool | Node::Number { .. } => {}
+        }
+    }
+
+    fn verdict(self, rewritten: Option<Vec<u8>>) -> Verdict {
+        let set = self.set;
+        let mut decision = Decision::Allow;
+        let mut would_be = Decision::Allow;
+        let mut blocked_by: Option<usize> = None;
+        let hits: Vec<RuleHit> = self
+            .hits
+            .into_iter()
+            .map(|(rule, (count, enforced))| RuleHit {
+                rule,
+                count,
+                enforced,
+            })
+            .collect();
+        for h in &hits {
+            let r = set.rule(h.rule);
+            let effect = match r.action {
+                Action::Block => Decision::Block,
+                Action::Redact => Decision::Redact,
+                Action::Log => Decision::Allow,
+            };
+            would_be = would_be.max(effect);
+            if h.enforced {
+                decision = decision.max(effect);
+                if effect == Decision::Block
+                    && blocked_by.is_none_or(|b| {
+                        (r.severity, r.action) > (set.rule(b).severity, set.rule(b).action)
+                    })
+                {
+                    blocked_by = Some(h.rule);
+                }
+            }
+        }
+        let opaque_denied =
+            self.opaque > 0 && self.opts.opaque == OpaquePolicy::Deny && !self.opts.monitor;
+        if decision < would_be && decision != Decision::Block {
+            // Something would have been redacted or blocked had it been enforced.
+            decision = decision.max(Decision::Monitor);
+        }
+        let rewritten = if decision == Decision::Redact {
+            rewritten
+        } else {
+            None
+        };
+        Verdict {
+            decision,
+            would_be,
+            hits,
+            blocked_by,
+            rewritten,
+            opaque_inputs: self.opaque,
+            opaque_denied,
+        }
+    }
+}
+
+fn is_token_ids(n: &Node) -> bool {
+    match n {
+        Node::Number { integer } => *integer,
+        Node::Array(inner) => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|x| matches!(x, Node::Number { integer: true }))
+        }
+        _ => false,
+    }
+}
+
+/// Inspects a JSON body. Errors are the client's (invalid JSON, duplicate keys, too deep): answer 400.
+pub fn inspect_json(
+    set: &RuleSet,
+    body: &[u8],
+    opts: &InspectOptions,
+) -> Result<Verdict, JsonError> {
+    let doc = json::parse(body, opts.max_depth)?;
+    let mut w = Walk {
+        set,
+        opts,
+        hits: BTreeMap::new(),
+        opaque: 0,
+    };
+    let mut edits = Vec::new();
+    w.node(&doc, None, 0, &mut edits);
+    let rewritten = (!edits.is_empty()).then(|| json::splice(body, &edits));
+    Ok(w.verdict(rewritten))
+}
+
+/// Inspects a body that is text but not JSON.
+pub fn inspect_text(set: &RuleSet, body: &str, opts: &InspectOptions) -> Verdict {
+    let mut w = Walk {
+        set,
+        opts,
+        hits: BTreeMap::new(),
+        opaque: 0,
+    };
+    // Plain text is never parsed as a JSON document here: `nested` at the bound.
+    let rewritten = w.text(body, MAX_NESTED_DOCUMENTS).map(String::into_bytes);
+    w.verdict(rewritten)
+}

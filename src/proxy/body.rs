@@ -1,0 +1,222 @@
+//! Request-body enforcement: the glue between Pingora's body hooks and the pure `inspect` module.
+//!
+//! Where the body is inspected, and why there:
+//! - **Early** (declared `Content-Length` ≤ 64 KiB, most chat requests): the body is read whole in
+//!   `request_filter`, before any upstream connection exists, so a blocked request never contacts the upstream
+//!   at all. Pingora forwards a body read there only through its retry buffer, which holds at most 64 KiB
+//!   (`BODY_BUF_LIMIT`); we enable it before reading, and when Pingora replays that buffer into
+//!   `request_body_filter` we replace it with the inspected bytes.
+//! - **Held** (larger or chunked bodies): the body is collected in `request_body_filter` and nothing is passed
+//!   on until it is complete and inspected. The upstream has by then received the request header (Pingora sends
+//!   it first) but never a byte of the body; a block ends that upstream request without one.
+//!
+//! Either way the upstream receives the original bytes when nothing matched, the rewritten body when a rule
+//! redacted, and nothing when a rule blocked.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::{InspectConfig, UnknownRoutes};
+use crate::inspect::{self, ContentEncoding, Decision, Verdict};
+use crate::metrics;
+use crate::openai::Route;
+use crate::rules::RuleSet;
+
+use super::Rejection;
+
+/// Bodies up to this size are inspected before the upstream is contacted (Pingora's retry-buffer size).
+pub const EARLY_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Read and inspected in `request_filter`.
+    Early,
+    /// Collected and inspected in `request_body_filter`.
+    Held,
+}
+
+/// Request-body inspection state of one request.
+#[derive(Debug)]
+pub struct BodyInspection {
+    pub mode: BodyMode,
+    pub encoding: ContentEncoding,
+    /// Non-JSON bodies are refused on the known API routes.
+    pub json_required: bool,
+    pub held: Vec<u8>,
+    /// What goes upstream, once decided.
+    pub forward: Option<Bytes>,
+    /// Whether `forward` is a decoded (re-encoded as plain) body rather than the bytes received.
+    pub forward_decoded: bool,
+    pub verdict: Option<Verdict>,
+    pub inspect_us: u64,
+    /// Inspection failed and `policy.fail_open` let the request through uninspected.
+    pub failed_open: bool,
+}
+
+/// What `request_filter` should do with a request, from its route and headers alone.
+pub enum Plan {
+    /// No body to inspect (or a route configured to pass).
+    Skip,
+    Inspect(BodyInspection),
+}
+
+/// Decides from the header whether and how the body will be inspected; refuses what can be refused already.
+pub fn plan(
+    cfg: &InspectConfig,
+    route: Route,
+    content_length: Option<usize>,
+    chunked: bool,
+    content_encoding: Option<&str>,
+) -> Result<Plan, Rejection> {
+    if !cfg.enabled || (content_length.unwrap_or(0) == 0 && !chunked) {
+        return Ok(Plan::Skip);
+    }
+    let json_required = match route {
+        Route::ChatCompletions
+        | Route::Completions
+        | Route::Embeddings
+        | Route::Responses
+        | Route::Moderations => true,
+        Route::Models | Route::OtherV1 => match cfg.unknown_routes {
+            UnknownRoutes::Pass => return Ok(Plan::Skip),
+            UnknownRoutes::Deny => return Err(Rejection::RouteDenied),
+            UnknownRoutes::Inspect => false,
+        },
+        Route::NotFound => return Ok(Plan::Skip),
+    };
+    if content_length.is_some_and(|n| n > cfg.max_body_bytes) {
+        return Err(Rejection::BodyTooLarge {
+            limit: cfg.max_body_bytes,
+        });
+    }
+    let encoding = ContentEncoding::parse(content_encoding).ok_or_else(|| {
+        Rejection::UnsupportedEncoding(content_encoding.unwrap_or("").chars().take(32).collect())
+    })?;
+    let mode = match content_length {
+        Some(n) if n <= EARLY_LIMIT && !chunked => BodyMode::Early,
+        _ => BodyMode::Held,
+    };
+    Ok(Plan::Inspect(BodyInspection {
+        mode,
+        encoding,
+        json_required,
+        held: Vec::new(),
+        forward: None,
+        forward_decoded: false,
+        verdict: None,
+        inspect_us: 0,
+        failed_open: false,
+    }))
+}
+
+/// Appends a received chunk, refusing the body as soon as it is over the limit.
+pub fn hold(insp: &mut BodyInspection, chunk: &[u8], limit: usize) -> Result<(), Rejection> {
+    if insp.held.len() + chunk.len() > limit {
+        return Err(Rejection::BodyTooLarge { limit });
+    }
+    insp.held.extend_from_slice(chunk);
+    Ok(())
+}
+
+/// Inspects the complete body held in `insp` and decides what goes upstream (stored in `insp.forward`).
+pub fn decide(
+    insp: &mut BodyInspection,
+    rules: &RuleSet,
+    cfg: &InspectConfig,
+) -> Result<(), Rejection> {
+    let started = Instant::now();
+    let raw = std::mem::take(&mut insp.held);
+    // Inspection is CPU work on data we do not control: a panic anywhere in it must not pass the request.
+    let outcome =
+        std::panic::catch_unwind(AssertUnwindSafe(|| inspect_raw(&raw, insp, rules, cfg)));
+    insp.inspect_us = started.elapsed().as_micros() as u64;
+    let verdict = match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err(rejection)) => return Err(rejection),
+        Err(_) if cfg.fail_open => {
+            metrics::INSPECTION_ERRORS
+                .with_label_values(&["fail_open"])
+                .inc();
+            tracing::error!(
+                "request inspection failed; forwarding uninspected (policy.fail_open = true)"
+            );
+            insp.failed_open = true;
+            insp.forward = Some(Bytes::from(raw));
+            return Ok(());
+        }
+        Err(_) => {
+            metrics::INSPECTION_ERRORS
+                .with_label_values(&["fail_closed"])
+                .inc();
+            tracing::error!("request inspection failed; refusing the request (fail closed)");
+            return Err(Rejection::InspectionFailed);
+        }
+    };
+    metrics::DECISIONS
+        .with_label_values(&["request", verdict.decision.as_str()])
+        .inc();
+    let result = if verdict.opaque_denied {
+        Err(Rejection::OpaqueInputDenied)
+    } else if let (Decision::Block, Some(rule)) = (verdict.decision, verdict.blocked_by) {
+        let r = rules.rule(rule);
+        Err(Rejection::PolicyBlocked {
+            rule: r.id.clone(),
+            description: r.description.clone(),
+        })
+    } else {
+        match &verdict.rewritten {
+            Some(body) => {
+                insp.forward = Some(Bytes::from(body.clone()));
+                insp.forward_decoded = true;
+            }
+            None if insp.mode == BodyMode::Held && insp.encoding != ContentEncoding::Identity => {
+                // Held bodies go upstream decoded: the header (without Content-Encoding) left before the body
+                // was seen. Decoding again is cheap next to the network and keeps `inspect_raw` simple.
+                let decoded = inspect::decode_body(insp.encoding, &raw, cfg.max_decoded_body_bytes)
+                    .map_err(|e| Rejection::InvalidBody(e.to_string()))?;
+                insp.forward = Some(Bytes::from(decoded));
+                insp.forward_decoded = true;
+            }
+            None => insp.forward = Some(Bytes::from(raw)),
+        }
+        Ok(())
+    };
+    insp.verdict = Some(verdict);
+    result
+}
+
+fn inspect_raw(
+    raw: &[u8],
+    insp: &BodyInspection,
+    rules: &RuleSet,
+    cfg: &InspectConfig,
+) -> Result<Verdict, Rejection> {
+    let decoded = inspect::decode_body(insp.encoding, raw, cfg.max_decoded_body_bytes).map_err(
+        |e| match e {
+            inspect::DecodeError::TooLarge(limit) => Rejection::BodyTooLarge { limit },
+            other => Rejection::InvalidBody(other.to_string()),
+        },
+    )?;
+    let first = decoded.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let looks_json = matches!(first, Some(b'{') | Some(b'['));
+    if looks_json || insp.json_required {
+        return inspect::inspect_json(rules, &decoded, &cfg.options)
+            .map_err(|e| Rejection::InvalidBody(e.to_string()));
+    }
+    match std::str::from_utf8(&decoded) {
+        Ok(text) => Ok(inspect::inspect_text(rules, text, &cfg.options)),
+        // Binary on an unknown route (an upload): opaque, under the opaque-input policy.
+        Err(_) => Ok(Verdict {
+            decision: Decision::Allow,
+            would_be: Decision::Allow,
+            hits: Vec::new(),
+            blocked_by: None,
+            rewritten: None,
+            opaque_inputs: 1,
+            opaque_denied: cfg.options.opaque == inspect::OpaquePolicy::Deny
+                && !cfg.options.monitor,
+        }),
+    }
+}
