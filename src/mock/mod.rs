@@ -84,6 +84,8 @@ pub struct Recorded {
     pub body_b64: String,
     /// Whether the whole response has been written.
     pub completed: bool,
+    /// Which TCP connection carried it (numbered from 1 in accept order): shows keep-alive reuse.
+    pub connection: u64,
 }
 
 /// State shared by all connections of one mock.
@@ -91,6 +93,7 @@ pub struct Recorded {
 pub struct MockState {
     config: MockConfig,
     seq: AtomicU64,
+    connections: AtomicU64,
     recorded: Mutex<Vec<Recorded>>,
     released: Mutex<HashSet<String>>,
     release_notify: Notify,
@@ -100,7 +103,7 @@ pub struct MockState {
 const RECORD_CAP: usize = 10_000;
 
 impl MockState {
-    fn record(&self, req: &Request) -> u64 {
+    fn record(&self, req: &Request, connection: u64) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let rec = Recorded {
             seq,
@@ -111,6 +114,7 @@ impl MockState {
             body: String::from_utf8_lossy(&req.body).into_owned(),
             body_b64: base64(&req.body),
             completed: false,
+            connection,
         };
         if let Ok(mut r) = self.recorded.lock() {
             if r.len() >= RECORD_CAP {
@@ -209,11 +213,12 @@ pub fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result<Mock>
 
 async fn serve_connection(mut stream: TcpStream, state: Arc<MockState>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let connection = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let mut conn = http1::Connection::new();
     while let Some(req) = conn.read_request(&mut stream).await? {
         let keep_alive = req.keep_alive;
         let mut out = Responder::new(&mut stream, keep_alive);
-        let finished = route(&req, &state, &mut out).await?;
+        let finished = route(&req, connection, &state, &mut out).await?;
         if !finished || !keep_alive {
             break;
         }
@@ -223,11 +228,16 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<MockState>) -> std::
 }
 
 /// Answers one request. Returns `false` when the connection must be closed (a simulated reset).
-async fn route(req: &Request, state: &MockState, out: &mut Responder<'_>) -> std::io::Result<bool> {
+async fn route(
+    req: &Request,
+    connection: u64,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
     if let Some(ctl) = req.path.strip_prefix("/__mock/") {
         return control(ctl, req, state, out).await.map(|()| true);
     }
-    let seq = state.record(req);
+    let seq = state.record(req, connection);
     let b = state.behaviour(req);
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;

@@ -71,45 +71,55 @@ pub async fn answer(
             if b.echo {
                 body["echo"] = echo(req);
             }
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         ("POST", "/v1/completions") if peek.stream => {
-            stream_events(&text, b, state, out, |i, piece| {
-                json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000u64, "model": model,
-                       "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": if i.is_none() { json!("stop") } else { Value::Null }}]})
-            })
-            .await
+            stream_completion(&model, &text, b, state, out).await
         }
         ("POST", "/v1/completions") => {
             let body = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000u64, "model": model,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"}], "usage": usage(req, &text)});
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         ("POST", "/v1/embeddings") => {
             let body = json!({"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819]}],
                 "usage": {"prompt_tokens": req.body.len() / 4, "total_tokens": req.body.len() / 4}});
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         ("POST", "/v1/responses") => {
             let body = json!({"id": "resp_mock", "object": "response", "created_at": 1_700_000_000u64, "status": "completed", "model": model,
                 "output": [{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
                 "usage": {"input_tokens": req.body.len() / 4, "output_tokens": text.len() / 4, "total_tokens": (req.body.len() + text.len()) / 4}});
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         ("POST", "/v1/moderations") => {
             let body = json!({"id": "modr-mock", "model": "omni-moderation-latest",
                 "results": [{"flagged": false, "categories": {}, "category_scores": {}}]});
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         ("GET", "/v1/models") => {
             let body = json!({"object": "list", "data": [{"id": "mock-gpt", "object": "model", "created": 1_700_000_000u64, "owned_by": "promptgate"}]});
-            out.json(200, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(200, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
         _ => {
             let body = json!({"error": {"message": format!("mock: no route {} {}", req.method, req.path), "type": "invalid_request_error", "param": null, "code": "not_found"}});
-            out.json(404, body.to_string().as_bytes()).await.map(|()| true)
+            out.json(404, body.to_string().as_bytes())
+                .await
+                .map(|()| true)
         }
     }
 }
@@ -167,35 +177,65 @@ fn pieces(text: &str, n: usize) -> Vec<&str> {
     out
 }
 
-/// Shared pacing of a streamed answer: one event per piece, then `[DONE]`.
-async fn stream_events(
+/// Paces a streamed answer: the `head` events, then the events of each piece of `text` (one piece per
+/// `chunks`, `delay` apart; the `hold` and `reset_after` behaviours apply here), then the `tail` events and
+/// `[DONE]`.
+async fn paced(
     text: &str,
     b: &Behaviour,
     state: &MockState,
     out: &mut Responder<'_>,
-    event: impl Fn(Option<usize>, &str) -> Value,
+    head: Vec<Value>,
+    per_piece: impl Fn(&str) -> Vec<Value>,
+    tail: Vec<Value>,
 ) -> std::io::Result<bool> {
+    let frame = |events: Vec<Value>| -> String {
+        events.iter().map(|e| format!("data: {e}\n\n")).collect()
+    };
     out.sse_start().await?;
-    let parts = pieces(text, b.chunks);
-    for (i, piece) in parts.iter().enumerate() {
+    out.sse_raw(frame(head).as_bytes()).await?;
+    for (i, piece) in pieces(text, b.chunks).iter().enumerate() {
         if i > 0 && !b.delay.is_zero() {
             tokio::time::sleep(b.delay).await;
         }
         if b.reset_after == Some(i) {
             return Ok(false);
         }
-        let data = format!("data: {}\n\n", event(Some(i), piece));
-        out.sse_raw(data.as_bytes()).await?;
+        out.sse_raw(frame(per_piece(piece)).as_bytes()).await?;
         if i == 0 {
             if let Some(token) = &b.hold {
                 state.wait_release(token).await;
             }
         }
     }
-    let last = format!("data: {}\n\ndata: [DONE]\n\n", event(None, ""));
-    out.sse_raw(last.as_bytes()).await?;
+    out.sse_raw(format!("{}data: [DONE]\n\n", frame(tail)).as_bytes())
+        .await?;
     out.sse_end().await?;
     Ok(true)
+}
+
+async fn stream_completion(
+    model: &str,
+    text: &str,
+    b: &Behaviour,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
+    let event = |piece: &str, finish: Value| {
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000u64, "model": model,
+               "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": finish}]})
+    };
+    let tail = vec![event("", json!("stop"))];
+    paced(
+        text,
+        b,
+        state,
+        out,
+        Vec::new(),
+        |p| vec![event(p, Value::Null)],
+        tail,
+    )
+    .await
 }
 
 async fn stream_chat(
@@ -215,49 +255,35 @@ async fn stream_chat(
         json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
                "model": model, "system_fingerprint": "fp_mock", "choices": choices})
     };
-    out.sse_start().await?;
     let role: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
         .collect();
-    out.sse_raw(format!("data: {}\n\n", chunk(Value::Array(role))).as_bytes())
-        .await?;
-    let parts = pieces(text, b.chunks);
-    for (i, piece) in parts.iter().enumerate() {
-        if i > 0 && !b.delay.is_zero() {
-            tokio::time::sleep(b.delay).await;
-        }
-        if b.reset_after == Some(i) {
-            return Ok(false);
-        }
-        let mut data = String::new();
-        for c in 0..n {
-            let ev = chunk(
-                json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]),
-            );
-            data.push_str(&format!("data: {ev}\n\n"));
-        }
-        out.sse_raw(data.as_bytes()).await?;
-        if i == 0 {
-            if let Some(token) = &b.hold {
-                state.wait_release(token).await;
-            }
-        }
-    }
+    let per_piece = |piece: &str| -> Vec<Value> {
+        (0..n)
+            .map(|c| chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}])))
+            .collect()
+    };
     let finish: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}))
         .collect();
-    let mut tail = format!("data: {}\n\n", chunk(Value::Array(finish)));
+    let mut tail = vec![chunk(Value::Array(finish))];
     if include_usage {
         let prompt = 10;
         let completion = text.len().div_ceil(4) * n;
         let mut u = chunk(json!([]));
         u["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
-        tail.push_str(&format!("data: {u}\n\n"));
+        tail.push(u);
     }
-    tail.push_str("data: [DONE]\n\n");
-    out.sse_raw(tail.as_bytes()).await?;
-    out.sse_end().await?;
-    Ok(true)
+    paced(
+        text,
+        b,
+        state,
+        out,
+        vec![chunk(Value::Array(role))],
+        per_piece,
+        tail,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -2,5 +2,6 @@
 
 pub mod json;
 mod route;
+pub mod sse;
 
 pub use route::Route;

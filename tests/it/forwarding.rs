@@ -332,3 +332,36 @@ async fn admin_serves_health_and_metrics() {
         .expect("send");
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    // Sequential requests on separate client connections: the gateway reuses one upstream connection.
+    for _ in 0..5 {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(chat_body("hi"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("body");
+    }
+    let conns: std::collections::BTreeSet<u64> = mock
+        .received()
+        .await
+        .iter()
+        .filter_map(|r| r["connection"].as_u64())
+        .collect();
+    assert_eq!(
+        conns.len(),
+        1,
+        "one pooled upstream connection, got {conns:?}"
+    );
+}

@@ -549,38 +549,23 @@ async fn per_rule_monitor_mode_and_log_actions_pass_unchanged() {
     .expect("write");
     let mock = MockUpstream::start().await;
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        json!({"model": "m", "messages": [{"role": "user", "content": "the watchword"}]})
-            .to_string()
-            .into_bytes(),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (
-            r.status().as_u16(),
-            r.headers()["x-promptgate-decision"].to_str().expect("a")
-        ),
-        (200, "monitor")
-    );
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        json!({"model": "m", "messages": [{"role": "user", "content": "the logword"}]})
-            .to_string()
-            .into_bytes(),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (
-            r.status().as_u16(),
-            r.headers()["x-promptgate-decision"].to_str().expect("a")
-        ),
-        (200, "allow")
-    );
+    let say = |text: &'static str| {
+        let gw = &gw;
+        async move {
+            let body =
+                json!({"model": "m", "messages": [{"role": "user", "content": text}]}).to_string();
+            let r = post(gw, "/v1/chat/completions", body.into_bytes(), &[]).await;
+            let decision = r.headers()["x-promptgate-decision"]
+                .to_str()
+                .expect("ascii")
+                .to_string();
+            (r.status().as_u16(), decision, r)
+        }
+    };
+    let (status, decision, _) = say("the watchword").await;
+    assert_eq!((status, decision.as_str()), (200, "monitor"));
+    let (status, decision, r) = say("the logword").await;
+    assert_eq!((status, decision.as_str()), (200, "allow"));
     assert_eq!(r.headers()["x-promptgate-rules"], "t.log");
     assert_eq!(mock.received().await.len(), 2);
 }
