@@ -2,6 +2,7 @@
 //! rewritten body, block, monitor). No sockets, no Pingora; `proxy` calls in and acts on the verdict.
 
 mod decode;
+pub mod holdback;
 mod request;
 
 pub use decode::{decode_body, ContentEncoding, DecodeError};

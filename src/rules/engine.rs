@@ -15,6 +15,7 @@ use regex_automata::Input;
 
 use super::normalize::{normalize_term, View};
 use super::plan::{self, Scope};
+use super::prefix::{PrefixCache, Prefixes};
 use super::spec::{default_replacement, Action, Direction, LoadedSet, Mode, RuleError, Severity};
 use super::validate::Validator;
 
@@ -93,6 +94,7 @@ pub struct RuleSet {
     regexes: Vec<Regexes>,
     /// Longest possible match in normalised bytes; `None` when some regex is unbounded.
     max_match_len: Option<usize>,
+    prefixes: Prefixes,
     terms: usize,
 }
 
@@ -261,6 +263,9 @@ impl RuleSet {
                 message,
             }]
         };
+        let all_patterns: Vec<String> = groups.iter().flat_map(|g| g.1.iter().cloned()).collect();
+        let prefixes = Prefixes::build(&all_patterns, &folded_terms.0, &exact_terms.0)
+            .map_err(|e| set_err(format!("prefix automata: {e}")))?;
         let folded = build_ac(folded_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
         let exact = build_ac(exact_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
         let mut regexes = Vec::with_capacity(groups.len());
@@ -287,6 +292,7 @@ impl RuleSet {
             exact,
             regexes,
             max_match_len: max_len,
+            prefixes,
             terms,
         };
         let failures = set.check_examples(loaded);
@@ -348,6 +354,12 @@ impl RuleSet {
     /// Longest possible match, in bytes of the normalised view; `None` when a regex is unbounded.
     pub fn max_match_len(&self) -> Option<usize> {
         self.max_match_len
+    }
+
+    /// For a text that is still growing (a streamed answer): the earliest byte offset from which a match could
+    /// still form as more text arrives; everything before it is final. `text.len()` when nothing can.
+    pub fn hold_from(&self, text: &str, cache: &mut PrefixCache) -> usize {
+        self.prefixes.hold_from(text, cache)
     }
 
     /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Overlapping candidates

@@ -6,12 +6,14 @@ pub mod cli;
 mod engine;
 mod normalize;
 mod plan;
+mod prefix;
 mod spec;
 mod store;
 mod validate;
 
 pub use engine::{redact, Budget, Match, Rule, RuleSet};
 pub use normalize::View;
+pub use prefix::PrefixCache;
 pub use spec::{load_dir, Action, Direction, LoadedSet, Mode, RuleError, Severity};
 pub use store::{ReloadOutcome, RuleStore};
 pub use validate::Validator;
