@@ -4,6 +4,7 @@
 mod decode;
 pub mod holdback;
 mod request;
+pub mod stream;
 
 pub use decode::{decode_body, ContentEncoding, DecodeError};
 pub use request::{

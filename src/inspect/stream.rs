@@ -1,0 +1,524 @@
+//! Filtering a streamed answer (SSE), event by event, with the exact hold-back of `holdback`:
+//!
+//! - every text piece of a chat or completions chunk — `delta.content`, `delta.refusal`, each tool call's
+//!   `function.arguments`, completions' `text` — goes through its own [`HeldText`] (per choice index, per
+//!   tool-call index), so choices and parallel tool calls are filtered independently;
+//! - an event whose pieces all leave unchanged is passed on byte for byte, unrepacked; one whose pieces were
+//!   held or redacted is re-serialised in the upstream's own framing, and its `logprobs` are dropped (they
+//!   would carry the held or redacted text again as tokens and bytes);
+//! - held text is released, after a final inspection, before the chunk that finishes its choice, at `[DONE]`
+//!   and at the end of the stream — never raw;
+//! - an enforced block ends the stream with an OpenAI-style error event (the SDKs raise it as `APIError`);
+//!   nothing after the blocked text is sent;
+//! - `usage` (from `stream_options.include_usage`) passes through and is kept for accounting.
+//!
+//! Events this filter cannot read as JSON are scanned whole: a match blocks the stream (fail closed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::holdback::{HeldText, Release};
+use crate::openai::sse::{Event, SseParser};
+use crate::rules::{Action, Direction, Mode, RuleSet};
+
+/// Largest SSE event accepted from the upstream.
+pub const MAX_EVENT: usize = 4 << 20;
+
+/// Which growing text a piece belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TextKey {
+    Content(u64),
+    Refusal(u64),
+    Tool(u64, u64),
+    Text(u64),
+}
+
+impl TextKey {
+    fn choice(self) -> u64 {
+        match self {
+            TextKey::Content(c) | TextKey::Refusal(c) | TextKey::Tool(c, _) | TextKey::Text(c) => c,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Blocked,
+    Done,
+}
+
+/// The filter of one streamed response.
+pub struct StreamFilter {
+    rules: Arc<RuleSet>,
+    monitor: bool,
+    parser: SseParser,
+    texts: BTreeMap<TextKey, HeldText>,
+    /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
+    envelope: Option<Value>,
+    eol: &'static str,
+    state: State,
+    /// Matches settled so far, per rule.
+    pub hits: BTreeMap<usize, u32>,
+    /// The rule that blocked the stream.
+    pub blocked_by: Option<usize>,
+    /// The usage the upstream reported.
+    pub usage: Option<Value>,
+    /// Sum over events of the bytes held after the event, and the number of events (mean hold-back).
+    pub held_sum: u64,
+    pub events: u64,
+}
+
+impl StreamFilter {
+    pub fn new(rules: Arc<RuleSet>, monitor: bool) -> Self {
+        Self {
+            rules,
+            monitor,
+            parser: SseParser::new(MAX_EVENT),
+            texts: BTreeMap::new(),
+            envelope: None,
+            eol: "\n",
+            state: State::Open,
+            hits: BTreeMap::new(),
+            blocked_by: None,
+            usage: None,
+            held_sum: 0,
+            events: 0,
+        }
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.state == State::Blocked
+    }
+
+    /// Feeds upstream bytes; returns what to send downstream now.
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.state != State::Open {
+            return out.freeze();
+        }
+        match self.parser.push(chunk) {
+            Ok(events) => {
+                for ev in events {
+                    self.on_event(ev, &mut out);
+                }
+            }
+            Err(e) => self.fail(&e.to_string(), &mut out),
+        }
+        out.freeze()
+    }
+
+    /// The upstream ended (with or without `[DONE]`): release what is held, after inspection.
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.state != State::Open {
+            return out.freeze();
+        }
+        match self.parser.finish() {
+            Ok(Some(ev)) => self.on_event(ev, &mut out),
+            Ok(None) => {}
+            Err(e) => self.fail(&e.to_string(), &mut out),
+        }
+        if self.state == State::Open {
+            let keys: Vec<TextKey> = self.texts.keys().copied().collect();
+            self.flush(&keys, &mut out);
+        }
+        out.freeze()
+    }
+
+    fn on_event(&mut self, ev: Event, out: &mut BytesMut) {
+        if self.state != State::Open {
+            return;
+        }
+        if self.events == 0 && ev.raw.windows(2).any(|w| w == b"\r\n") {
+            self.eol = "\r\n";
+        }
+        self.events += 1;
+        if ev.is_keepalive() {
+            out.extend_from_slice(&ev.raw);
+            return;
+        }
+        if ev.is_done() {
+            let keys: Vec<TextKey> = self.texts.keys().copied().collect();
+            self.flush(&keys, out);
+            if self.state == State::Open {
+                out.extend_from_slice(&ev.raw);
+                self.state = State::Done;
+            }
+            return;
+        }
+        let data = ev.data.as_deref().unwrap_or("");
+        let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+            self.scan_whole(data, &ev.raw, out);
+            return;
+        };
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+            // Not a chat or completions chunk (an error event, another API's event): scanned whole.
+            self.scan_whole(data, &ev.raw, out);
+            return;
+        };
+        // Held text of a choice that finishes now is released before this chunk.
+        let finishing: Vec<TextKey> = choices
+            .iter()
+            .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+            .filter_map(|c| c.get("index").and_then(Value::as_u64))
+            .flat_map(|i| {
+                self.texts
+                    .keys()
+                    .copied()
+                    .filter(move |k| k.choice() == i)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut envelope = v.clone();
+        envelope["choices"] = json!([]);
+        envelope.as_object_mut().map(|o| o.remove("usage"));
+        self.envelope = Some(envelope);
+        if !finishing.is_empty() {
+            self.flush(&finishing, out);
+            if self.state != State::Open {
+                return;
+            }
+        }
+        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+            return;
+        };
+        let mut changed = false;
+        for choice in choices.iter_mut() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let mut choice_changed = false;
+            let mut pieces: Vec<(TextKey, &mut Value)> = Vec::new();
+            if let Some(obj) = choice.as_object_mut() {
+                let (delta, text) = {
+                    let mut delta = None;
+                    let mut text = None;
+                    for (k, val) in obj.iter_mut() {
+                        match k.as_str() {
+                            "delta" => delta = Some(val),
+                            "text" => text = Some(val),
+                            _ => {}
+                        }
+                    }
+                    (delta, text)
+                };
+                if let Some(t) = text.filter(|t| t.is_string()) {
+                    pieces.push((TextKey::Text(index), t));
+                }
+                if let Some(d) = delta.and_then(Value::as_object_mut) {
+                    for (k, val) in d.iter_mut() {
+                        match k.as_str() {
+                            "content" if val.is_string() => {
+                                pieces.push((TextKey::Content(index), val))
+                            }
+                            "refusal" if val.is_string() => {
+                                pieces.push((TextKey::Refusal(index), val))
+                            }
+                            "tool_calls" => {
+                                for call in val.as_array_mut().into_iter().flatten() {
+                                    let t = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                                    if let Some(args) = call
+                                        .get_mut("function")
+                                        .and_then(|f| f.get_mut("arguments"))
+                                        .filter(|a| a.is_string())
+                                    {
+                                        pieces.push((TextKey::Tool(index, t), args));
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for (key, val) in pieces {
+                let piece = val.as_str().unwrap_or("").to_string();
+                let held = self.texts.entry(key).or_default();
+                match held.push(&piece, &self.rules, self.monitor) {
+                    Release::Block { rule } => {
+                        self.block(rule, out);
+                        return;
+                    }
+                    Release::Text { text, rules } => {
+                        for r in rules {
+                            *self.hits.entry(r).or_default() += 1;
+                        }
+                        if text != piece {
+                            *val = Value::String(text);
+                            choice_changed = true;
+                        }
+                    }
+                }
+            }
+            if choice_changed {
+                if let Some(lp) = choice.get_mut("logprobs") {
+                    *lp = Value::Null;
+                }
+                changed = true;
+            }
+        }
+        self.held_sum += self.texts.values().map(|h| h.held() as u64).sum::<u64>();
+        if changed {
+            out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
+        } else {
+            out.extend_from_slice(&ev.raw);
+        }
+    }
+
+    /// Releases the held text of `keys` (their texts are over), each in a chunk of our own.
+    fn flush(&mut self, keys: &[TextKey], out: &mut BytesMut) {
+        for key in keys {
+            let Some(mut held) = self.texts.remove(key) else {
+                continue;
+            };
+            match held.finish(&self.rules, self.monitor) {
+                Release::Block { rule } => {
+                    self.block(rule, out);
+                    return;
+                }
+                Release::Text { text, rules } => {
+                    for r in rules {
+                        *self.hits.entry(r).or_default() += 1;
+                    }
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let choice = match *key {
+                        TextKey::Content(i) => {
+                            json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+                        }
+                        TextKey::Refusal(i) => {
+                            json!({"index": i, "delta": {"refusal": text}, "logprobs": null, "finish_reason": null})
+                        }
+                        TextKey::Tool(i, t) => {
+                            json!({"index": i, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "logprobs": null, "finish_reason": null})
+                        }
+                        TextKey::Text(i) => {
+                            json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
+                        }
+                    };
+                    let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
+                    ev["choices"] = json!([choice]);
+                    out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+                }
+            }
+        }
+    }
+
+    /// An event without text pieces we know: every match in it counts; a block (or any match that would
+    /// need a rewrite we cannot do safely) ends the stream.
+    fn scan_whole(&mut self, data: &str, raw: &Bytes, out: &mut BytesMut) {
+        let matches = self.rules.scan(data, Direction::Response);
+        let enforced = matches.iter().map(|m| m.rule).find(|&r| {
+            let rule = self.rules.rule(r);
+            rule.mode == Mode::Enforce && !self.monitor && rule.action != Action::Log
+        });
+        for m in &matches {
+            *self.hits.entry(m.rule).or_default() += 1;
+        }
+        match enforced {
+            Some(rule) => self.block(rule, out),
+            None => out.extend_from_slice(raw),
+        }
+    }
+
+    fn block(&mut self, rule: usize, out: &mut BytesMut) {
+        let r = self.rules.rule(rule);
+        let ev = json!({"error": {
+            "message": format!("Response blocked by policy '{}': {}", r.id, r.description),
+            "type": "policy_violation", "param": null, "code": "policy_blocked", "policy": r.id,
+        }});
+        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+        self.blocked_by = Some(rule);
+        self.state = State::Blocked;
+        self.texts.clear();
+    }
+
+    fn fail(&mut self, why: &str, out: &mut BytesMut) {
+        tracing::error!("response stream could not be inspected ({why}); ending it");
+        let ev = json!({"error": {
+            "message": "The response stream could not be inspected; it was ended",
+            "type": "server_error", "param": null, "code": "inspection_failed",
+        }});
+        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+        self.state = State::Blocked;
+        self.texts.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{load, Budget};
+
+    fn pack() -> Arc<RuleSet> {
+        Arc::new(
+            load(
+                std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")),
+                &Budget::default(),
+            )
+            .expect("pack"),
+        )
+    }
+
+    fn chunk(choices: Value) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
+        )
+    }
+
+    /// An SSE stream with `deltas[i]` as content pieces of choice `i % n`.
+    fn stream(deltas: &[(u64, &str)]) -> String {
+        let mut s = chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+        );
+        for (i, d) in deltas {
+            s += &chunk(
+                json!([{"index": i, "delta": {"content": d}, "logprobs": {"content": [{"token": d, "logprob": -0.1, "bytes": d.as_bytes()}]}, "finish_reason": null}]),
+            );
+        }
+        s += &chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]));
+        s += "data: [DONE]\n\n";
+        s
+    }
+
+    /// Runs a stream through the filter in reads of `read` bytes; returns every output and the client's
+    /// reconstructed content per choice (and any error event).
+    fn filter(
+        set: &Arc<RuleSet>,
+        s: &str,
+        read: usize,
+    ) -> (Vec<String>, BTreeMap<u64, String>, Option<Value>) {
+        let mut f = StreamFilter::new(set.clone(), false);
+        let mut outs = Vec::new();
+        for c in s.as_bytes().chunks(read) {
+            outs.push(String::from_utf8(f.push(c).to_vec()).expect("utf8"));
+        }
+        outs.push(String::from_utf8(f.finish().to_vec()).expect("utf8"));
+        let all = outs.concat();
+        let mut content: BTreeMap<u64, String> = BTreeMap::new();
+        let mut error = None;
+        for line in all.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if line == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).expect("every event is JSON");
+            if v.get("error").is_some() {
+                error = Some(v);
+                continue;
+            }
+            for c in v["choices"].as_array().expect("choices") {
+                if let Some(t) = c["delta"]["content"].as_str() {
+                    content
+                        .entry(c["index"].as_u64().expect("index"))
+                        .or_default()
+                        .push_str(t);
+                }
+                if let Some(lp) = c["logprobs"]["content"].as_array() {
+                    for tok in lp {
+                        let t = tok["token"].as_str().unwrap_or("");
+                        assert!(
+                            !t.contains('@') && !t.contains("AKIA"),
+                            "logprobs carry held or redacted text: {t}"
+                        );
+                    }
+                }
+            }
+        }
+        (outs, content, error)
+    }
+
+    #[test]
+    fn values_split_across_deltas_and_reads_never_leak() {
+        let set = pack();
+        let cases = [
+            ("jane.doe@example.com", Some("[EMAIL]")),
+            ("AKIAIOSFODNN7EXAMPLE", None),
+            ("4111 1111 1111 1111", Some("[CARD]")),
+        ];
+        for (value, replacement) in cases {
+            let text = format!("Here it is: {value} — done.");
+            let start = text.find(value).expect("found");
+            for cut in (start..=start + value.len()).filter(|&c| text.is_char_boundary(c)) {
+                for read in [1, 7, 4096] {
+                    let s = stream(&[(0, &text[..cut]), (0, &text[cut..])]);
+                    let (outs, content, error) = filter(&set, &s, read);
+                    let all = outs.concat();
+                    match replacement {
+                        Some(r) => {
+                            assert!(error.is_none());
+                            assert_eq!(
+                                content[&0],
+                                text.replace(value, r),
+                                "cut {cut} read {read}"
+                            );
+                        }
+                        None => {
+                            assert_eq!(error.expect("blocked")["error"]["code"], "policy_blocked");
+                            assert!(
+                                text[..start]
+                                    .starts_with(content.get(&0).map_or("", String::as_str)),
+                                "leak at cut {cut}: {content:?}"
+                            );
+                            assert!(!all.contains("[DONE]"), "nothing after the block");
+                        }
+                    }
+                    // No fragment of the value (6+ bytes: shorter ones occur in the JSON envelope) in any output.
+                    for n in 6..=value.len() {
+                        if value.is_char_boundary(n) {
+                            assert!(
+                                !all.contains(&value[..n]),
+                                "prefix {:?} leaked (cut {cut}, read {read})",
+                                &value[..n]
+                            );
+                            assert!(
+                                !all.contains(&value[value.len() - n..]),
+                                "suffix {:?} leaked (cut {cut}, read {read}): {all}",
+                                &value[value.len() - n..]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn choices_are_filtered_independently_and_clean_events_pass_unchanged() {
+        let set = pack();
+        let s = stream(&[
+            (0, "mail jane@"),
+            (1, "hello "),
+            (0, "example.com ok"),
+            (1, "world"),
+        ]);
+        let (outs, content, error) = filter(&set, &s, 4096);
+        assert!(error.is_none());
+        assert_eq!(content[&0], "mail [EMAIL] ok");
+        assert_eq!(content[&1], "hello world");
+        let clean = stream(&[(0, "Nothing to see. "), (0, "Still nothing.")]);
+        let (outs2, _, _) = filter(&set, &clean, 4096);
+        // Pieces that end in a word are held until the word ends; events with nothing held pass as they came.
+        assert!(outs2.concat().contains(&chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]))));
+        assert!(!outs.concat().contains("jane@"));
+    }
+
+    #[test]
+    fn held_text_is_flushed_at_eof_without_done() {
+        let set = pack();
+        let s = stream(&[(0, "contact jane@example.com")]);
+        let cut = s
+            .find("data: {\"choices\":[{\"delta\":{},")
+            .or_else(|| s.rfind("data: {"))
+            .expect("finish event");
+        let truncated = &s[..cut];
+        let (_, content, _) = filter(&set, truncated, 4096);
+        assert_eq!(content[&0], "contact [EMAIL]");
+    }
+}
