@@ -72,6 +72,18 @@ pub struct StreamFilter {
     pub events: u64,
 }
 
+impl std::fmt::Debug for StreamFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamFilter")
+            .field("state", &self.state)
+            .field(
+                "held",
+                &self.texts.values().map(HeldText::held).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
 impl StreamFilter {
     pub fn new(rules: Arc<RuleSet>, monitor: bool) -> Self {
         Self {

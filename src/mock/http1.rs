@@ -192,6 +192,8 @@ impl Connection {
 pub struct Responder<'a> {
     stream: &'a mut TcpStream,
     keep_alive: bool,
+    /// Write streamed bytes this many at a time (with a pause between writes).
+    write_bytes: Option<usize>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -211,7 +213,15 @@ fn reason(status: u16) -> &'static str {
 
 impl<'a> Responder<'a> {
     pub fn new(stream: &'a mut TcpStream, keep_alive: bool) -> Self {
-        Self { stream, keep_alive }
+        Self {
+            stream,
+            keep_alive,
+            write_bytes: None,
+        }
+    }
+
+    pub fn set_write_bytes(&mut self, n: Option<usize>) {
+        self.write_bytes = n;
     }
 
     fn connection(&self) -> &'static str {
@@ -254,7 +264,17 @@ impl<'a> Responder<'a> {
         out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
-        self.stream.write_all(&out).await
+        match self.write_bytes {
+            None => self.stream.write_all(&out).await,
+            Some(n) => {
+                for piece in out.chunks(n) {
+                    self.stream.write_all(piece).await?;
+                    self.stream.flush().await?;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Ends the chunked body.

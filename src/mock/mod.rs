@@ -67,6 +67,15 @@ pub struct Behaviour {
     pub hold: Option<String>,
     /// `x-mock-reset-after: N`: drop the connection after N content deltas.
     pub reset_after: Option<usize>,
+    /// `x-mock-split-at: 5,12`: stream the answer in pieces cut at these byte offsets (instead of `chunks`).
+    pub split_at: Option<Vec<usize>>,
+    /// `x-mock-choices: ["first", "second"]` (JSON, ASCII): one answer per choice, streamed side by side.
+    pub choices: Option<Vec<String>>,
+    /// `x-mock-tool-args: ["{..}", "{..}"]` (JSON, ASCII): stream parallel tool calls with these arguments.
+    pub tool_args: Option<Vec<String>>,
+    /// `x-mock-write-bytes: N`: write the stream N bytes at a time, pausing between writes, so the reader
+    /// gets it in many small reads (splitting events, characters and escapes).
+    pub write_bytes: Option<usize>,
 }
 
 /// A request as the mock received it.
@@ -167,6 +176,16 @@ impl MockState {
             content: req.header("x-mock-content").map(str::to_string),
             hold: req.header("x-mock-hold").map(str::to_string),
             reset_after: num("x-mock-reset-after").map(|n| n as usize),
+            split_at: req
+                .header("x-mock-split-at")
+                .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect()),
+            choices: req
+                .header("x-mock-choices")
+                .and_then(|v| serde_json::from_str(v).ok()),
+            tool_args: req
+                .header("x-mock-tool-args")
+                .and_then(|v| serde_json::from_str(v).ok()),
+            write_bytes: num("x-mock-write-bytes").map(|n| n.max(1) as usize),
         }
     }
 }
@@ -242,6 +261,7 @@ async fn route(
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;
     }
+    out.set_write_bytes(b.write_bytes);
     let finished = openai::answer(req, &b, state, out).await?;
     state.complete(seq);
     Ok(finished)

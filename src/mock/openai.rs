@@ -177,16 +177,15 @@ fn pieces(text: &str, n: usize) -> Vec<&str> {
     out
 }
 
-/// Paces a streamed answer: the `head` events, then the events of each piece of `text` (one piece per
-/// `chunks`, `delay` apart; the `hold` and `reset_after` behaviours apply here), then the `tail` events and
-/// `[DONE]`.
+/// Paces a streamed answer: the `head` events, then the events of each of `steps` steps (`delay` apart; the
+/// `hold` and `reset_after` behaviours apply here), then the `tail` events and `[DONE]`.
 async fn paced(
-    text: &str,
+    steps: usize,
     b: &Behaviour,
     state: &MockState,
     out: &mut Responder<'_>,
     head: Vec<Value>,
-    per_piece: impl Fn(&str) -> Vec<Value>,
+    per_step: impl Fn(usize) -> Vec<Value>,
     tail: Vec<Value>,
 ) -> std::io::Result<bool> {
     let frame = |events: Vec<Value>| -> String {
@@ -194,14 +193,14 @@ async fn paced(
     };
     out.sse_start().await?;
     out.sse_raw(frame(head).as_bytes()).await?;
-    for (i, piece) in pieces(text, b.chunks).iter().enumerate() {
+    for i in 0..steps {
         if i > 0 && !b.delay.is_zero() {
             tokio::time::sleep(b.delay).await;
         }
         if b.reset_after == Some(i) {
             return Ok(false);
         }
-        out.sse_raw(frame(per_piece(piece)).as_bytes()).await?;
+        out.sse_raw(frame(per_step(i)).as_bytes()).await?;
         if i == 0 {
             if let Some(token) = &b.hold {
                 state.wait_release(token).await;
@@ -212,6 +211,26 @@ async fn paced(
         .await?;
     out.sse_end().await?;
     Ok(true)
+}
+
+/// The pieces a text is streamed in: cut at the `split_at` offsets if given, else `chunks` even pieces.
+fn split<'t>(text: &'t str, b: &Behaviour) -> Vec<&'t str> {
+    match &b.split_at {
+        Some(cuts) => {
+            let mut out = Vec::new();
+            let mut start = 0;
+            for &c in cuts {
+                let c = c.clamp(start, text.len());
+                if text.is_char_boundary(c) {
+                    out.push(&text[start..c]);
+                    start = c;
+                }
+            }
+            out.push(&text[start..]);
+            out
+        }
+        None => pieces(text, b.chunks),
+    }
 }
 
 async fn stream_completion(
@@ -226,13 +245,14 @@ async fn stream_completion(
                "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": finish}]})
     };
     let tail = vec![event("", json!("stop"))];
+    let parts = split(text, b);
     paced(
-        text,
+        parts.len(),
         b,
         state,
         out,
         Vec::new(),
-        |p| vec![event(p, Value::Null)],
+        |i| vec![event(parts[i], Value::Null)],
         tail,
     )
     .await
@@ -246,7 +266,12 @@ async fn stream_chat(
     state: &MockState,
     out: &mut Responder<'_>,
 ) -> std::io::Result<bool> {
-    let n = peek.n.unwrap_or(1).clamp(1, 16);
+    // One text per choice: the same answer `n` times, or the `x-mock-choices` answers.
+    let texts: Vec<String> = match &b.choices {
+        Some(c) if !c.is_empty() => c.clone(),
+        _ => vec![text.to_string(); peek.n.unwrap_or(1).clamp(1, 16)],
+    };
+    let n = texts.len();
     let include_usage = peek
         .stream_options
         .as_ref()
@@ -258,10 +283,32 @@ async fn stream_chat(
     let role: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
         .collect();
-    let per_piece = |piece: &str| -> Vec<Value> {
-        (0..n)
-            .map(|c| chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}])))
-            .collect()
+    let parts: Vec<Vec<&str>> = texts.iter().map(|t| split(t, b)).collect();
+    let tool_parts: Vec<Vec<&str>> = b.tool_args.iter().flatten().map(|a| split(a, b)).collect();
+    let steps = parts
+        .iter()
+        .chain(&tool_parts)
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    let per_step = |i: usize| -> Vec<Value> {
+        let mut events: Vec<Value> = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(c, p)| p.get(i).map(|piece| (c, piece)))
+            .map(|(c, piece)| chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}])))
+            .collect();
+        for (t, p) in tool_parts.iter().enumerate() {
+            if let Some(piece) = p.get(i) {
+                let call = if i == 0 {
+                    json!({"index": t, "id": format!("call_{t}"), "type": "function", "function": {"name": "tool", "arguments": piece}})
+                } else {
+                    json!({"index": t, "function": {"arguments": piece}})
+                };
+                events.push(chunk(json!([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null}])));
+            }
+        }
+        events
     };
     let finish: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}))
@@ -269,18 +316,18 @@ async fn stream_chat(
     let mut tail = vec![chunk(Value::Array(finish))];
     if include_usage {
         let prompt = 10;
-        let completion = text.len().div_ceil(4) * n;
+        let completion = texts.iter().map(|t| t.len().div_ceil(4)).sum::<usize>();
         let mut u = chunk(json!([]));
         u["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         tail.push(u);
     }
     paced(
-        text,
+        steps,
         b,
         state,
         out,
         vec![chunk(Value::Array(role))],
-        per_piece,
+        per_step,
         tail,
     )
     .await

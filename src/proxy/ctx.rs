@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub rules: Option<Arc<RuleSet>>,
     /// Request-body inspection, when the body is inspected.
     pub body: Option<super::body::BodyInspection>,
+    /// The filter of a streamed (SSE) response.
+    pub stream: Option<crate::inspect::stream::StreamFilter>,
     _in_flight: InFlightGuard,
 }
 
@@ -54,6 +56,7 @@ impl RequestCtx {
             request_id: String::new(),
             rules: None,
             body: None,
+            stream: None,
             _in_flight: InFlightGuard::new(),
         }
     }

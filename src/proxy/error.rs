@@ -35,6 +35,11 @@ pub enum Rejection {
     InvalidBody(String),
     #[error("The request could not be inspected; it was not forwarded")]
     InspectionFailed,
+    #[error("The upstream answered with a Content-Encoding the gateway cannot inspect")]
+    UpstreamEncoding,
+    /// A streamed response was ended by a policy error event; the upstream exchange is cut after it.
+    #[error("the response stream was blocked by policy")]
+    StreamBlocked,
 }
 
 /// Everything needed to write one error response.
@@ -82,6 +87,8 @@ impl Rejection {
             }
             Rejection::InvalidBody(_) => (400, "invalid_request_error", "invalid_body"),
             Rejection::InspectionFailed => (503, "server_error", "inspection_failed"),
+            Rejection::UpstreamEncoding => (502, "upstream_error", "upstream_encoding"),
+            Rejection::StreamBlocked => (409, "policy_violation", "policy_blocked"),
         }
     }
 

@@ -47,6 +47,45 @@ impl Gateway {
         }
     }
 
+    /// Decides from the response header whether the body is filtered as a stream.
+    fn handle_response_header(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        if !self.inspect.enabled || !resp.status.is_success() {
+            return Ok(());
+        }
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        if !is_sse {
+            return Ok(());
+        }
+        let encoded = resp
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+        if encoded {
+            // Asked for identity and got something else: never pass what cannot be inspected.
+            return Err(Rejection::UpstreamEncoding);
+        }
+        let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
+        ctx.stream = Some(crate::inspect::stream::StreamFilter::new(
+            rules,
+            self.inspect.options.monitor,
+        ));
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        Ok(())
+    }
+
     /// Plans body inspection from the header; for small declared bodies, reads and inspects the body now,
     /// before any upstream connection (see `body.rs`). `Err` is a rejection to answer with.
     async fn handle_request_body_early(
@@ -218,6 +257,10 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if self.inspect.enabled {
+            // Answers are inspected as they stream: ask for them unencoded.
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
         upstream_request.insert_header(http::header::HOST, self.upstream.authority())?;
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(uri) = self.upstream.rewrite_uri(&upstream_request.uri) {
@@ -234,7 +277,35 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         decision_headers(upstream_response, ctx)?;
+        self.handle_response_header(upstream_response, ctx)
+            .map_err(Rejection::into_error)?;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(filter) = ctx.stream.as_mut() else {
+            return Ok(None);
+        };
+        if filter.is_blocked() {
+            // The policy error event has gone out: cut the upstream exchange rather than read the rest.
+            *body = None;
+            return Err(Rejection::StreamBlocked.into_error());
+        }
+        let mut out = bytes::BytesMut::new();
+        if let Some(chunk) = body.take() {
+            out.extend_from_slice(&filter.push(&chunk));
+        }
+        if end_of_stream {
+            out.extend_from_slice(&filter.finish());
+        }
+        *body = Some(out.freeze());
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -266,6 +337,22 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(f), Some(rules)) = (&ctx.stream, &ctx.rules) {
+            let decision = if f.blocked_by.is_some() {
+                "block"
+            } else if f
+                .hits
+                .keys()
+                .any(|&r| rules.rule(r).action == crate::rules::Action::Redact)
+            {
+                "redact"
+            } else {
+                "allow"
+            };
+            metrics::DECISIONS
+                .with_label_values(&["response", decision])
+                .inc();
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
