@@ -37,9 +37,6 @@ pub enum Rejection {
     InspectionFailed,
     #[error("The upstream answered with a Content-Encoding the gateway cannot inspect")]
     UpstreamEncoding,
-    /// A streamed response was ended by a policy error event; the upstream exchange is cut after it.
-    #[error("the response stream was blocked by policy")]
-    StreamBlocked,
 }
 
 /// Everything needed to write one error response.
@@ -88,7 +85,6 @@ impl Rejection {
             Rejection::InvalidBody(_) => (400, "invalid_request_error", "invalid_body"),
             Rejection::InspectionFailed => (503, "server_error", "inspection_failed"),
             Rejection::UpstreamEncoding => (502, "upstream_error", "upstream_encoding"),
-            Rejection::StreamBlocked => (409, "policy_violation", "policy_blocked"),
         }
     }
 

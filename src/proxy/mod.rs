@@ -292,11 +292,10 @@ impl ProxyHttp for Gateway {
         let Some(filter) = ctx.stream.as_mut() else {
             return Ok(None);
         };
-        if filter.is_blocked() {
-            // The policy error event has gone out: cut the upstream exchange rather than read the rest.
-            *body = None;
-            return Err(Rejection::StreamBlocked.into_error());
-        }
+        // After a block the filter drops everything (nothing after the policy error event leaves). The upstream
+        // is not cut from here: an `Err` would discard the batch of chunks Pingora is about to write, the
+        // error event with it. It ends when the client stops reading (the SDKs do at the error event) or when
+        // the upstream finishes; the client's stream then ends properly.
         let mut out = bytes::BytesMut::new();
         if let Some(chunk) = body.take() {
             out.extend_from_slice(&filter.push(&chunk));

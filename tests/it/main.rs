@@ -10,3 +10,4 @@ mod requests;
 mod rules_engine;
 mod rules_reload;
 mod sdk;
+mod streams;

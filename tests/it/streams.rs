@@ -1,0 +1,242 @@
+//! Streamed answers through the gateway: values split across deltas at every byte, across small TCP reads,
+//! per choice and per tool call, a mid-stream block seen by the official SDK, and an upstream that dies
+//! mid-stream — no fragment of a forbidden value ever reaches the client.
+
+use serde_json::Value;
+
+use crate::sdk::run_sdk_script;
+use crate::support::{Gateway, MockUpstream};
+
+/// Streams `content` through the gateway with the given mock steering headers; returns the client's text per
+/// choice (content), the tool-call arguments per tool index, any error event, and the raw stream.
+async fn stream(
+    gw: &Gateway,
+    content: &str,
+    headers: &[(&str, String)],
+) -> (Vec<String>, Vec<String>, Option<Value>, String) {
+    let mut req = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header(
+            "x-mock-content",
+            reqwest::header::HeaderValue::from_bytes(content.as_bytes()).expect("header"),
+        )
+        .body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"go"}]}"#);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let resp = req.send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+    let raw = match resp.text().await {
+        Ok(t) => t,
+        Err(_) => String::new(),
+    };
+    let mut texts: Vec<String> = Vec::new();
+    let mut tools: Vec<String> = Vec::new();
+    let mut error = None;
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).expect("each event is JSON");
+        if v.get("error").is_some() {
+            error = Some(v);
+            continue;
+        }
+        for c in v["choices"].as_array().into_iter().flatten() {
+            let i = c["index"].as_u64().unwrap_or(0) as usize;
+            if let Some(t) = c["delta"]["content"].as_str() {
+                if texts.len() <= i {
+                    texts.resize(i + 1, String::new());
+                }
+                texts[i].push_str(t);
+            }
+            for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let t = call["index"].as_u64().unwrap_or(0) as usize;
+                if tools.len() <= t {
+                    tools.resize(t + 1, String::new());
+                }
+                tools[t].push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    (texts, tools, error, raw)
+}
+
+fn assert_no_fragment(raw: &str, value: &str, what: &str) {
+    for n in (6..=value.len()).filter(|&n| value.is_char_boundary(n)) {
+        assert!(
+            !raw.contains(&value[..n]),
+            "{what}: fragment {:?} reached the client",
+            &value[..n]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_value_split_across_two_deltas_at_every_byte_never_leaks() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let cases: [(&str, Option<&str>); 5] = [
+        ("jane.doe@example.com", Some("[EMAIL]")),
+        ("4111 1111 1111 1111", Some("[CARD]")),
+        ("078-05-1120", Some("[SSN]")),
+        ("sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123", None),
+        ("Project Bluebird", None),
+    ];
+    for (value, replacement) in cases {
+        let text = format!("Here you go: {value} — that is all.");
+        let start = text.find(value).expect("found");
+        for cut in (start..=start + value.len()).filter(|&c| text.is_char_boundary(c)) {
+            let (texts, _, error, raw) =
+                stream(&gw, &text, &[("x-mock-split-at", cut.to_string())]).await;
+            let what = format!("{value} cut at {cut}");
+            assert_no_fragment(&raw, value, &what);
+            match replacement {
+                Some(r) => {
+                    assert!(error.is_none(), "{what}: {raw}");
+                    assert_eq!(texts[0], text.replace(value, r), "{what}");
+                    assert!(raw.ends_with("data: [DONE]\n\n"), "{what}");
+                }
+                None => {
+                    let e = error.unwrap_or_else(|| panic!("{what}: not blocked: {raw}"));
+                    assert_eq!(e["error"]["code"], "policy_blocked");
+                    assert!(
+                        text[..start].starts_with(texts.first().map_or("", String::as_str)),
+                        "{what}: {texts:?}"
+                    );
+                    assert!(
+                        !raw.contains("[DONE]") && !raw.contains("that is all"),
+                        "{what}: nothing after the block"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn splits_inside_characters_escapes_and_tcp_reads_change_nothing() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    // Multi-byte characters around the value; the mock writes the stream 3 bytes at a time, so reads split
+    // events, UTF-8 sequences and JSON escapes.
+    let text = "Ünïcødé ✓ «jane.doe@example.com» — “quoted” \\ done";
+    let start = text.find("jane").expect("found");
+    for cut in [start - 2, start + 3, start + 9, start + 20] {
+        let cut = (cut..)
+            .find(|&c| text.is_char_boundary(c))
+            .expect("boundary");
+        let (texts, _, error, raw) = stream(
+            &gw,
+            text,
+            &[
+                ("x-mock-split-at", cut.to_string()),
+                ("x-mock-write-bytes", "3".into()),
+            ],
+        )
+        .await;
+        assert!(error.is_none());
+        assert_no_fragment(&raw, "jane.doe@example.com", "small reads");
+        assert_eq!(texts[0], text.replace("jane.doe@example.com", "[EMAIL]"));
+    }
+}
+
+#[tokio::test]
+async fn choices_and_parallel_tool_calls_are_filtered_independently() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let choices = r#"["mail jane.doe@example.com today", "nothing to hide here", "card 4111 1111 1111 1111 ok"]"#;
+    let tools =
+        r#"["{\"to\": \"bob@example.org\", \"n\": 1}", "{\"query\": \"weather in Paris\"}"]"#;
+    let (texts, args, error, raw) = stream(
+        &gw,
+        "unused",
+        &[
+            ("x-mock-choices", choices.into()),
+            ("x-mock-tool-args", tools.into()),
+            ("x-mock-chunks", "5".into()),
+        ],
+    )
+    .await;
+    assert!(error.is_none(), "{raw}");
+    assert_eq!(
+        texts,
+        [
+            "mail [EMAIL] today",
+            "nothing to hide here",
+            "card [CARD] ok"
+        ]
+    );
+    assert_eq!(
+        args,
+        [
+            r#"{"to": "[EMAIL]", "n": 1}"#,
+            r#"{"query": "weather in Paris"}"#
+        ]
+    );
+    assert_no_fragment(&raw, "bob@example.org", "tool args");
+}
+
+#[tokio::test]
+async fn the_openai_sdk_raises_api_error_on_a_mid_stream_block() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let content = "Sure. The deploy key is AKIAIOSFODNN7EXAMPLE and it expires soon.";
+    let out = run_sdk_script("sdk_stream_block.py", &gw, &[("MOCK_CONTENT", content)]).await;
+    assert_eq!(out["raised"], "APIError", "{out}");
+    let msg = out["message"].as_str().expect("message");
+    assert!(
+        msg.contains("Response blocked by policy 'secret.aws_access_key_id'"),
+        "{msg}"
+    );
+    let received = out["received"].as_str().expect("received");
+    assert!(
+        "Sure. The deploy key is ".starts_with(received),
+        "only text before the key arrived: {received:?}"
+    );
+    assert!(!received.contains("AKIA"));
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_stream_leaks_no_held_fragment() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let text = "first part jane.doe@exa|mple.com and more";
+    let cut = text.find('|').expect("cut");
+    let text = text.replace('|', "");
+    // The first piece ends inside the email; the mock then drops the connection.
+    let (texts, _, _, raw) = stream(
+        &gw,
+        &text,
+        &[
+            ("x-mock-split-at", cut.to_string()),
+            ("x-mock-reset-after", "1".into()),
+        ],
+    )
+    .await;
+    assert!(!raw.contains("jane"), "held text never leaves raw: {raw}");
+    assert!(
+        texts
+            .first()
+            .is_none_or(|t| "first part ".starts_with(t.as_str())),
+        "{texts:?}"
+    );
+}
+
+#[tokio::test]
+async fn usage_chunks_pass_through() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        )
+        .send()
+        .await
+        .expect("send");
+    let raw = resp.text().await.expect("text");
+    assert!(raw.contains(r#""usage":{"completion_tokens""#), "{raw}");
+}
