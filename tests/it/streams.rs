@@ -27,10 +27,12 @@ async fn stream(
     }
     let resp = req.send().await.expect("send");
     assert_eq!(resp.status(), 200);
-    let raw = match resp.text().await {
-        Ok(t) => t,
-        Err(_) => String::new(),
-    };
+    // An upstream that dies mid-stream ends the client's stream with an error: keep what arrived before.
+    let mut raw = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+        raw.push_str(&String::from_utf8_lossy(&chunk));
+    }
     let mut texts: Vec<String> = Vec::new();
     let mut tools: Vec<String> = Vec::new();
     let mut error = None;
