@@ -71,6 +71,16 @@ pub static INSPECTION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Mean bytes held back per event over one streamed response (one observation per stream).
+pub static STREAM_HELD_BYTES: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::register_histogram!(
+        "promptgate_stream_held_bytes",
+        "Mean bytes of answer text held back per event, per streamed response.",
+        vec![0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0]
+    )
+    .expect("metric registers once")
+});
+
 /// Rule-set reloads by result (`ok`, `unchanged`, `error`).
 pub static RULES_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -112,6 +122,7 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&RULES_RELOADS);
     LazyLock::force(&DECISIONS);
+    LazyLock::force(&STREAM_HELD_BYTES);
     LazyLock::force(&INSPECTION_ERRORS);
     LazyLock::force(&RULES_INFO);
     LazyLock::force(&RULES_COUNT);

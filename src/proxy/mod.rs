@@ -351,6 +351,9 @@ impl ProxyHttp for Gateway {
             metrics::DECISIONS
                 .with_label_values(&["response", decision])
                 .inc();
+            if f.events > 0 {
+                metrics::STREAM_HELD_BYTES.observe(f.held_sum as f64 / f.events as f64);
+            }
         }
         let status = session
             .response_written()
