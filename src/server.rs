@@ -89,7 +89,12 @@ fn build(config: &Config) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(upstream, store.clone(), config.inspect.clone());
+    let gateway = Gateway::new(
+        upstream,
+        store.clone(),
+        config.inspect.clone(),
+        &server.configuration,
+    );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.

@@ -56,6 +56,7 @@ impl Default for PolicySection {
 pub struct LimitsSection {
     pub max_body_bytes: usize,
     pub max_decoded_body_bytes: usize,
+    pub max_response_bytes: usize,
 }
 
 impl Default for LimitsSection {
@@ -63,6 +64,7 @@ impl Default for LimitsSection {
         Self {
             max_body_bytes: 8 << 20,
             max_decoded_body_bytes: 32 << 20,
+            max_response_bytes: 32 << 20,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct InspectConfig {
     pub max_body_bytes: usize,
     /// Largest request body once decoded.
     pub max_decoded_body_bytes: usize,
+    /// Largest non-streamed answer held for inspection (larger → 502).
+    pub max_response_bytes: usize,
     /// Forward uninspected (and count it) when inspection itself fails, instead of answering 503.
     pub fail_open: bool,
 }
@@ -269,6 +271,12 @@ impl Config {
             ));
         }
         let l = &raw.limits;
+        if l.max_response_bytes == 0 {
+            return Err(from_file(
+                "limits.max_response_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
         if l.max_body_bytes == 0 {
             return Err(from_file(
                 "limits.max_body_bytes",
@@ -294,6 +302,7 @@ impl Config {
             },
             max_body_bytes: l.max_body_bytes,
             max_decoded_body_bytes: l.max_decoded_body_bytes,
+            max_response_bytes: l.max_response_bytes,
             fail_open: raw.policy.fail_open,
         };
 

@@ -83,6 +83,7 @@ const MAX_NESTED_DOCUMENTS: usize = 4;
 struct Walk<'a> {
     set: &'a RuleSet,
     opts: &'a InspectOptions,
+    flow: Direction,
     hits: BTreeMap<usize, (u32, bool)>,
     opaque: u32,
 }
@@ -100,7 +101,7 @@ impl Walk<'_> {
                 });
             }
         }
-        let matches = self.set.scan(s, Direction::Request);
+        let matches = self.set.scan(s, self.flow);
         if matches.is_empty() {
             return None;
         }
@@ -234,16 +235,19 @@ fn is_token_ids(n: &Node) -> bool {
     }
 }
 
-/// Inspects a JSON body. Errors are the client's (invalid JSON, duplicate keys, too deep): answer 400.
+/// Inspects a JSON body flowing `flow` (a request, or a non-streamed answer). For requests the errors are the
+/// client's (invalid JSON, duplicate keys, too deep): answer 400.
 pub fn inspect_json(
     set: &RuleSet,
     body: &[u8],
     opts: &InspectOptions,
+    flow: Direction,
 ) -> Result<Verdict, JsonError> {
     let doc = json::parse(body, opts.max_depth)?;
     let mut w = Walk {
         set,
         opts,
+        flow,
         hits: BTreeMap::new(),
         opaque: 0,
     };
@@ -258,6 +262,7 @@ pub fn inspect_text(set: &RuleSet, body: &str, opts: &InspectOptions) -> Verdict
     let mut w = Walk {
         set,
         opts,
+        flow: Direction::Request,
         hits: BTreeMap::new(),
         opaque: 0,
     };

@@ -202,8 +202,13 @@ fn inspect_raw(
     let first = decoded.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let looks_json = matches!(first, Some(b'{') | Some(b'['));
     if looks_json || insp.json_required {
-        return inspect::inspect_json(rules, &decoded, &cfg.options)
-            .map_err(|e| Rejection::InvalidBody(e.to_string()));
+        return inspect::inspect_json(
+            rules,
+            &decoded,
+            &cfg.options,
+            crate::rules::Direction::Request,
+        )
+        .map_err(|e| Rejection::InvalidBody(e.to_string()));
     }
     match std::str::from_utf8(&decoded) {
         Ok(text) => Ok(inspect::inspect_text(rules, text, &cfg.options)),

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub body: Option<super::body::BodyInspection>,
     /// The filter of a streamed (SSE) response.
     pub stream: Option<crate::inspect::stream::StreamFilter>,
+    /// The verdict on a non-streamed answer held for inspection.
+    pub answer: Option<crate::inspect::Verdict>,
     _in_flight: InFlightGuard,
 }
 
@@ -57,6 +59,7 @@ impl RequestCtx {
             rules: None,
             body: None,
             stream: None,
+            answer: None,
             _in_flight: InFlightGuard::new(),
         }
     }

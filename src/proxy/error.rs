@@ -37,6 +37,12 @@ pub enum Rejection {
     InspectionFailed,
     #[error("The upstream answered with a Content-Encoding the gateway cannot inspect")]
     UpstreamEncoding,
+    #[error("Response blocked by policy '{rule}': {description}")]
+    ResponseBlocked { rule: String, description: String },
+    #[error("The upstream answer is larger than the gateway inspects ({limit} bytes)")]
+    UpstreamTooLarge { limit: usize },
+    #[error("The upstream answer could not be inspected ({0}); it was withheld")]
+    UpstreamUninspectable(String),
 }
 
 /// Everything needed to write one error response.
@@ -85,6 +91,11 @@ impl Rejection {
             Rejection::InvalidBody(_) => (400, "invalid_request_error", "invalid_body"),
             Rejection::InspectionFailed => (503, "server_error", "inspection_failed"),
             Rejection::UpstreamEncoding => (502, "upstream_error", "upstream_encoding"),
+            Rejection::ResponseBlocked { .. } => (409, "policy_violation", "policy_blocked"),
+            Rejection::UpstreamTooLarge { .. } => (502, "upstream_error", "upstream_too_large"),
+            Rejection::UpstreamUninspectable(_) => {
+                (502, "upstream_error", "upstream_uninspectable")
+            }
         }
     }
 
@@ -109,7 +120,9 @@ impl Rejection {
                 param: None,
                 code,
                 policy: match self {
-                    Rejection::PolicyBlocked { rule, .. } => Some(rule.as_str()),
+                    Rejection::PolicyBlocked { rule, .. } | Rejection::ResponseBlocked { rule, .. } => {
+                        Some(rule.as_str())
+                    }
                     Rejection::OpaqueInputDenied => Some("inspect.opaque_inputs"),
                     _ => None,
                 },
@@ -127,6 +140,7 @@ impl Rejection {
                 Rejection::NotFound { .. }
                 | Rejection::BadRequest
                 | Rejection::PolicyBlocked { .. }
+                | Rejection::ResponseBlocked { .. }
                 | Rejection::OpaqueInputDenied
                 | Rejection::RouteDenied
                 | Rejection::BodyTooLarge { .. }

@@ -9,6 +9,7 @@
 mod body;
 mod ctx;
 mod error;
+mod held;
 mod upstream;
 
 use async_trait::async_trait;
@@ -36,15 +37,63 @@ pub struct Gateway {
     upstream: Upstream,
     rules: Arc<RuleStore>,
     inspect: InspectConfig,
+    /// Upstream connections for answers held for inspection (see `held.rs`); the proxy path has its own.
+    connector: pingora::connectors::http::Connector,
 }
 
 impl Gateway {
-    pub fn new(upstream: Upstream, rules: Arc<RuleStore>, inspect: InspectConfig) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        rules: Arc<RuleStore>,
+        inspect: InspectConfig,
+        server: &pingora::server::configuration::ServerConf,
+    ) -> Self {
+        let connector = pingora::connectors::http::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::from_server_conf(server),
+        ));
         Self {
             upstream,
             rules,
             inspect,
+            connector,
         }
+    }
+
+    /// The last edits of the request header before it goes upstream (by the proxy, or by `held`).
+    fn prepare_upstream_request(
+        &self,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        if let Some(insp) = &ctx.body {
+            match (&insp.forward, insp.mode) {
+                (Some(forward), body::BodyMode::Early) => {
+                    upstream_request
+                        .insert_header(http::header::CONTENT_LENGTH, forward.len().to_string())?;
+                    if insp.forward_decoded {
+                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
+                    }
+                }
+                _ => {
+                    // The body is not decided yet: no length to promise (Pingora sends it chunked), and it
+                    // leaves decoded if it arrived encoded.
+                    upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                    if insp.encoding != crate::inspect::ContentEncoding::Identity {
+                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
+                    }
+                }
+            }
+        }
+        if self.inspect.enabled {
+            // Answers are inspected: ask for them unencoded.
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        upstream_request.insert_header(http::header::HOST, self.upstream.authority())?;
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(uri) = self.upstream.rewrite_uri(&upstream_request.uri) {
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
     }
 
     /// Decides from the response header whether the body is filtered as a stream.
@@ -185,6 +234,9 @@ impl ProxyHttp for Gateway {
             write_error(session, ctx, &rejection.render()).await?;
             return Ok(true);
         }
+        if held::applies(self, ctx) {
+            return held::answer(self, session, ctx).await.map(|()| true);
+        }
         Ok(false)
     }
 
@@ -238,35 +290,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(insp) = &ctx.body {
-            match (&insp.forward, insp.mode) {
-                (Some(forward), body::BodyMode::Early) => {
-                    upstream_request
-                        .insert_header(http::header::CONTENT_LENGTH, forward.len().to_string())?;
-                    if insp.forward_decoded {
-                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
-                    }
-                }
-                _ => {
-                    // The body is not decided yet: no length to promise (Pingora sends it chunked), and it
-                    // leaves decoded if it arrived encoded.
-                    upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-                    if insp.encoding != crate::inspect::ContentEncoding::Identity {
-                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
-                    }
-                }
-            }
-        }
-        if self.inspect.enabled {
-            // Answers are inspected as they stream: ask for them unencoded.
-            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        }
-        upstream_request.insert_header(http::header::HOST, self.upstream.authority())?;
-        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(uri) = self.upstream.rewrite_uri(&upstream_request.uri) {
-            upstream_request.set_uri(uri);
-        }
-        Ok(())
+        self.prepare_upstream_request(upstream_request, ctx)
     }
 
     async fn response_filter(
@@ -405,18 +429,24 @@ fn decision_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()>
     let Some(v) = &insp.verdict else {
         return Ok(());
     };
-    let decision = if v.opaque_denied {
-        "block"
-    } else {
-        v.decision.as_str()
-    };
-    header.insert_header("x-promptgate-decision", decision)?;
-    if !v.hits.is_empty() {
-        let ids: Vec<&str> = v
-            .hits
-            .iter()
-            .map(|h| rules.rule(h.rule).id.as_str())
-            .collect();
+    // A held answer's verdict joins the request's: the most severe decision, every rule id once.
+    let answer = ctx.answer.as_ref();
+    let mut decision = v
+        .decision
+        .max(answer.map_or(crate::inspect::Decision::Allow, |a| a.decision));
+    if v.opaque_denied {
+        decision = crate::inspect::Decision::Block;
+    }
+    header.insert_header("x-promptgate-decision", decision.as_str())?;
+    let mut ids: Vec<&str> = v
+        .hits
+        .iter()
+        .chain(answer.into_iter().flat_map(|a| a.hits.iter()))
+        .map(|h| rules.rule(h.rule).id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if !ids.is_empty() {
         header.insert_header("x-promptgate-rules", ids.join(","))?;
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod answers;
 mod forwarding;
 mod lifecycle;
 mod requests;

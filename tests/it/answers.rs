@@ -1,0 +1,130 @@
+//! Non-streamed answers: held whole, inspected, and only then given a status line — 200 with the original or
+//! redacted body, 409 for a block (the body withheld), 502 when too large to inspect.
+
+use serde_json::Value;
+
+use crate::sdk::run_sdk_script;
+use crate::support::{recorded_header, Gateway, GatewayOpts, MockUpstream};
+
+async fn ask(gw: &Gateway, path: &str, content: &str) -> reqwest::Response {
+    let body = match path {
+        "/v1/responses" => r#"{"model":"m","input":"hi"}"#,
+        "/v1/completions" => r#"{"model":"m","prompt":"hi"}"#,
+        _ => r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+    };
+    reqwest::Client::new()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .header("x-mock-content", content)
+        .body(body)
+        .send()
+        .await
+        .expect("send")
+}
+
+#[tokio::test]
+async fn answers_are_redacted_before_the_client_sees_them() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let cases = [
+        ("/v1/chat/completions", "/choices/0/message/content"),
+        ("/v1/completions", "/choices/0/text"),
+        ("/v1/responses", "/output/0/content/0/text"),
+    ];
+    for (path, pointer) in cases {
+        let resp = ask(
+            &gw,
+            path,
+            "Contact jane.doe@example.com or call 415-555-2671.",
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["x-promptgate-decision"], "redact");
+        assert_eq!(resp.headers()["x-promptgate-rules"], "pii.email,pii.phone");
+        let len: usize = resp.headers()["content-length"]
+            .to_str()
+            .expect("a")
+            .parse()
+            .expect("n");
+        let text = resp.text().await.expect("text");
+        assert_eq!(text.len(), len, "Content-Length is right");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            v.pointer(pointer).and_then(Value::as_str),
+            Some("Contact [EMAIL] or call [PHONE]."),
+            "{path}"
+        );
+    }
+    // The upstream was asked for an unencoded answer.
+    for rec in mock.received().await {
+        assert_eq!(recorded_header(&rec, "accept-encoding"), Some("identity"));
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_answer_is_a_409_and_its_body_is_withheld() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let resp = ask(
+        &gw,
+        "/v1/chat/completions",
+        "The key is AKIAIOSFODNN7EXAMPLE.",
+    )
+    .await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    assert_eq!(resp.headers()["x-promptgate-decision"], "block");
+    let text = resp.text().await.expect("text");
+    assert!(!text.contains("AKIA"), "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["error"]["code"], "policy_blocked");
+    assert_eq!(v["error"]["policy"], "secret.aws_access_key_id");
+    assert_eq!(
+        v["error"]["message"],
+        "Response blocked by policy 'secret.aws_access_key_id': AWS access key id"
+    );
+
+    let out = run_sdk_script(
+        "sdk_answer_block.py",
+        &gw,
+        &[("MOCK_CONTENT", "The key is AKIAIOSFODNN7EXAMPLE.")],
+    )
+    .await;
+    assert_eq!(out["raised"], "ConflictError", "{out}");
+    assert_eq!(out["requests"], 1, "no retry");
+}
+
+#[tokio::test]
+async fn an_answer_too_large_to_inspect_is_a_502() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url()).toml("[limits]\nmax_response_bytes = 2000"),
+    )
+    .await;
+    let resp = ask(&gw, "/v1/chat/completions", &"x".repeat(3000)).await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "upstream_too_large");
+    // Under the cap the same route answers.
+    assert_eq!(
+        ask(&gw, "/v1/chat/completions", "short").await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_as_they_are() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-status", "429")
+        .body(r#"{"model":"m","messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 429);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "mock_error");
+}
