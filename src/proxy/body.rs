@@ -1,17 +1,14 @@
 //! Request-body enforcement: the glue between Pingora's body hooks and the pure `inspect` module.
 //!
-//! Where the body is inspected, and why there:
-//! - **Early** (declared `Content-Length` ≤ 64 KiB, most chat requests): the body is read whole in
-//!   `request_filter`, before any upstream connection exists, so a blocked request never contacts the upstream
-//!   at all. Pingora forwards a body read there only through its retry buffer, which holds at most 64 KiB
-//!   (`BODY_BUF_LIMIT`); we enable it before reading, and when Pingora replays that buffer into
-//!   `request_body_filter` we replace it with the inspected bytes.
-//! - **Held** (larger or chunked bodies): the body is collected in `request_body_filter` and nothing is passed
-//!   on until it is complete and inspected. The upstream has by then received the request header (Pingora sends
-//!   it first) but never a byte of the body; a block ends that upstream request without one.
+//! Where the body is inspected, and why there: the body is read whole in `request_filter` (bounded by
+//! `limits.max_body_bytes`), before any upstream connection exists, so a blocked request never contacts the
+//! upstream at all. Pingora forwards a body read there only through its retry buffer, which holds at most
+//! 64 KiB (`BODY_BUF_LIMIT`): we enable it before reading, and when Pingora replays that buffer into
+//! `request_body_filter` we replace it with the inspected bytes. A body larger than that cannot take the proxy
+//! path; `held.rs` makes the upstream exchange for it instead.
 //!
-//! Either way the upstream receives the original bytes when nothing matched, the rewritten body when a rule
-//! redacted, and nothing when a rule blocked.
+//! The upstream receives the original bytes when nothing matched, the rewritten body when a rule redacted,
+//! and nothing when a rule blocked.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -26,21 +23,9 @@ use crate::rules::RuleSet;
 
 use super::Rejection;
 
-/// Bodies up to this size are inspected before the upstream is contacted (Pingora's retry-buffer size).
-pub const EARLY_LIMIT: usize = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyMode {
-    /// Read and inspected in `request_filter`.
-    Early,
-    /// Collected and inspected in `request_body_filter`.
-    Held,
-}
-
 /// Request-body inspection state of one request.
 #[derive(Debug)]
 pub struct BodyInspection {
-    pub mode: BodyMode,
     pub encoding: ContentEncoding,
     /// Non-JSON bodies are refused on the known API routes.
     pub json_required: bool,
@@ -94,12 +79,7 @@ pub fn plan(
     let encoding = ContentEncoding::parse(content_encoding).ok_or_else(|| {
         Rejection::UnsupportedEncoding(content_encoding.unwrap_or("").chars().take(32).collect())
     })?;
-    let mode = match content_length {
-        Some(n) if n <= EARLY_LIMIT && !chunked => BodyMode::Early,
-        _ => BodyMode::Held,
-    };
     Ok(Plan::Inspect(BodyInspection {
-        mode,
         encoding,
         json_required,
         held: Vec::new(),
@@ -169,14 +149,6 @@ pub fn decide(
         match &verdict.rewritten {
             Some(body) => {
                 insp.forward = Some(Bytes::from(body.clone()));
-                insp.forward_decoded = true;
-            }
-            None if insp.mode == BodyMode::Held && insp.encoding != ContentEncoding::Identity => {
-                // Held bodies go upstream decoded: the header (without Content-Encoding) left before the body
-                // was seen. Decoding again is cheap next to the network and keeps `inspect_raw` simple.
-                let decoded = inspect::decode_body(insp.encoding, &raw, cfg.max_decoded_body_bytes)
-                    .map_err(|e| Rejection::InvalidBody(e.to_string()))?;
-                insp.forward = Some(Bytes::from(decoded));
                 insp.forward_decoded = true;
             }
             None => insp.forward = Some(Bytes::from(raw)),

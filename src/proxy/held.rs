@@ -1,13 +1,17 @@
-//! Non-streamed answers, held whole and inspected before the client sees their status line.
+//! Upstream exchanges the gateway makes itself, with Pingora's own HTTP connector (pooled, with the peer's
+//! timeouts), for the requests the proxy path cannot serve right:
 //!
-//! Why this path exists: in Pingora 0.9 the response header is handed to the client as soon as
-//! `response_filter` returns, before any body byte is seen, and no hook can hold it back — so a proxied answer
-//! cannot turn into a 409 once its body turns out to carry a secret. For a request whose body was read and
-//! inspected in `request_filter` (see `body.rs`) and that does not ask for a stream, the gateway therefore
-//! makes the upstream exchange itself with Pingora's own HTTP connector (pooled, with the peer's timeouts),
-//! reads the whole answer (bounded), inspects it, and only then writes the status line: 200 with the
-//! original or redacted body, 409 for a block, 502 when it cannot be inspected. Streams, larger requests and
-//! other routes take the ordinary proxy path.
+//! - **Non-streamed answers**, held whole and inspected before the client sees their status line. In Pingora
+//!   0.9 the response header is handed to the client as soon as `response_filter` returns, before any body
+//!   byte is seen, and no hook can hold it back — so a proxied answer could not turn into a 409 once its body
+//!   turns out to carry a secret. Here the whole answer is read (bounded), inspected, and only then the status
+//!   line is written: 200 with the original or redacted body, 409 for a block, 502 when it cannot be inspected.
+//! - **Bodies over 64 KiB**: read and inspected in `request_filter`, they cannot be handed to the proxy path,
+//!   which forwards such a body only from its 64 KiB retry buffer. Their answers are relayed here: held and
+//!   inspected when non-streamed JSON, filtered event by event when streamed (`inspect::stream`, as on the proxy
+//!   path; a block here also stops reading the upstream and drops its connection), passed through otherwise.
+//!
+//! Small streamed requests and everything uninspected take the ordinary proxy path.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -16,7 +20,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
-use super::{body, decision_headers, Gateway, Rejection, RequestCtx, REQUEST_ID};
+use super::{decision_headers, Gateway, Rejection, RequestCtx, REQUEST_ID};
 use crate::inspect::{self, ContentEncoding, Decision, OpaquePolicy};
 use crate::metrics;
 use crate::openai::Route;
@@ -40,35 +44,37 @@ struct StreamFlag {
     stream: bool,
 }
 
-/// Whether this request's answer is held: its body was inspected early, it does not ask for a stream, and
-/// its route answers with text.
-pub fn applies(gw: &Gateway, ctx: &RequestCtx) -> bool {
-    if !gw.inspect.enabled
-        || !matches!(
-            ctx.route,
-            Route::ChatCompletions | Route::Completions | Route::Responses
-        )
-    {
-        return false;
-    }
+/// Whether this request is relayed here (see the module doc) rather than by the proxy path.
+pub fn applies(gw: &Gateway, session: &Session, ctx: &RequestCtx) -> bool {
     let Some(insp) = &ctx.body else {
         return false;
     };
     let Some(forward) = &insp.forward else {
         return false;
     };
-    if insp.mode != body::BodyMode::Early || insp.failed_open {
+    if session.as_ref().retry_buffer_truncated() {
+        return true;
+    }
+    if !gw.inspect.enabled || !text_route(ctx.route) || insp.failed_open {
         return false;
     }
-    // An encoded body that went upstream as it came cannot be peeked at cheaply; it takes the proxy path.
+    // An encoded body that goes upstream as it came cannot be peeked at cheaply: it takes the proxy path,
+    // whose streamed answers are filtered too.
     if insp.encoding != ContentEncoding::Identity && !insp.forward_decoded {
         return false;
     }
     serde_json::from_slice::<StreamFlag>(forward).is_ok_and(|f| !f.stream)
 }
 
-/// Makes the upstream exchange, inspects the answer, writes the response. `Err` goes to `fail_to_proxy`.
-pub async fn answer(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+fn text_route(route: Route) -> bool {
+    matches!(
+        route,
+        Route::ChatCompletions | Route::Completions | Route::Responses
+    )
+}
+
+/// Makes the upstream exchange and answers the client. `Err` goes to `fail_to_proxy` (502 / 504 mapping).
+pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let forward = ctx
         .body
         .as_ref()
@@ -79,78 +85,134 @@ pub async fn answer(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         req.remove_header(h);
     }
     gw.prepare_upstream_request(&mut req, ctx)?;
-
-    let (status, headers, raw) = exchange(gw, &req, forward, gw.inspect.max_response_bytes).await?;
-    let outcome = inspect_answer(gw, ctx, &headers, &raw);
-    let body = match outcome {
-        Ok(body) => body,
-        Err(rejection) => return Err(rejection.into_error()),
-    };
-
-    let mut resp = ResponseHeader::build(status, Some(headers.headers.len() + 4))?;
-    for (name, value) in headers.headers.iter() {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
-        if name == http::header::CONTENT_ENCODING && body.decoded {
-            continue;
-        }
-        resp.append_header(name.clone(), value.clone())?;
+    let peer = gw.upstream.peer();
+    let mut up = send(gw, &peer, &req, forward).await?;
+    let header = up.response_header().cloned().ok_or_else(|| {
+        Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up()
+    })?;
+    let content_type = header
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let inspected = gw.inspect.enabled && header.status.is_success();
+    if inspected && content_type.starts_with("text/event-stream") {
+        return relay_stream(gw, session, ctx, up, &peer, header).await;
     }
+    let raw = read_all(&mut up, gw.inspect.max_response_bytes).await?;
+    release(gw, up, &peer).await;
+    let body = if inspected && content_type.contains("json") && text_route(ctx.route) {
+        inspect_answer(gw, ctx, &header, &raw).map_err(Rejection::into_error)?
+    } else {
+        Answer {
+            bytes: Bytes::from(raw),
+            decoded: false,
+        }
+    };
+    let mut resp = client_header(&header, ctx, body.decoded)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.bytes.len().to_string())?;
-    resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-    decision_headers(&mut resp, ctx)?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body.bytes), true).await
 }
 
-/// What goes to the client.
-struct Answer {
-    bytes: Bytes,
-    /// The upstream's Content-Encoding was undone.
-    decoded: bool,
+/// The client's response header: the upstream's, less hop-by-hop fields (and Content-Encoding when the body
+/// was decoded), plus the request id and the decision headers.
+fn client_header(up: &ResponseHeader, ctx: &RequestCtx, decoded: bool) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 4))?;
+    for (name, value) in up.headers.iter() {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || (decoded && name == http::header::CONTENT_ENCODING)
+        {
+            continue;
+        }
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    decision_headers(&mut resp, ctx)?;
+    Ok(resp)
 }
 
-/// One request / answer with the upstream, on a pooled connection; a stale pooled connection is retried once
-/// on a fresh one.
-async fn exchange(
+/// A streamed answer, filtered event by event. A block stops reading the upstream: its connection is dropped,
+/// not returned to the pool, which ends the upstream's generation.
+async fn relay_stream(
     gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut up: HttpSession,
+    peer: &pingora::upstreams::peer::HttpPeer,
+    header: ResponseHeader,
+) -> Result<()> {
+    let encoded = header
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    if encoded {
+        return Err(Rejection::UpstreamEncoding.into_error());
+    }
+    let rules = ctx
+        .rules
+        .clone()
+        .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
+    let mut filter = crate::inspect::stream::StreamFilter::new(rules, gw.inspect.options.monitor);
+    let resp = client_header(&header, ctx, false)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    loop {
+        match up.read_response_body().await.map_err(|e| e.into_up())? {
+            Some(chunk) => {
+                let out = filter.push(&chunk);
+                if filter.is_blocked() {
+                    session.write_response_body(Some(out), true).await?;
+                    break;
+                }
+                if !out.is_empty() {
+                    session.write_response_body(Some(out), false).await?;
+                }
+            }
+            None => {
+                let out = filter.finish();
+                session.write_response_body(Some(out), true).await?;
+                release(gw, up, peer).await;
+                break;
+            }
+        }
+    }
+    ctx.stream = Some(filter);
+    Ok(())
+}
+
+/// Connects (pooled), sends the request, reads the response header. A pooled connection the upstream had
+/// already closed is retried once on a fresh one.
+async fn send(
+    gw: &Gateway,
+    peer: &pingora::upstreams::peer::HttpPeer,
     req: &pingora::http::RequestHeader,
     body: Bytes,
-    cap: usize,
-) -> Result<(u16, ResponseHeader, Vec<u8>)> {
-    let peer = gw.upstream.peer();
+) -> Result<HttpSession> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let (mut up, reused) = gw
             .connector
-            .get_http_session(&*peer)
+            .get_http_session(peer)
             .await
             .map_err(|e| e.into_up())?;
         if let HttpSession::H1(s) = &mut up {
             s.read_timeout = peer.options.read_timeout;
             s.write_timeout = peer.options.write_timeout;
         }
-        match round_trip(&mut up, req, body.clone(), cap).await {
-            Ok((status, header, raw)) => {
-                if let HttpSession::H1(s) = &mut up {
-                    s.respect_keepalive();
-                }
-                gw.connector
-                    .release_http_session(up, &*peer, peer.options.idle_timeout)
-                    .await;
-                return Ok((status, header, raw));
-            }
-            // A pooled connection the upstream had already closed: one fresh try.
-            Err(e)
-                if reused
-                    && attempt == 1
-                    && !matches!(
-                        e.etype(),
-                        ErrorType::ReadTimedout | ErrorType::HTTPStatus(_)
-                    ) =>
-            {
+        let sent = async {
+            up.write_request_header(Box::new(req.clone())).await?;
+            up.write_request_body(body.clone(), true).await?;
+            up.finish_request_body().await?;
+            up.read_response_header().await
+        }
+        .await
+        .map_err(|e| e.into_up());
+        match sent {
+            Ok(()) => return Ok(up),
+            Err(e) if reused && attempt == 1 && !matches!(e.etype(), ErrorType::ReadTimedout) => {
                 continue
             }
             Err(e) => return Err(e),
@@ -158,23 +220,7 @@ async fn exchange(
     }
 }
 
-async fn round_trip(
-    up: &mut HttpSession,
-    req: &pingora::http::RequestHeader,
-    body: Bytes,
-    cap: usize,
-) -> Result<(u16, ResponseHeader, Vec<u8>)> {
-    up.write_request_header(Box::new(req.clone()))
-        .await
-        .map_err(|e| e.into_up())?;
-    up.write_request_body(body, true)
-        .await
-        .map_err(|e| e.into_up())?;
-    up.finish_request_body().await.map_err(|e| e.into_up())?;
-    up.read_response_header().await.map_err(|e| e.into_up())?;
-    let header = up.response_header().cloned().ok_or_else(|| {
-        Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up()
-    })?;
+async fn read_all(up: &mut HttpSession, cap: usize) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
     while let Some(chunk) = up.read_response_body().await.map_err(|e| e.into_up())? {
         if raw.len() + chunk.len() > cap {
@@ -182,7 +228,23 @@ async fn round_trip(
         }
         raw.extend_from_slice(&chunk);
     }
-    Ok((header.status.as_u16(), header, raw))
+    Ok(raw)
+}
+
+async fn release(gw: &Gateway, mut up: HttpSession, peer: &pingora::upstreams::peer::HttpPeer) {
+    if let HttpSession::H1(s) = &mut up {
+        s.respect_keepalive();
+    }
+    gw.connector
+        .release_http_session(up, peer, peer.options.idle_timeout)
+        .await;
+}
+
+/// What goes to the client.
+struct Answer {
+    bytes: Bytes,
+    /// The upstream's Content-Encoding was undone.
+    decoded: bool,
 }
 
 /// Inspects a held answer: successful JSON answers are walked string by string; anything else (errors,

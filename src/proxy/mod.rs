@@ -66,21 +66,18 @@ impl Gateway {
         ctx: &RequestCtx,
     ) -> Result<()> {
         if let Some(insp) = &ctx.body {
-            match (&insp.forward, insp.mode) {
-                (Some(forward), body::BodyMode::Early) => {
+            match &insp.forward {
+                Some(forward) => {
                     upstream_request
                         .insert_header(http::header::CONTENT_LENGTH, forward.len().to_string())?;
+                    upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
                     if insp.forward_decoded {
                         upstream_request.remove_header(&http::header::CONTENT_ENCODING);
                     }
                 }
-                _ => {
-                    // The body is not decided yet: no length to promise (Pingora sends it chunked), and it
-                    // leaves decoded if it arrived encoded.
+                // Not decided (it always is by now): promise no length.
+                None => {
                     upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-                    if insp.encoding != crate::inspect::ContentEncoding::Identity {
-                        upstream_request.remove_header(&http::header::CONTENT_ENCODING);
-                    }
                 }
             }
         }
@@ -165,28 +162,24 @@ impl Gateway {
             body::Plan::Skip => return Ok(()),
             body::Plan::Inspect(i) => i,
         };
-        if insp.mode == body::BodyMode::Early {
-            // Pingora forwards a body read here only through its retry buffer: enable it before reading.
-            session.as_mut().enable_retry_buffering();
-            loop {
-                match session.read_request_body().await {
-                    Ok(Some(chunk)) => body::hold(&mut insp, &chunk, self.inspect.max_body_bytes)?,
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(Rejection::InvalidBody(format!(
-                            "reading the body failed ({})",
-                            e.etype().as_str()
-                        )))
-                    }
+        // Pingora forwards a body read here only through its retry buffer: enable it before reading.
+        session.as_mut().enable_retry_buffering();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body::hold(&mut insp, &chunk, self.inspect.max_body_bytes)?,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Rejection::InvalidBody(format!(
+                        "reading the body failed ({})",
+                        e.etype().as_str()
+                    )))
                 }
             }
-            let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
-            let decided = body::decide(&mut insp, &rules, &self.inspect);
-            ctx.body = Some(insp);
-            return decided;
         }
+        let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
+        let decided = body::decide(&mut insp, &rules, &self.inspect);
         ctx.body = Some(insp);
-        Ok(())
+        decided
     }
 }
 
@@ -234,8 +227,8 @@ impl ProxyHttp for Gateway {
             write_error(session, ctx, &rejection.render()).await?;
             return Ok(true);
         }
-        if held::applies(self, ctx) {
-            return held::answer(self, session, ctx).await.map(|()| true);
+        if held::applies(self, session, ctx) {
+            return held::relay(self, session, ctx).await.map(|()| true);
         }
         Ok(false)
     }
@@ -247,27 +240,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(insp) = ctx.body.as_mut() else {
+        let Some(insp) = ctx.body.as_ref() else {
             return Ok(());
         };
-        if insp.mode == body::BodyMode::Held && insp.forward.is_none() {
-            if let Some(chunk) = body.take() {
-                body::hold(insp, &chunk, self.inspect.max_body_bytes)
-                    .map_err(Rejection::into_error)?;
-            }
-            if !end_of_stream {
-                // Nothing goes upstream until the whole body is inspected.
-                *body = Some(Bytes::new());
-                return Ok(());
-            }
-            let rules = ctx
-                .rules
-                .clone()
-                .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
-            body::decide(insp, &rules, &self.inspect).map_err(Rejection::into_error)?;
-        }
-        // The decided body replaces whatever Pingora has (the retry buffer in early mode); it is cloned so an
-        // upstream retry sends it again.
+        // The decided body replaces whatever Pingora has (its retry buffer); it is cloned so an upstream retry
+        // sends it again.
         *body = if end_of_stream {
             insp.forward.clone()
         } else {

@@ -191,7 +191,7 @@ async fn upstream_down_is_a_502_in_openai_shape() {
     let v: Value = resp.json().await.expect("json");
     assert_openai_error(&v, "upstream_unreachable");
     assert_eq!(
-        gw.metric(r#"promptgate_upstream_errors_total{kind="connect"}"#)
+        gw.metric_eventually(r#"promptgate_upstream_errors_total{kind="connect"}"#, 1.0)
             .await,
         Some(1.0)
     );
@@ -310,21 +310,34 @@ async fn admin_serves_health_and_metrics() {
     }
     client.get(gw.url("/nope")).send().await.expect("send");
     assert_eq!(
-        gw.metric(r#"promptgate_requests_total{route="models",status="200"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_requests_total{route="models",status="200"}"#,
+            3.0
+        )
+        .await,
         Some(3.0)
     );
     assert_eq!(
-        gw.metric(r#"promptgate_requests_total{route="not_found",status="404"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_requests_total{route="not_found",status="404"}"#,
+            1.0
+        )
+        .await,
         Some(1.0)
     );
     assert_eq!(
-        gw.metric(r#"promptgate_request_duration_seconds_count{route="models"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_request_duration_seconds_count{route="models"}"#,
+            3.0
+        )
+        .await,
         Some(3.0)
     );
-    assert_eq!(gw.metric("promptgate_requests_in_flight").await, Some(0.0));
+    assert_eq!(
+        gw.metric_eventually("promptgate_requests_in_flight", 0.0)
+            .await,
+        Some(0.0)
+    );
     let resp = client
         .get(gw.admin_url("/nope"))
         .send()

@@ -180,8 +180,11 @@ async fn every_field_and_shape_is_inspected() {
         "the upstream saw none of them"
     );
     assert_eq!(
-        gw.metric(r#"promptgate_decisions_total{decision="block",direction="request"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_decisions_total{decision="block",direction="request"}"#,
+            shapes().len() as f64
+        )
+        .await,
         Some(shapes().len() as f64)
     );
 }
@@ -472,8 +475,11 @@ async fn a_failing_rule_fails_closed_unless_fail_open_is_set() {
     assert_eq!(v["error"]["code"], "inspection_failed");
     assert!(mock.received().await.is_empty());
     assert_eq!(
-        gw.metric(r#"promptgate_inspection_errors_total{outcome="fail_closed"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_inspection_errors_total{outcome="fail_closed"}"#,
+            1.0
+        )
+        .await,
         Some(1.0)
     );
     // The gateway keeps serving.
@@ -498,8 +504,11 @@ async fn a_failing_rule_fails_closed_unless_fail_open_is_set() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-promptgate-decision"], "error");
     assert_eq!(
-        gw.metric(r#"promptgate_inspection_errors_total{outcome="fail_open"}"#)
-            .await,
+        gw.metric_eventually(
+            r#"promptgate_inspection_errors_total{outcome="fail_open"}"#,
+            1.0
+        )
+        .await,
         Some(1.0)
     );
     assert_eq!(

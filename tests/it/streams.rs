@@ -242,3 +242,101 @@ async fn usage_chunks_pass_through() {
     let raw = resp.text().await.expect("text");
     assert!(raw.contains(r#""usage":{"completion_tokens""#), "{raw}");
 }
+
+/// The content deltas of choice 0 in a raw stream, joined.
+fn content_of(raw: &str) -> String {
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A chat request with `pad` bytes of padding in the prompt (over 64 KiB takes the gateway's own relay).
+fn padded_request(pad: usize, stream: bool) -> String {
+    serde_json::json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "x".repeat(pad)}]}).to_string()
+}
+
+#[tokio::test]
+async fn large_requests_get_their_streams_filtered_and_a_block_cuts_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let client = reqwest::Client::new();
+    let text = "Write to jane.doe@example.com today.";
+    let cut = text.find("example").expect("cut");
+    let resp = client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-content", text)
+        .header("x-mock-split-at", cut.to_string())
+        .body(padded_request(100_000, true))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-promptgate-decision"], "allow");
+    let raw = resp.text().await.expect("text");
+    assert!(!raw.contains("jane"), "{raw}");
+    assert_eq!(content_of(&raw), "Write to [EMAIL] today.");
+    assert!(raw.ends_with("data: [DONE]\n\n"));
+
+    // A block mid-stream: the client's stream ends with the error event, and the upstream is cut off before
+    // it finished sending (the mock never completes its answer).
+    let resp = client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header(
+            "x-mock-content",
+            "one two AKIAIOSFODNN7EXAMPLE three four five six seven",
+        )
+        .header("x-mock-chunks", "8")
+        .header("x-mock-delay-ms", "30")
+        .body(padded_request(100_000, true))
+        .send()
+        .await
+        .expect("send");
+    let raw = resp.text().await.expect("a cleanly ended stream");
+    let last = raw
+        .trim_end()
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("data: "))
+        .expect("an event");
+    let last: Value = serde_json::from_str(last).expect("json");
+    assert_eq!(
+        last["error"]["policy"], "secret.aws_access_key_id",
+        "the error event ends the stream: {raw}"
+    );
+    assert!(!raw.contains("AKIA") && !raw.contains("seven"));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let recs = mock.received().await;
+    assert_eq!(
+        recs.last().expect("received")["completed"],
+        false,
+        "the upstream was cut off mid-answer"
+    );
+}
+
+#[tokio::test]
+async fn large_requests_get_their_answers_inspected_too() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-content", "Reach me at jane.doe@example.com.")
+        .body(padded_request(100_000, false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Reach me at [EMAIL]."
+    );
+}

@@ -248,8 +248,25 @@ impl Gateway {
         }
     }
 
-    /// The value of a metric sample line, e.g. `promptgate_requests_total{route="models",status="200"}`.
+    /// The value of a metric sample line now, e.g. `promptgate_requests_total{route="models",status="200"}`.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
+        self.metric_now(sample).await
+    }
+
+    /// Waits up to 5 s for `sample` to read `want` and returns the last value seen: metrics are recorded in the
+    /// `logging` hook, just after the response went out, so a client can be a moment ahead of them.
+    pub async fn metric_eventually(&self, sample: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric_now(sample).await;
+            if v == Some(want) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn metric_now(&self, sample: &str) -> Option<f64> {
         let text = reqwest::get(self.admin_url("/metrics"))
             .await
             .ok()?
