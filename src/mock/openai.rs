@@ -21,6 +21,8 @@ struct Peek {
     n: Option<usize>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    logprobs: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -61,8 +63,18 @@ pub async fn answer(
         }
         ("POST", "/v1/chat/completions") => {
             let n = peek.n.unwrap_or(1).clamp(1, 16);
+            // Token log-probabilities, one entry per space-separated token, when asked for.
+            let logprobs = if peek.logprobs {
+                let tokens: Vec<Value> = text
+                    .split_inclusive(' ')
+                    .map(|t| json!({"token": t, "logprob": -0.5, "bytes": t.as_bytes(), "top_logprobs": []}))
+                    .collect();
+                json!({"content": tokens, "refusal": null})
+            } else {
+                Value::Null
+            };
             let choices: Vec<Value> = (0..n)
-                .map(|i| json!({"index": i, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": "stop"}))
+                .map(|i| json!({"index": i, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": logprobs, "finish_reason": "stop"}))
                 .collect();
             let mut body = json!({
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,

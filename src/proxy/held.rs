@@ -247,6 +247,31 @@ struct Answer {
     decoded: bool,
 }
 
+/// A redacted answer's `logprobs` would carry the redacted text again, token by token and byte by byte:
+/// they are dropped (`null`) from every choice.
+fn without_logprobs(body: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    let mut changed = false;
+    for choice in v
+        .get_mut("choices")
+        .and_then(|c| c.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(lp) = choice.get_mut("logprobs").filter(|lp| !lp.is_null()) {
+            *lp = serde_json::Value::Null;
+            changed = true;
+        }
+    }
+    if changed {
+        serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+    } else {
+        body.to_vec()
+    }
+}
+
 /// Inspects a held answer: successful JSON answers are walked string by string; anything else (errors,
 /// other types) is returned as it came.
 fn inspect_answer(
@@ -293,7 +318,7 @@ fn inspect_answer(
         }
         _ => Ok(match &verdict.rewritten {
             Some(body) => Answer {
-                bytes: Bytes::from(body.clone()),
+                bytes: Bytes::from(without_logprobs(body)),
                 decoded: true,
             },
             None if encoding != ContentEncoding::Identity => Answer {

@@ -128,3 +128,41 @@ async fn upstream_errors_pass_through_as_they_are() {
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["error"]["code"], "mock_error");
 }
+
+#[tokio::test]
+async fn logprobs_of_a_redacted_answer_do_not_carry_the_value() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let send = |content: &'static str| {
+        let gw = &gw;
+        async move {
+            reqwest::Client::new()
+                .post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("x-mock-content", content)
+                .body(
+                    r#"{"model":"m","logprobs":true,"messages":[{"role":"user","content":"hi"}]}"#,
+                )
+                .send()
+                .await
+                .expect("send")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let redacted = send("mail jane.doe@example.com now").await;
+    assert!(
+        !redacted.contains("jane") && !redacted.contains("106,97,110,101"),
+        "{redacted}"
+    );
+    let v: Value = serde_json::from_str(&redacted).expect("json");
+    assert_eq!(v["choices"][0]["message"]["content"], "mail [EMAIL] now");
+    assert!(v["choices"][0]["logprobs"].is_null());
+    // Nothing redacted: logprobs pass untouched.
+    let clean: Value = serde_json::from_str(&send("all clear here").await).expect("json");
+    assert_eq!(
+        clean["choices"][0]["logprobs"]["content"][1]["token"],
+        "clear "
+    );
+}
