@@ -6,19 +6,20 @@
 //!   byte is seen, and no hook can hold it back — so a proxied answer could not turn into a 409 once its body
 //!   turns out to carry a secret. Here the whole answer is read (bounded), inspected, and only then the status
 //!   line is written: 200 with the original or redacted body, 409 for a block, 502 when it cannot be inspected.
-//! - **Bodies over 64 KiB**: read and inspected in `request_filter`, they cannot be handed to the proxy path,
-//!   which forwards such a body only from its 64 KiB retry buffer. Their answers are relayed here: held and
-//!   inspected when non-streamed JSON, filtered event by event when streamed (`inspect::stream`, as on the proxy
-//!   path; a block here also stops reading the upstream and drops its connection), passed through otherwise.
+//! - **Streamed answers**, filtered event by event (`inspect::stream`) and written as they are released. Here a
+//!   block also stops reading the upstream and drops its connection, which cancels the generation; on the
+//!   proxy path an `Err` from `response_body_filter` would discard the batch that carries the error event.
+//! - **Bodies over 64 KiB** on any route: read and inspected in `request_filter`, they cannot be handed to the
+//!   proxy path, which forwards such a body only from its 64 KiB retry buffer.
 //!
-//! Small streamed requests and everything uninspected take the ordinary proxy path.
+//! Uninspected requests, and inspected ones on routes that answer without text (embeddings, moderations,
+//! other `/v1` routes), take the ordinary proxy path (whose streamed answers are filtered too).
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use serde::Deserialize;
 
 use super::{decision_headers, Gateway, Rejection, RequestCtx, REQUEST_ID};
 use crate::inspect::{self, ContentEncoding, Decision, OpaquePolicy};
@@ -38,32 +39,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "content-length",
 ];
 
-#[derive(Deserialize)]
-struct StreamFlag {
-    #[serde(default)]
-    stream: bool,
-}
-
 /// Whether this request is relayed here (see the module doc) rather than by the proxy path.
 pub fn applies(gw: &Gateway, session: &Session, ctx: &RequestCtx) -> bool {
     let Some(insp) = &ctx.body else {
         return false;
     };
-    let Some(forward) = &insp.forward else {
+    if insp.forward.is_none() {
         return false;
-    };
+    }
     if session.as_ref().retry_buffer_truncated() {
         return true;
     }
-    if !gw.inspect.enabled || !text_route(ctx.route) || insp.failed_open {
-        return false;
-    }
-    // An encoded body that goes upstream as it came cannot be peeked at cheaply: it takes the proxy path,
-    // whose streamed answers are filtered too.
-    if insp.encoding != ContentEncoding::Identity && !insp.forward_decoded {
-        return false;
-    }
-    serde_json::from_slice::<StreamFlag>(forward).is_ok_and(|f| !f.stream)
+    gw.inspect.enabled && text_route(ctx.route) && !insp.failed_open
 }
 
 fn text_route(route: Route) -> bool {
@@ -159,7 +146,20 @@ async fn relay_stream(
     let resp = client_header(&header, ctx, false)?;
     session.write_response_header(Box::new(resp), false).await?;
     loop {
-        match up.read_response_body().await.map_err(|e| e.into_up())? {
+        let read = match up.read_response_body().await {
+            Ok(read) => read,
+            Err(e) => {
+                // The upstream failed mid-stream: what is held leaves after its final inspection, then the
+                // client's stream breaks off as the upstream's did.
+                let out = filter.finish();
+                if !out.is_empty() {
+                    let _ = session.write_response_body(Some(out), false).await;
+                }
+                ctx.stream = Some(filter);
+                return Err(e.into_up());
+            }
+        };
+        match read {
             Some(chunk) => {
                 let out = filter.push(&chunk);
                 if filter.is_blocked() {
