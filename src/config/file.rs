@@ -22,6 +22,7 @@ pub struct InspectSection {
     pub unknown_routes: String,
     pub opaque_inputs: String,
     pub max_json_depth: usize,
+    pub max_stream_hold_bytes: usize,
 }
 
 impl Default for InspectSection {
@@ -31,6 +32,7 @@ impl Default for InspectSection {
             unknown_routes: "inspect".into(),
             opaque_inputs: "pass".into(),
             max_json_depth: 64,
+            max_stream_hold_bytes: 8192,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct InspectConfig {
     pub max_decoded_body_bytes: usize,
     /// Largest non-streamed answer held for inspection (larger → 502).
     pub max_response_bytes: usize,
+    /// Most bytes of one streamed text held back while they could still become part of a match.
+    pub max_stream_hold: usize,
     /// Forward uninspected (and count it) when inspection itself fails, instead of answering 503.
     pub fail_open: bool,
 }
@@ -270,6 +272,15 @@ impl Config {
                 format!("must be between 2 and 1024, got {}", i.max_json_depth),
             ));
         }
+        if !(64..=1 << 20).contains(&i.max_stream_hold_bytes) {
+            return Err(from_file(
+                "inspect.max_stream_hold_bytes",
+                format!(
+                    "must be between 64 and 1048576, got {}",
+                    i.max_stream_hold_bytes
+                ),
+            ));
+        }
         let l = &raw.limits;
         if l.max_response_bytes == 0 {
             return Err(from_file(
@@ -303,6 +314,7 @@ impl Config {
             max_body_bytes: l.max_body_bytes,
             max_decoded_body_bytes: l.max_decoded_body_bytes,
             max_response_bytes: l.max_response_bytes,
+            max_stream_hold: i.max_stream_hold_bytes,
             fail_open: raw.policy.fail_open,
         };
 

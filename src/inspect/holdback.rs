@@ -5,8 +5,9 @@
 
 use crate::rules::{redact, Action, Direction, Mode, PrefixCache, RuleSet};
 
-/// Most bytes held for one text. A value longer than this (an unbounded pattern fed without end) is released
-/// in part: the bound keeps memory and latency finite, and is far above any real secret or identifier.
+/// The default for the most bytes held for one text (`inspect.max_stream_hold_bytes`). A value longer than
+/// the cap (an unbounded pattern fed without end) is released in part: the bound keeps memory and latency
+/// finite, and is far above any real secret or identifier.
 pub const MAX_HELD: usize = 8 * 1024;
 
 /// What a piece of text turned into.
@@ -31,8 +32,8 @@ impl HeldText {
         self.pending.len()
     }
 
-    /// Adds a piece and returns what can be released.
-    pub fn push(&mut self, piece: &str, set: &RuleSet, monitor: bool) -> Release {
+    /// Adds a piece and returns what can be released; at most `cap` bytes stay held.
+    pub fn push(&mut self, piece: &str, set: &RuleSet, monitor: bool, cap: usize) -> Release {
         self.pending.push_str(piece);
         let matches = set.scan(&self.pending, Direction::Response);
         if let Some(rule) = blocking(set, &matches, monitor) {
@@ -40,8 +41,8 @@ impl HeldText {
             return Release::Block { rule };
         }
         let mut cut = set.hold_from(&self.pending, &mut self.cache);
-        if self.pending.len() - cut > MAX_HELD {
-            cut = self.pending.len() - MAX_HELD;
+        if self.pending.len() - cut > cap {
+            cut = self.pending.len() - cap;
             while !self.pending.is_char_boundary(cut) {
                 cut += 1;
             }
@@ -117,7 +118,7 @@ mod tests {
         let mut h = HeldText::default();
         let mut out = Vec::new();
         for p in pieces {
-            match h.push(p, set, false) {
+            match h.push(p, set, false, MAX_HELD) {
                 Release::Text { text, .. } => out.push(text),
                 Release::Block { rule } => return (out, Some(set.rule(rule).id.clone())),
             }
@@ -180,16 +181,29 @@ mod tests {
             "The quarterly report is ready. Revenue grew by",
             &set,
             false,
+            MAX_HELD,
         ) else {
             panic!("not blocked")
         };
         // Only the last word could still become an email: the rest leaves now.
         assert_eq!(text, "The quarterly report is ready. Revenue grew ");
         assert_eq!(h.held(), 2);
-        let Release::Text { text, .. } = h.push(" 4% this year. ", &set, false) else {
+        let Release::Text { text, .. } = h.push(" 4% this year. ", &set, false, MAX_HELD) else {
             panic!()
         };
         assert_eq!(text, "by 4% this year. ");
         assert_eq!(h.held(), 0);
+    }
+
+    #[test]
+    fn the_cap_bounds_what_one_text_holds() {
+        let set = pack();
+        let mut h = HeldText::default();
+        // One endless "word" could always still become an email: only the cap releases it.
+        let Release::Text { text, .. } = h.push(&"a".repeat(300), &set, false, 100) else {
+            panic!()
+        };
+        assert_eq!(text.len(), 200);
+        assert_eq!(h.held(), 100);
     }
 }

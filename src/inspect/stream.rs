@@ -55,6 +55,7 @@ enum State {
 pub struct StreamFilter {
     rules: Arc<RuleSet>,
     monitor: bool,
+    max_hold: usize,
     parser: SseParser,
     texts: BTreeMap<TextKey, HeldText>,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
@@ -85,10 +86,12 @@ impl std::fmt::Debug for StreamFilter {
 }
 
 impl StreamFilter {
-    pub fn new(rules: Arc<RuleSet>, monitor: bool) -> Self {
+    /// A filter for one response; at most `max_hold` bytes of each text are held back.
+    pub fn new(rules: Arc<RuleSet>, monitor: bool, max_hold: usize) -> Self {
         Self {
             rules,
             monitor,
+            max_hold,
             parser: SseParser::new(MAX_EVENT),
             texts: BTreeMap::new(),
             envelope: None,
@@ -251,7 +254,7 @@ impl StreamFilter {
             for (key, val) in pieces {
                 let piece = val.as_str().unwrap_or("").to_string();
                 let held = self.texts.entry(key).or_default();
-                match held.push(&piece, &self.rules, self.monitor) {
+                match held.push(&piece, &self.rules, self.monitor, self.max_hold) {
                     Release::Block { rule } => {
                         self.block(rule, out);
                         return;
@@ -407,7 +410,7 @@ mod tests {
         s: &str,
         read: usize,
     ) -> (Vec<String>, BTreeMap<u64, String>, Option<Value>) {
-        let mut f = StreamFilter::new(set.clone(), false);
+        let mut f = StreamFilter::new(set.clone(), false, crate::inspect::holdback::MAX_HELD);
         let mut outs = Vec::new();
         for c in s.as_bytes().chunks(read) {
             outs.push(String::from_utf8(f.push(c).to_vec()).expect("utf8"));

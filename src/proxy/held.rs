@@ -142,7 +142,11 @@ async fn relay_stream(
         .rules
         .clone()
         .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
-    let mut filter = crate::inspect::stream::StreamFilter::new(rules, gw.inspect.options.monitor);
+    let mut filter = crate::inspect::stream::StreamFilter::new(
+        rules,
+        gw.inspect.options.monitor,
+        gw.inspect.max_stream_hold,
+    );
     let resp = client_header(&header, ctx, false)?;
     session.write_response_header(Box::new(resp), false).await?;
     loop {

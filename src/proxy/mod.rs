@@ -127,6 +127,7 @@ impl Gateway {
         ctx.stream = Some(crate::inspect::stream::StreamFilter::new(
             rules,
             self.inspect.options.monitor,
+            self.inspect.max_stream_hold,
         ));
         resp.remove_header(&http::header::CONTENT_LENGTH);
         Ok(())
