@@ -26,6 +26,12 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("invalid rule set, refusing to start:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<RuleError>),
+    #[error("{field}: cannot listen on {addr}: {error}")]
+    Listen {
+        field: &'static str,
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// Builds the server from a validated config and runs it until shutdown. Blocks.
@@ -60,6 +66,18 @@ fn start(server: Server, config: &Config) {
 
 fn build(config: &Config) -> Result<Server, StartError> {
     metrics::init();
+    // Pingora retries a busy address in the background and the rest of the server comes up without it: check
+    // both addresses first, so a gateway that cannot listen fails at start with a clear line.
+    for (field, addr) in [
+        ("server.listen", config.listen),
+        ("server.admin", config.admin),
+    ] {
+        std::net::TcpListener::bind(addr).map_err(|error| StartError::Listen {
+            field,
+            addr,
+            error,
+        })?;
+    }
     let upstream = Upstream::new(&config.upstream)?;
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
     let store = Arc::new(

@@ -34,14 +34,25 @@ enum TextKey {
     Refusal(u64),
     Tool(u64, u64),
     Text(u64),
+    /// Responses API: `(output_index, content_index)` of an `*.delta` event.
+    Output(u64, u64),
 }
 
 impl TextKey {
-    fn choice(self) -> u64 {
+    fn choice(self) -> Option<u64> {
         match self {
-            TextKey::Content(c) | TextKey::Refusal(c) | TextKey::Tool(c, _) | TextKey::Text(c) => c,
+            TextKey::Content(c) | TextKey::Refusal(c) | TextKey::Tool(c, _) | TextKey::Text(c) => {
+                Some(c)
+            }
+            TextKey::Output(..) => None,
         }
     }
+}
+
+/// The `(output_index, content_index)` of a Responses API event.
+fn output_key(v: &Value) -> TextKey {
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    TextKey::Output(n("output_index"), n("content_index"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +71,8 @@ pub struct StreamFilter {
     texts: BTreeMap<TextKey, HeldText>,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
     envelope: Option<Value>,
+    /// Responses API: the last `*.delta` event of each output, to carry released text.
+    output_envelopes: BTreeMap<TextKey, Value>,
     eol: &'static str,
     state: State,
     /// Matches settled so far, per rule.
@@ -95,6 +108,7 @@ impl StreamFilter {
             parser: SseParser::new(MAX_EVENT),
             texts: BTreeMap::new(),
             envelope: None,
+            output_envelopes: BTreeMap::new(),
             eol: "\n",
             state: State::Open,
             hits: BTreeMap::new(),
@@ -173,9 +187,26 @@ impl StreamFilter {
         if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(u.clone());
         }
+        if let Some(kind) = v.get("type").and_then(Value::as_str).map(str::to_string) {
+            if kind.ends_with(".delta") && v.get("delta").is_some_and(Value::is_string) {
+                self.on_output_delta(v, &ev.raw, out);
+                return;
+            }
+            if kind.ends_with(".done") {
+                // That output's text is complete: release what it holds before the event that closes it.
+                let key = output_key(&v);
+                if self.texts.contains_key(&key) {
+                    self.flush(&[key], out);
+                    if self.state != State::Open {
+                        return;
+                    }
+                }
+            }
+        }
         let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
-            // Not a chat or completions chunk (an error event, another API's event): scanned whole.
-            self.scan_whole(data, &ev.raw, out);
+            // Not a chat or completions chunk (an error, a Responses API event): every string of it is
+            // inspected as final text, redacted in place or blocking the stream.
+            self.walk_whole(data, &ev.raw, out);
             return;
         };
         // Held text of a choice that finishes now is released before this chunk.
@@ -187,7 +218,7 @@ impl StreamFilter {
                 self.texts
                     .keys()
                     .copied()
-                    .filter(move |k| k.choice() == i)
+                    .filter(move |k| k.choice() == Some(i))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -316,12 +347,80 @@ impl StreamFilter {
                         TextKey::Text(i) => {
                             json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
                         }
+                        TextKey::Output(..) => {
+                            let mut ev = self
+                                .output_envelopes
+                                .get(key)
+                                .cloned()
+                                .unwrap_or_else(|| json!({}));
+                            ev["delta"] = Value::String(text);
+                            ev.as_object_mut().map(|o| o.remove("logprobs"));
+                            out.extend_from_slice(
+                                format!("data: {ev}{e}{e}", e = self.eol).as_bytes(),
+                            );
+                            continue;
+                        }
                     };
                     let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
                     ev["choices"] = json!([choice]);
                     out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
                 }
             }
+        }
+    }
+
+    /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its output.
+    fn on_output_delta(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
+        let key = output_key(&v);
+        let piece = v
+            .get("delta")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        self.output_envelopes.insert(key, v.clone());
+        let held = self.texts.entry(key).or_default();
+        match held.push(&piece, &self.rules, self.monitor, self.max_hold) {
+            Release::Block { rule } => self.block(rule, out),
+            Release::Text { text, rules } => {
+                for r in rules {
+                    *self.hits.entry(r).or_default() += 1;
+                }
+                self.held_sum += self.texts.values().map(|h| h.held() as u64).sum::<u64>();
+                if text == piece {
+                    out.extend_from_slice(raw);
+                } else {
+                    v["delta"] = Value::String(text);
+                    v.as_object_mut().map(|o| o.remove("logprobs"));
+                    out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
+                }
+            }
+        }
+    }
+
+    /// A JSON event without pieces to hold: inspected whole as final text (every string, keys too).
+    fn walk_whole(&mut self, data: &str, raw: &Bytes, out: &mut BytesMut) {
+        let opts = super::InspectOptions {
+            max_depth: 128,
+            opaque: super::OpaquePolicy::Pass,
+            monitor: self.monitor,
+        };
+        let Ok(verdict) =
+            super::inspect_json(&self.rules, data.as_bytes(), &opts, Direction::Response)
+        else {
+            self.scan_whole(data, raw, out);
+            return;
+        };
+        for h in &verdict.hits {
+            *self.hits.entry(h.rule).or_default() += h.count;
+        }
+        match (verdict.blocked_by, &verdict.rewritten) {
+            (Some(rule), _) => self.block(rule, out),
+            (None, Some(body)) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(body);
+                out.extend_from_slice(format!("{e}{e}", e = self.eol).as_bytes());
+            }
+            (None, None) => out.extend_from_slice(raw),
         }
     }
 
@@ -535,5 +634,36 @@ mod tests {
         let truncated = &s[..cut];
         let (_, content, _) = filter(&set, truncated, 4096);
         assert_eq!(content[&0], "contact [EMAIL]");
+    }
+
+    #[test]
+    fn responses_api_deltas_are_held_back_per_output() {
+        let set = pack();
+        let ev = |v: Value| format!("data: {v}\n\n");
+        let delta = |d: &str| json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": d});
+        let s = [
+            ev(json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}})),
+            ev(delta("Write to jane.doe@exa")),
+            ev(delta("mple.com please")),
+            ev(json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": "Write to jane.doe@example.com please"})),
+            ev(json!({"type": "response.completed", "response": {"output": [{"content": [{"type": "output_text", "text": "Write to jane.doe@example.com please"}]}]}})),
+        ]
+        .concat();
+        let mut f = StreamFilter::new(set, false, crate::inspect::holdback::MAX_HELD);
+        let mut all = String::from_utf8(f.push(s.as_bytes()).to_vec()).expect("utf8");
+        all.push_str(std::str::from_utf8(&f.finish()).expect("utf8"));
+        assert!(!all.contains("jane"), "{all}");
+        let deltas: String = all
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["type"] == "response.output_text.delta")
+            .filter_map(|v| v["delta"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(deltas, "Write to [EMAIL] please");
+        assert!(
+            all.contains("\"text\":\"Write to [EMAIL] please\""),
+            "done and completed events are redacted whole"
+        );
     }
 }

@@ -83,6 +83,29 @@ fn bad_config_exits_2_naming_the_field() {
 }
 
 #[test]
+fn a_busy_address_fails_at_start() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = run_with_config(
+        "",
+        &[
+            "--listen",
+            &addr,
+            "--admin",
+            &admin,
+            "--upstream",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("server.listen: cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn shipped_config_is_valid() {
     let (code, stderr) = run_with_config(
         &std::fs::read_to_string(repo_root().join("conf/promptgate.toml"))
