@@ -92,8 +92,6 @@ pub struct RuleSet {
     folded: Option<Keywords>,
     exact: Option<Keywords>,
     regexes: Vec<Regexes>,
-    /// Longest possible match in normalised bytes; `None` when some regex is unbounded.
-    max_match_len: Option<usize>,
     prefixes: Prefixes,
     terms: usize,
 }
@@ -174,7 +172,6 @@ impl RuleSet {
             }]);
         }
 
-        let mut max_len = Some(0usize);
         let mut folded_terms = (Vec::new(), Vec::new());
         let mut exact_terms = (Vec::new(), Vec::new());
         // Planned groups: (scope, patterns, rules).
@@ -192,7 +189,6 @@ impl RuleSet {
                     errors.push(err(r, format!("keyword {t:?} is empty once normalised")));
                     continue;
                 }
-                max_len = max_len.map(|m| m.max(term.len()));
                 bucket.0.push(term);
                 bucket.1.push(i as u32);
             }
@@ -223,10 +219,6 @@ impl RuleSet {
                             errors.push(err(r, "regex can match the empty string".into()));
                             continue;
                         }
-                        max_len = match (max_len, props.maximum_len()) {
-                            (Some(m), Some(l)) => Some(m.max(l)),
-                            _ => None,
-                        };
                         add_to_plan(&mut groups, plan::scope_of(&hir), p, i as u32);
                     }
                 }
@@ -291,7 +283,6 @@ impl RuleSet {
             folded,
             exact,
             regexes,
-            max_match_len: max_len,
             prefixes,
             terms,
         };
@@ -349,11 +340,6 @@ impl RuleSet {
     /// Keyword terms across all rules.
     pub fn term_count(&self) -> usize {
         self.terms
-    }
-
-    /// Longest possible match, in bytes of the normalised view; `None` when a regex is unbounded.
-    pub fn max_match_len(&self) -> Option<usize> {
-        self.max_match_len
     }
 
     /// For a text that is still growing (a streamed answer): the earliest byte offset from which a match could

@@ -309,35 +309,28 @@ async fn admin_serves_health_and_metrics() {
         client.get(gw.url("/v1/models")).send().await.expect("send");
     }
     client.get(gw.url("/nope")).send().await.expect("send");
-    assert_eq!(
-        gw.metric_eventually(
+    let expected = [
+        (
             r#"promptgate_requests_total{route="models",status="200"}"#,
-            3.0
-        )
-        .await,
-        Some(3.0)
-    );
-    assert_eq!(
-        gw.metric_eventually(
+            3.0,
+        ),
+        (
             r#"promptgate_requests_total{route="not_found",status="404"}"#,
-            1.0
-        )
-        .await,
-        Some(1.0)
-    );
-    assert_eq!(
-        gw.metric_eventually(
+            1.0,
+        ),
+        (
             r#"promptgate_request_duration_seconds_count{route="models"}"#,
-            3.0
-        )
-        .await,
-        Some(3.0)
-    );
-    assert_eq!(
-        gw.metric_eventually("promptgate_requests_in_flight", 0.0)
-            .await,
-        Some(0.0)
-    );
+            3.0,
+        ),
+        ("promptgate_requests_in_flight", 0.0),
+    ];
+    for (sample, want) in expected {
+        assert_eq!(
+            gw.metric_eventually(sample, want).await,
+            Some(want),
+            "{sample}"
+        );
+    }
     let resp = client
         .get(gw.admin_url("/nope"))
         .send()
