@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::sdk::run_sdk_script;
-use crate::support::{recorded_header, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{post, recorded_header, Gateway, GatewayOpts, MockUpstream};
 
 async fn ask(gw: &Gateway, path: &str, content: &str) -> reqwest::Response {
     let body = match path {
@@ -116,14 +116,13 @@ async fn an_answer_too_large_to_inspect_is_a_502() {
 async fn upstream_errors_pass_through_as_they_are() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock.url()).await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("x-mock-status", "429")
-        .body(r#"{"model":"m","messages":[]}"#)
-        .send()
-        .await
-        .expect("send");
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        br#"{"model":"m","messages":[]}"#.to_vec(),
+        &[("x-mock-status", "429")],
+    )
+    .await;
     assert_eq!(resp.status(), 429);
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["error"]["code"], "mock_error");

@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::support::{chat_body, recorded_header, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{chat_body, post, recorded_header, Gateway, GatewayOpts, MockUpstream};
 
 #[tokio::test]
 async fn request_and_response_arrive_intact_both_ways() {
@@ -178,13 +178,13 @@ async fn upstream_down_is_a_502_in_openai_shape() {
     // A port nobody listens on.
     let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
     let gw = Gateway::start(&dead).await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body("hi"))
-        .send()
-        .await
-        .expect("send");
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        chat_body("hi").into_bytes(),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().contains_key("x-request-id"));
     assert_eq!(resp.headers()["content-type"], "application/json");
@@ -203,14 +203,13 @@ async fn slow_upstream_is_a_504_in_openai_shape() {
     let gw =
         Gateway::start_with(GatewayOpts::new(mock.url()).toml("[upstream]\nread_timeout_ms = 300"))
             .await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-latency-ms", "5000")
-        .header("content-type", "application/json")
-        .body(chat_body("hi"))
-        .send()
-        .await
-        .expect("send");
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        chat_body("hi").into_bytes(),
+        &[("x-mock-latency-ms", "5000")],
+    )
+    .await;
     assert_eq!(resp.status(), 504);
     let v: Value = resp.json().await.expect("json");
     assert_openai_error(&v, "upstream_timeout");

@@ -6,25 +6,9 @@ use std::io::Write;
 use serde_json::{json, Value};
 
 use crate::sdk::run_sdk_script;
-use crate::support::{recorded_header, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{post, recorded_header, Gateway, GatewayOpts, MockUpstream};
 
 const AWS: &str = "AKIAIOSFODNN7EXAMPLE";
-
-async fn post(
-    gw: &Gateway,
-    path: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(gw.url(path))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.expect("send")
-}
 
 async fn assert_blocked(resp: reqwest::Response, rule: &str) {
     assert_eq!(resp.status(), 409);

@@ -102,12 +102,9 @@ fn scan_reports_rules_spans_and_the_redacted_body() {
     );
 }
 
-#[tokio::test]
-async fn gateway_refuses_to_start_on_an_invalid_rule_set() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_rules(dir.path());
-    std::fs::write(dir.path().join("broken.toml"), "[[rule]]\nid = \"x.y\"\n").expect("write");
-    let out = Command::new(binary())
+/// `promptgate run` with `dir` as its rules (and an upstream that is never contacted).
+fn run_with_rules(dir: &Path) -> std::process::Output {
+    Command::new(binary())
         .current_dir(repo_root())
         .args([
             "run",
@@ -119,9 +116,17 @@ async fn gateway_refuses_to_start_on_an_invalid_rule_set() {
             "127.0.0.1:1",
         ])
         .arg("--rules")
-        .arg(dir.path())
+        .arg(dir)
         .output()
-        .expect("run");
+        .expect("run")
+}
+
+#[tokio::test]
+async fn gateway_refuses_to_start_on_an_invalid_rule_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_rules(dir.path());
+    std::fs::write(dir.path().join("broken.toml"), "[[rule]]\nid = \"x.y\"\n").expect("write");
+    let out = run_with_rules(dir.path());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -131,20 +136,7 @@ async fn gateway_refuses_to_start_on_an_invalid_rule_set() {
     );
 
     let empty = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(binary())
-        .args([
-            "run",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:1",
-        ])
-        .arg("--rules")
-        .arg(empty.path())
-        .output()
-        .expect("run");
+    let out = run_with_rules(empty.path());
     assert_eq!(
         out.status.code(),
         Some(2),

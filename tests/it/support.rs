@@ -302,3 +302,20 @@ pub fn chat_body(text: &str) -> String {
     serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
         .to_string()
 }
+
+/// POSTs a JSON body to the gateway with extra headers.
+pub async fn post(
+    gw: &Gateway,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("send")
+}
