@@ -1,4 +1,5 @@
-//! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone).
+//! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone),
+//! `check` / `scan` (rules), `keys new` (gateway keys).
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for any configuration or usage error (printed as one line).
 
@@ -37,6 +38,29 @@ enum Command {
     Check(CheckArgs),
     /// Print what the rules find in a text or an OpenAI request body, and the redacted result.
     Scan(ScanArgs),
+    /// Gateway keys (auth.mode = "gateway_keys").
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a fresh key: prints its secret once and the entry to add to the keys file (which stores only the
+    /// secret's SHA-256).
+    New(KeysNewArgs),
+}
+
+#[derive(Args)]
+struct KeysNewArgs {
+    /// Key id (names the key in limits, decisions and metrics).
+    #[arg(long)]
+    id: String,
+    /// Tenant the key belongs to.
+    #[arg(long)]
+    tenant: String,
+    /// Environment variable holding the provider key the gateway sends upstream for this key.
+    #[arg(long)]
+    upstream_key_env: Option<String>,
 }
 
 #[derive(Args)]
@@ -127,7 +151,36 @@ pub fn main() -> i32 {
             args.json,
             &args.direction,
         ),
+        Command::Keys(KeysCommand::New(args)) => keys_new(&args),
     }
+}
+
+fn keys_new(args: &KeysNewArgs) -> i32 {
+    let printable = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"');
+    if !printable(&args.id) || !printable(&args.tenant) {
+        eprintln!("promptgate: keys new: --id and --tenant must be printable ASCII without spaces or quotes");
+        return 2;
+    }
+    let secret = match crate::auth::keys::new_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("promptgate: keys new: no randomness available: {e}");
+            return 1;
+        }
+    };
+    let sha = crate::auth::keys::secret_sha256(&secret);
+    println!("# The secret, shown once: give it to the key's owner; it is not stored anywhere.");
+    println!("{secret}");
+    println!();
+    println!("# Add to the keys file (conf/keys.toml):");
+    println!("[[key]]");
+    println!("id = \"{}\"", args.id);
+    println!("sha256 = \"{sha}\"");
+    println!("tenant = \"{}\"", args.tenant);
+    if let Some(env) = &args.upstream_key_env {
+        println!("upstream_key_env = \"{env}\"");
+    }
+    0
 }
 
 fn init_tracing() {

@@ -10,9 +10,11 @@
 //! - `cli`: subcommands.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod inspect;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod openai;

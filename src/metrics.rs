@@ -107,6 +107,52 @@ pub static RULES_COUNT: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Requests refused by a limit, by limit kind (`requests`, `tokens`, `concurrency`) and scope (`key`,
+/// `tenant`).
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_rate_limited_total",
+        "Requests refused with 429 by a limit, by limit kind and scope.",
+        &["limit", "scope"]
+    )
+    .expect("metric registers once")
+});
+
+/// Concurrency permits held by requests in flight (one per limited key or tenant of each request).
+pub static LIMIT_PERMITS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_limit_permits_in_flight",
+        "Concurrency-limit permits held by requests in flight."
+    )
+    .expect("metric registers once")
+});
+
+/// Requests refused by authentication or scope, by reason (`unauthenticated`, `model`, `origin`).
+pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_auth_refused_total",
+        "Requests refused before forwarding for identity or scope, by reason.",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Keys-file reloads by result (`ok`, `unchanged`, `error`).
+pub static KEYS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_keys_reload_total",
+        "Gateway keys file reloads, by result.",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Gateway keys in the live keys file.
+pub static KEYS_COUNT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("promptgate_keys", "Gateway keys in the live keys file.")
+        .expect("metric registers once")
+});
+
 /// Records a newly live rule-set version.
 pub fn set_rules_version(version: &str, rules: usize) {
     RULES_INFO.reset();
@@ -126,6 +172,11 @@ pub fn init() {
     LazyLock::force(&INSPECTION_ERRORS);
     LazyLock::force(&RULES_INFO);
     LazyLock::force(&RULES_COUNT);
+    LazyLock::force(&RATE_LIMITED);
+    LazyLock::force(&LIMIT_PERMITS);
+    LazyLock::force(&AUTH_REFUSED);
+    LazyLock::force(&KEYS_RELOADS);
+    LazyLock::force(&KEYS_COUNT);
 }
 
 /// The Prometheus text exposition of every registered metric.

@@ -14,7 +14,9 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, RulesConfig};
+use crate::auth::{self, Auth, KeyStore};
+use crate::config::{Config, ConfigError};
+use crate::limits::LocalLimiter;
 use crate::metrics;
 use crate::proxy::{Gateway, Upstream, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore};
@@ -26,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("invalid rule set, refusing to start:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<RuleError>),
+    #[error("invalid keys file, refusing to start:\n{}", .0.join("\n"))]
+    Keys(Vec<String>),
     #[error("{field}: cannot listen on {addr}: {error}")]
     Listen {
         field: &'static str,
@@ -91,6 +95,20 @@ fn build(config: &Config) -> Result<Server, StartError> {
         rules = snapshot.rules().len(),
         "rules loaded"
     );
+    let mode = match &config.auth.keys_file {
+        Some(path) => {
+            let keys = Arc::new(KeyStore::open(path).map_err(StartError::Keys)?);
+            tracing::info!(file = %path.display(), keys = keys.snapshot().len(), "gateway keys loaded");
+            auth::Mode::GatewayKeys(keys)
+        }
+        None => auth::Mode::Passthrough,
+    };
+    let auth = Arc::new(Auth::new(
+        mode,
+        config.auth.caller_limits,
+        config.auth.allowed_origins.clone(),
+        auth::hash_key_from_env(&config.auth.hash_key_env),
+    ));
     let conf = ServerConf {
         threads: config.threads,
         // Pingora sleeps for the whole grace period after a graceful signal; the drain service below ends the
@@ -111,6 +129,8 @@ fn build(config: &Config) -> Result<Server, StartError> {
         upstream,
         store.clone(),
         config.inspect.clone(),
+        auth.clone(),
+        Arc::new(LocalLimiter::new(config.limit_window)),
         &server.configuration,
     );
     let mut proxy =
@@ -120,7 +140,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
 
     let mut admin = Service::new(
         "promptgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(store.clone())),
+        HttpServer::new_app(AdminApp::new(store.clone(), auth.keys().cloned())),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());
@@ -128,20 +148,61 @@ fn build(config: &Config) -> Result<Server, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("drain", Drain));
-    server.add_service(background_service(
-        "rules reload",
-        RulesReload {
-            store,
-            config: config.rules.clone(),
-        },
-    ));
+    let rules_reload = {
+        let store = store.clone();
+        Reload {
+            what: "rules",
+            dir: config.rules.dir.clone(),
+            file: None,
+            watch: config.rules.watch,
+            debounce: config.rules.debounce,
+            run: Arc::new(move || {
+                store.reload();
+            }),
+        }
+    };
+    server.add_service(background_service("rules reload", rules_reload));
+    if let (Some(keys), Some(path)) = (auth.keys().cloned(), &config.auth.keys_file) {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let reload = Reload {
+            what: "keys",
+            dir,
+            file: path.file_name().map(|f| f.to_os_string()),
+            watch: config.auth.watch,
+            debounce: config.rules.debounce,
+            run: Arc::new(move || {
+                keys.reload();
+            }),
+        };
+        server.add_service(background_service("keys reload", reload));
+    }
     Ok(server)
 }
 
-/// Reloads the rules when their files change (if watching), on SIGHUP, and never on the request path.
-struct RulesReload {
-    store: Arc<RuleStore>,
-    config: RulesConfig,
+/// Reloads one live set (rules, keys) when its files change (if watching) and on SIGHUP, never on the
+/// request path.
+struct Reload {
+    what: &'static str,
+    /// The directory watched.
+    dir: std::path::PathBuf,
+    /// Only changes to this file in `dir` count (`None`: any file under `dir`).
+    file: Option<std::ffi::OsString>,
+    watch: bool,
+    debounce: Duration,
+    /// The blocking reload (it logs and counts its own outcome).
+    run: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Reload {
+    async fn run_off_path(&self) {
+        let run = self.run.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || run()).await {
+            tracing::error!("{} reload task failed: {e}", self.what);
+        }
+    }
 }
 
 /// Runs a reload on a blocking thread (it reads files and compiles).
@@ -156,17 +217,29 @@ pub async fn reload_off_path(store: &Arc<RuleStore>) -> crate::rules::ReloadOutc
     }
 }
 
+/// Runs a keys reload on a blocking thread.
+pub async fn reload_keys_off_path(keys: &Arc<KeyStore>) -> crate::auth::KeysReload {
+    let keys = keys.clone();
+    match tokio::task::spawn_blocking(move || keys.reload()).await {
+        Ok(outcome) => outcome,
+        Err(e) => crate::auth::KeysReload::Failed {
+            version: String::new(),
+            errors: vec![format!("reload task failed: {e}")],
+        },
+    }
+}
+
 #[async_trait]
-impl BackgroundService for RulesReload {
+impl BackgroundService for Reload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
         let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
         // The watcher lives as long as this service; its callback runs on notify's own thread.
-        let _watcher = if self.config.watch {
-            match watch(&self.config.dir, tx) {
+        let _watcher = if self.watch {
+            match watch(&self.dir, self.file.clone(), tx) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    tracing::error!(dir = %self.config.dir.display(), "cannot watch the rules directory ({e}); reload with SIGHUP or POST /reload");
+                    tracing::error!(dir = %self.dir.display(), "cannot watch for {} changes ({e}); reload with SIGHUP or POST /reload", self.what);
                     None
                 }
             }
@@ -185,12 +258,12 @@ impl BackgroundService for RulesReload {
                 _ = shutdown.changed() => return,
                 Some(()) = changes.recv() => {
                     // Debounce: editors and `git checkout` write in several steps.
-                    while let Ok(Some(())) = tokio::time::timeout(self.config.debounce, changes.recv()).await {}
-                    reload_off_path(&self.store).await;
+                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, changes.recv()).await {}
+                    self.run_off_path().await;
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading rules");
-                    reload_off_path(&self.store).await;
+                    tracing::info!("SIGHUP: reloading {}", self.what);
+                    self.run_off_path().await;
                 }
             }
         }
@@ -199,17 +272,30 @@ impl BackgroundService for RulesReload {
 
 fn watch(
     dir: &std::path::Path,
+    file: Option<std::ffi::OsString>,
     tx: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
+    let mode = if file.is_some() {
+        RecursiveMode::NonRecursive
+    } else {
+        RecursiveMode::Recursive
+    };
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+        // Editors replace files through temporaries: any event naming the file counts.
+        Ok(ev)
+            if file.as_ref().is_some_and(|f| {
+                !ev.paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(f.as_os_str()))
+            }) => {}
         Ok(_) => {
             let _ = tx.send(());
         }
         Err(e) => tracing::warn!("rules watcher: {e}"),
     })?;
-    w.watch(dir, RecursiveMode::Recursive)?;
+    w.watch(dir, mode)?;
     Ok(w)
 }
 

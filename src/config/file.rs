@@ -13,6 +13,29 @@ pub struct FileConfig {
     pub inspect: InspectSection,
     pub policy: PolicySection,
     pub limits: LimitsSection,
+    pub auth: AuthSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub mode: String,
+    pub keys_file: PathBuf,
+    pub watch: bool,
+    pub caller_hash_key_env: String,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            mode: "passthrough".into(),
+            keys_file: PathBuf::from("conf/keys.toml"),
+            watch: true,
+            caller_hash_key_env: "PROMPTGATE_CALLER_HASH_KEY".into(),
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +82,8 @@ pub struct LimitsSection {
     pub max_body_bytes: usize,
     pub max_decoded_body_bytes: usize,
     pub max_response_bytes: usize,
+    pub window_seconds: u64,
+    pub per_caller: crate::limits::LimitSpec,
 }
 
 impl Default for LimitsSection {
@@ -67,6 +92,8 @@ impl Default for LimitsSection {
             max_body_bytes: 8 << 20,
             max_decoded_body_bytes: 32 << 20,
             max_response_bytes: 32 << 20,
+            window_seconds: 60,
+            per_caller: crate::limits::LimitSpec::default(),
         }
     }
 }

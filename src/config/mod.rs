@@ -46,6 +46,24 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub rules: RulesConfig,
     pub inspect: InspectConfig,
+    pub auth: AuthConfig,
+    /// The span over which per-minute quotas are counted (a minute unless shortened, e.g. for tests).
+    pub limit_window: Duration,
+}
+
+/// Identity settings (see `auth`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `Some(path)`: gateway keys from this file; `None`: passthrough.
+    pub keys_file: Option<PathBuf>,
+    /// Reload the keys file when it changes.
+    pub watch: bool,
+    /// The environment variable holding the key of the passthrough caller hash.
+    pub hash_key_env: String,
+    /// Browser origins allowed in passthrough mode.
+    pub allowed_origins: Vec<String>,
+    /// Quotas of each passthrough caller.
+    pub caller_limits: crate::limits::LimitSpec,
 }
 
 /// What to do with `/v1` routes the gateway does not know.
@@ -318,7 +336,48 @@ impl Config {
             fail_open: raw.policy.fail_open,
         };
 
+        let a = &raw.auth;
+        let keys_file = match a.mode.as_str() {
+            "passthrough" => None,
+            "gateway_keys" => Some(a.keys_file.clone()),
+            other => {
+                return Err(from_file(
+                    "auth.mode",
+                    format!("{other:?}: expected \"passthrough\" or \"gateway_keys\""),
+                ))
+            }
+        };
+        if let Some(o) = a
+            .allowed_origins
+            .iter()
+            .find(|o| o.as_str() == "null" || o.ends_with('/'))
+        {
+            return Err(from_file(
+                "auth.allowed_origins",
+                format!("{o:?} is not an origin (scheme://host[:port], or \"*\")"),
+            ));
+        }
+        l.per_caller.validate().map_err(|m| {
+            let (field, message) = m.split_once(": ").unwrap_or(("", m.as_str()));
+            from_file(&format!("limits.per_caller.{field}"), message.to_string())
+        })?;
+        if !(1..=3600).contains(&l.window_seconds) {
+            return Err(from_file(
+                "limits.window_seconds",
+                format!("must be between 1 and 3600, got {}", l.window_seconds),
+            ));
+        }
+        let auth = AuthConfig {
+            keys_file,
+            watch: a.watch,
+            hash_key_env: a.caller_hash_key_env.clone(),
+            allowed_origins: a.allowed_origins.clone(),
+            caller_limits: l.per_caller,
+        };
+
         Ok(Config {
+            auth,
+            limit_window: Duration::from_secs(l.window_seconds),
             listen,
             admin,
             threads: raw.server.threads,

@@ -8,5 +8,5 @@ pub mod stream;
 
 pub use decode::{decode_body, ContentEncoding, DecodeError};
 pub use request::{
-    inspect_json, inspect_text, Decision, InspectOptions, OpaquePolicy, RuleHit, Verdict,
+    inspect_json, inspect_text, Decision, Facts, InspectOptions, OpaquePolicy, RuleHit, Verdict,
 };

@@ -67,6 +67,40 @@ pub struct Verdict {
     pub opaque_inputs: u32,
     /// The opaque-input policy refused the request.
     pub opaque_denied: bool,
+    /// What the body says about itself (model, stream, size of its text).
+    pub facts: Facts,
+}
+
+/// Top-level facts of an OpenAI request body, gathered during the walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `model`, when a string.
+    pub model: Option<String>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// Bytes of text inspected (the basis of the prompt-token estimate).
+    pub text_bytes: u64,
+}
+
+impl Facts {
+    /// Reads the top-level fields of a parsed body.
+    fn of(doc: &Node) -> Self {
+        Self {
+            model: doc.get("model").and_then(Node::as_str).map(str::to_string),
+            stream: matches!(doc.get("stream"), Some(Node::Bool(true))),
+            text_bytes: 0,
+        }
+    }
+
+    /// Facts of a body that is not inspected (inspection off): parsed, not walked.
+    pub fn read(body: &[u8], max_depth: usize) -> Result<Self, JsonError> {
+        json::parse(body, max_depth).map(|doc| Self::of(&doc))
+    }
+
+    /// A rough prompt-token estimate (about four bytes a token), corrected later by the upstream's usage.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.text_bytes.div_ceil(4)
+    }
 }
 
 const OPAQUE_PART_TYPES: &[&str] = &[
@@ -86,12 +120,16 @@ struct Walk<'a> {
     flow: Direction,
     hits: BTreeMap<usize, (u32, bool)>,
     opaque: u32,
+    text_bytes: u64,
 }
 
 impl Walk<'_> {
     /// Inspects one string; returns its new value if enforced redactions changed it.
     fn text(&mut self, s: &str, nested: usize) -> Option<String> {
         let t = s.trim_start();
+        if nested == 0 {
+            self.text_bytes += s.len() as u64;
+        }
         if nested < MAX_NESTED_DOCUMENTS && (t.starts_with('{') || t.starts_with('[')) {
             if let Ok(doc) = json::parse(s.as_bytes(), self.opts.max_depth) {
                 let mut edits = Vec::new();
@@ -162,11 +200,12 @@ impl Walk<'_> {
                     self.node(v, Some(k.value.as_str()), nested, edits);
                 }
             }
-            Node::Null | Node::Bool | Node::Number { .. } => {}
+            Node::Null | Node::Bool(_) | Node::Number { .. } => {}
         }
     }
 
-    fn verdict(self, rewritten: Option<Vec<u8>>) -> Verdict {
+    fn verdict(self, rewritten: Option<Vec<u8>>, mut facts: Facts) -> Verdict {
+        facts.text_bytes = self.text_bytes;
         let set = self.set;
         let mut decision = Decision::Allow;
         let mut would_be = Decision::Allow;
@@ -218,6 +257,7 @@ impl Walk<'_> {
             rewritten,
             opaque_inputs: self.opaque,
             opaque_denied,
+            facts,
         }
     }
 }
@@ -250,11 +290,12 @@ pub fn inspect_json(
         flow,
         hits: BTreeMap::new(),
         opaque: 0,
+        text_bytes: 0,
     };
     let mut edits = Vec::new();
     w.node(&doc, None, 0, &mut edits);
     let rewritten = (!edits.is_empty()).then(|| json::splice(body, &edits));
-    Ok(w.verdict(rewritten))
+    Ok(w.verdict(rewritten, Facts::of(&doc)))
 }
 
 /// Inspects a body that is text but not JSON.
@@ -265,8 +306,10 @@ pub fn inspect_text(set: &RuleSet, body: &str, opts: &InspectOptions) -> Verdict
         flow: Direction::Request,
         hits: BTreeMap::new(),
         opaque: 0,
+        text_bytes: 0,
     };
     // Plain text is never parsed as a JSON document here: `nested` at the bound.
+    w.text_bytes = body.len() as u64;
     let rewritten = w.text(body, MAX_NESTED_DOCUMENTS).map(String::into_bytes);
-    w.verdict(rewritten)
+    w.verdict(rewritten, Facts::default())
 }

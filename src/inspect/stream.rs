@@ -81,6 +81,8 @@ pub struct StreamFilter {
     pub blocked_by: Option<usize>,
     /// The usage the upstream reported.
     pub usage: Option<Value>,
+    /// Bytes of generated text seen (for token accounting when the upstream reports no usage).
+    pub text_bytes: u64,
     /// Sum over events of the bytes held after the event, and the number of events (mean hold-back).
     pub held_sum: u64,
     pub events: u64,
@@ -114,6 +116,7 @@ impl StreamFilter {
             hits: BTreeMap::new(),
             blocked_by: None,
             usage: None,
+            text_bytes: 0,
             held_sum: 0,
             events: 0,
         }
@@ -184,7 +187,11 @@ impl StreamFilter {
             self.scan_whole(data, &ev.raw, out);
             return;
         };
-        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        // Chat chunks carry `usage` at the top; the Responses API inside `response.completed`.
+        let usage = v
+            .get("usage")
+            .or_else(|| v.get("response").and_then(|r| r.get("usage")));
+        if let Some(u) = usage.filter(|u| !u.is_null()) {
             self.usage = Some(u.clone());
         }
         if let Some(kind) = v.get("type").and_then(Value::as_str).map(str::to_string) {
@@ -284,6 +291,7 @@ impl StreamFilter {
             }
             for (key, val) in pieces {
                 let piece = val.as_str().unwrap_or("").to_string();
+                self.text_bytes += piece.len() as u64;
                 let held = self.texts.entry(key).or_default();
                 match held.push(&piece, &self.rules, self.monitor, self.max_hold) {
                     Release::Block { rule } => {
@@ -377,6 +385,7 @@ impl StreamFilter {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        self.text_bytes += piece.len() as u64;
         self.output_envelopes.insert(key, v.clone());
         let held = self.texts.entry(key).or_default();
         match held.push(&piece, &self.rules, self.monitor, self.max_hold) {

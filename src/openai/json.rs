@@ -30,7 +30,7 @@ pub struct Str {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     Null,
-    Bool,
+    Bool(bool),
     /// Whether the number is an integer (token ids are).
     Number {
         integer: bool,
@@ -99,8 +99,8 @@ impl Parser<'_> {
             Some(b'{') => self.object(depth + 1),
             Some(b'[') => self.array(depth + 1),
             Some(b'"') => self.string().map(Node::String),
-            Some(b't') => self.literal(b"true", Node::Bool),
-            Some(b'f') => self.literal(b"false", Node::Bool),
+            Some(b't') => self.literal(b"true", Node::Bool(true)),
+            Some(b'f') => self.literal(b"false", Node::Bool(false)),
             Some(b'n') => self.literal(b"null", Node::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.err("unexpected character")),

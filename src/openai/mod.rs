@@ -3,5 +3,6 @@
 pub mod json;
 mod route;
 pub mod sse;
+pub mod usage;
 
 pub use route::Route;

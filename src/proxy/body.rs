@@ -38,24 +38,28 @@ pub struct BodyInspection {
     pub inspect_us: u64,
     /// Inspection failed and `policy.fail_open` let the request through uninspected.
     pub failed_open: bool,
+    /// Model, stream flag and text size of the body (default when it could not be read as JSON).
+    pub facts: inspect::Facts,
 }
 
 /// What `request_filter` should do with a request, from its route and headers alone.
 pub enum Plan {
     /// No body to inspect (or a route configured to pass).
     Skip,
-    Inspect(BodyInspection),
+    Inspect(Box<BodyInspection>),
 }
 
 /// Decides from the header whether and how the body will be inspected; refuses what can be refused already.
+/// `need_model`: the caller's scope needs the body's model, so the body is read even with inspection off.
 pub fn plan(
     cfg: &InspectConfig,
     route: Route,
     content_length: Option<usize>,
     chunked: bool,
     content_encoding: Option<&str>,
+    need_model: bool,
 ) -> Result<Plan, Rejection> {
-    if !cfg.enabled || (content_length.unwrap_or(0) == 0 && !chunked) {
+    if (!cfg.enabled && !need_model) || (content_length.unwrap_or(0) == 0 && !chunked) {
         return Ok(Plan::Skip);
     }
     let json_required = match route {
@@ -79,7 +83,7 @@ pub fn plan(
     let encoding = ContentEncoding::parse(content_encoding).ok_or_else(|| {
         Rejection::UnsupportedEncoding(content_encoding.unwrap_or("").chars().take(32).collect())
     })?;
-    Ok(Plan::Inspect(BodyInspection {
+    Ok(Plan::Inspect(Box::new(BodyInspection {
         encoding,
         json_required,
         held: Vec::new(),
@@ -88,7 +92,8 @@ pub fn plan(
         verdict: None,
         inspect_us: 0,
         failed_open: false,
-    }))
+        facts: inspect::Facts::default(),
+    })))
 }
 
 /// Appends a received chunk, refusing the body as soon as it is over the limit.
@@ -100,17 +105,27 @@ pub fn hold(insp: &mut BodyInspection, chunk: &[u8], limit: usize) -> Result<(),
     Ok(())
 }
 
-/// Inspects the complete body held in `insp` and decides what goes upstream (stored in `insp.forward`).
+/// Inspects the complete body held in `insp` under `opts` (the config's, with the caller's mode) and decides
+/// what goes upstream (stored in `insp.forward`). With inspection off the body is only read for its facts.
 pub fn decide(
     insp: &mut BodyInspection,
     rules: &RuleSet,
     cfg: &InspectConfig,
+    opts: &inspect::InspectOptions,
 ) -> Result<(), Rejection> {
     let started = Instant::now();
     let raw = std::mem::take(&mut insp.held);
+    if !cfg.enabled {
+        let decoded = inspect::decode_body(insp.encoding, &raw, cfg.max_decoded_body_bytes)
+            .map_err(|e| Rejection::InvalidBody(e.to_string()))?;
+        insp.facts = inspect::Facts::read(&decoded, opts.max_depth).unwrap_or_default();
+        insp.forward = Some(Bytes::from(raw));
+        return Ok(());
+    }
     // Inspection is CPU work on data we do not control: a panic anywhere in it must not pass the request.
-    let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| inspect_raw(&raw, insp, rules, cfg)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        inspect_raw(&raw, insp, rules, cfg, opts)
+    }));
     insp.inspect_us = started.elapsed().as_micros() as u64;
     let verdict = match outcome {
         Ok(Ok(v)) => v,
@@ -137,6 +152,7 @@ pub fn decide(
     metrics::DECISIONS
         .with_label_values(&["request", verdict.decision.as_str()])
         .inc();
+    insp.facts = verdict.facts.clone();
     let result = if verdict.opaque_denied {
         Err(Rejection::OpaqueInputDenied)
     } else if let (Decision::Block, Some(rule)) = (verdict.decision, verdict.blocked_by) {
@@ -164,6 +180,7 @@ fn inspect_raw(
     insp: &BodyInspection,
     rules: &RuleSet,
     cfg: &InspectConfig,
+    opts: &inspect::InspectOptions,
 ) -> Result<Verdict, Rejection> {
     let decoded = inspect::decode_body(insp.encoding, raw, cfg.max_decoded_body_bytes).map_err(
         |e| match e {
@@ -174,16 +191,11 @@ fn inspect_raw(
     let first = decoded.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let looks_json = matches!(first, Some(b'{') | Some(b'['));
     if looks_json || insp.json_required {
-        return inspect::inspect_json(
-            rules,
-            &decoded,
-            &cfg.options,
-            crate::rules::Direction::Request,
-        )
-        .map_err(|e| Rejection::InvalidBody(e.to_string()));
+        return inspect::inspect_json(rules, &decoded, opts, crate::rules::Direction::Request)
+            .map_err(|e| Rejection::InvalidBody(e.to_string()));
     }
     match std::str::from_utf8(&decoded) {
-        Ok(text) => Ok(inspect::inspect_text(rules, text, &cfg.options)),
+        Ok(text) => Ok(inspect::inspect_text(rules, text, opts)),
         // Binary on an unknown route (an upload): opaque, under the opaque-input policy.
         Err(_) => Ok(Verdict {
             decision: Decision::Allow,
@@ -192,8 +204,11 @@ fn inspect_raw(
             blocked_by: None,
             rewritten: None,
             opaque_inputs: 1,
-            opaque_denied: cfg.options.opaque == inspect::OpaquePolicy::Deny
-                && !cfg.options.monitor,
+            opaque_denied: opts.opaque == inspect::OpaquePolicy::Deny && !opts.monitor,
+            facts: inspect::Facts {
+                text_bytes: decoded.len() as u64,
+                ..Default::default()
+            },
         }),
     }
 }

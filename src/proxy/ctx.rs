@@ -1,6 +1,6 @@
 //! The per-request context: everything one request carries from its first hook to `logging`. It is dropped
-//! when the request ends, on every path, so guards stored here (in-flight count now, limit permits later) are
-//! released exactly once.
+//! when the request ends, on every path, so guards stored here (the in-flight count, concurrency-limit
+//! permits) are released exactly once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +47,24 @@ pub struct RequestCtx {
     pub stream: Option<crate::inspect::stream::StreamFilter>,
     /// The verdict on a non-streamed answer held for inspection.
     pub answer: Option<crate::inspect::Verdict>,
+    /// Who is calling, once identified.
+    pub caller: Option<crate::auth::Caller>,
+    /// Rules only record for this request (global monitor mode, or the caller's key).
+    pub monitor: bool,
+    /// The caller's quotas as they stood at admission (for the rate-limit headers).
+    pub standing: Option<crate::limits::Standing>,
+    /// Tokens counted against the caller's token quota at admission (settled against the reported usage).
+    pub tokens_counted: Option<u64>,
+    /// The token usage the upstream reported for a held answer.
+    pub usage: Option<crate::openai::usage::Usage>,
+    /// The request's `Origin`, when it is one the caller may answer to (echoed in CORS headers).
+    pub cors_origin: Option<String>,
+    /// Whether the request carried an `Origin` (responses then vary by it).
+    pub has_origin: bool,
+    /// The request went (or was being sent) upstream.
+    pub forwarded: bool,
+    /// Concurrency permits, released when the context is dropped.
+    pub permits: crate::limits::Permits,
     _in_flight: InFlightGuard,
 }
 
@@ -60,6 +78,15 @@ impl RequestCtx {
             body: None,
             stream: None,
             answer: None,
+            caller: None,
+            monitor: false,
+            standing: None,
+            tokens_counted: None,
+            usage: None,
+            cors_origin: None,
+            has_origin: false,
+            forwarded: false,
+            permits: crate::limits::Permits::none(),
             _in_flight: InFlightGuard::new(),
         }
     }

@@ -43,6 +43,28 @@ pub enum Rejection {
     UpstreamTooLarge { limit: usize },
     #[error("The upstream answer could not be inspected ({0}); it was withheld")]
     UpstreamUninspectable(String),
+    #[error("Invalid or missing API key: present a key issued for this gateway (Authorization: Bearer …)")]
+    Unauthenticated,
+    #[error("This key may not use the model '{0}'")]
+    ModelNotAllowed(String),
+    #[error("This key may only use some models: the request must name one")]
+    ModelRequired,
+    #[error("Requests from this origin are not allowed for this key")]
+    OriginNotAllowed,
+    #[error("Rate limit reached")]
+    RateLimited(crate::limits::Limited),
+}
+
+impl From<crate::auth::Refusal> for Rejection {
+    fn from(r: crate::auth::Refusal) -> Self {
+        use crate::auth::Refusal;
+        match r {
+            Refusal::Unauthenticated => Rejection::Unauthenticated,
+            Refusal::ModelNotAllowed(m) => Rejection::ModelNotAllowed(m),
+            Refusal::ModelRequired => Rejection::ModelRequired,
+            Refusal::OriginNotAllowed => Rejection::OriginNotAllowed,
+        }
+    }
 }
 
 /// Everything needed to write one error response.
@@ -52,6 +74,8 @@ pub struct ErrorResponse {
     pub body: Bytes,
     /// `x-should-retry`, which the official OpenAI SDKs obey before their own status-based retry rules.
     pub should_retry: Option<bool>,
+    /// `retry-after` / `retry-after-ms`, which the SDKs wait before retrying.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +120,11 @@ impl Rejection {
             Rejection::UpstreamUninspectable(_) => {
                 (502, "upstream_error", "upstream_uninspectable")
             }
+            Rejection::Unauthenticated => (401, "invalid_request_error", "invalid_api_key"),
+            Rejection::ModelNotAllowed(_) => (403, "permission_error", "model_not_allowed"),
+            Rejection::ModelRequired => (403, "permission_error", "model_required"),
+            Rejection::OriginNotAllowed => (403, "permission_error", "origin_not_allowed"),
+            Rejection::RateLimited(_) => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
         }
     }
 
@@ -111,6 +140,22 @@ impl Rejection {
                 "Unknown route {method} {}: promptgate forwards OpenAI API paths under /v1",
                 sanitize_path(path)
             ),
+            Rejection::ModelNotAllowed(model) => {
+                format!("This key may not use the model '{}'", sanitize_path(model))
+            }
+            Rejection::RateLimited(l) => {
+                let what = match l.kind {
+                    crate::limits::LimitKind::Requests => "requests per minute",
+                    crate::limits::LimitKind::Tokens => "tokens per minute",
+                    crate::limits::LimitKind::Concurrency => "concurrent requests",
+                };
+                format!(
+                    "Rate limit reached for {what} on this {}: limit {}. Try again in {}.",
+                    l.scope.as_str(),
+                    l.limit,
+                    crate::limits::format_reset(l.retry_after)
+                )
+            }
             other => other.to_string(),
         };
         let body = serde_json::to_vec(&Envelope {
@@ -146,7 +191,15 @@ impl Rejection {
                 | Rejection::BodyTooLarge { .. }
                 | Rejection::UnsupportedEncoding(_)
                 | Rejection::InvalidBody(_)
-                | Rejection::InspectionFailed => Some(false),
+                | Rejection::InspectionFailed
+                | Rejection::Unauthenticated
+                | Rejection::ModelNotAllowed(_)
+                | Rejection::ModelRequired
+                | Rejection::OriginNotAllowed => Some(false),
+                _ => None,
+            },
+            retry_after: match self {
+                Rejection::RateLimited(l) => Some(l.retry_after),
                 _ => None,
             },
         }

@@ -20,6 +20,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
+use pingora::ErrorSource;
 
 use super::{decision_headers, Gateway, Rejection, RequestCtx, REQUEST_ID};
 use crate::inspect::{self, ContentEncoding, Decision, OpaquePolicy};
@@ -72,8 +73,9 @@ pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
         req.remove_header(h);
     }
     gw.prepare_upstream_request(&mut req, ctx)?;
+    ctx.forwarded = true;
     let peer = gw.upstream.peer();
-    let mut up = send(gw, &peer, &req, forward).await?;
+    let mut up = unless_client_leaves(session, send(gw, &peer, &req, forward)).await?;
     let header = up.response_header().cloned().ok_or_else(|| {
         Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up()
     })?;
@@ -87,8 +89,12 @@ pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
     if inspected && content_type.starts_with("text/event-stream") {
         return relay_stream(gw, session, ctx, up, &peer, header).await;
     }
-    let raw = read_all(&mut up, gw.inspect.max_response_bytes).await?;
+    let raw =
+        unless_client_leaves(session, read_all(&mut up, gw.inspect.max_response_bytes)).await?;
     release(gw, up, &peer).await;
+    if header.status.is_success() && content_type.contains("json") {
+        ctx.usage = crate::openai::usage::Usage::from_body(&raw);
+    }
     let body = if inspected && content_type.contains("json") && text_route(ctx.route) {
         inspect_answer(gw, ctx, &header, &raw).map_err(Rejection::into_error)?
     } else {
@@ -142,16 +148,18 @@ async fn relay_stream(
         .rules
         .clone()
         .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
-    let mut filter = crate::inspect::stream::StreamFilter::new(
-        rules,
-        gw.inspect.options.monitor,
-        gw.inspect.max_stream_hold,
-    );
+    let mut filter =
+        crate::inspect::stream::StreamFilter::new(rules, ctx.monitor, gw.inspect.max_stream_hold);
     let resp = client_header(&header, ctx, false)?;
     session.write_response_header(Box::new(resp), false).await?;
     loop {
-        let read = match up.read_response_body().await {
+        let read = match unless_client_leaves(session, up.read_response_body()).await {
             Ok(read) => read,
+            Err(e) if e.esource() == &ErrorSource::Downstream => {
+                // The client left: nothing more to write; dropping `up` cancels the generation.
+                ctx.stream = Some(filter);
+                return Err(e);
+            }
             Err(e) => {
                 // The upstream failed mid-stream: what is held leaves after its final inspection, then the
                 // client's stream breaks off as the upstream's did.
@@ -184,6 +192,30 @@ async fn relay_stream(
     }
     ctx.stream = Some(filter);
     Ok(())
+}
+
+/// Runs `work` (an upstream exchange) unless the client leaves first: then the work is dropped — and with it
+/// the upstream connection, which cancels the generation — and a downstream `ConnectionClosed` error ends the
+/// request (nothing is written; its context, permits included, is released at once).
+async fn unless_client_leaves<T>(
+    session: &mut Session,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(work);
+    let mut watch_client = true;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            // The request body is read whole by now: the only thing the client can still send is its close.
+            idle = session.as_mut().read_body_or_idle(true), if watch_client => match idle {
+                Err(e) if e.etype() == &ErrorType::ConnectionClosed || e.etype() == &ErrorType::ReadError => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client left").into_down());
+                }
+                // Anything else (a pipelined request's bytes): stop watching, finish the work.
+                _ => watch_client = false,
+            },
+        }
+    }
 }
 
 /// Connects (pooled), sends the request, reads the response header. A pooled connection the upstream had
@@ -305,6 +337,7 @@ fn inspect_answer(
         .map_err(|e| Rejection::UpstreamUninspectable(e.to_string()))?;
     let opts = inspect::InspectOptions {
         opaque: OpaquePolicy::Pass,
+        monitor: ctx.monitor,
         ..gw.inspect.options.clone()
     };
     let verdict = inspect::inspect_json(&rules, &decoded, &opts, Direction::Response)

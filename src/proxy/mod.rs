@@ -23,8 +23,11 @@ pub use error::{ErrorResponse, Rejection};
 pub use upstream::Upstream;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use crate::auth::{Auth, Refusal};
 use crate::config::InspectConfig;
+use crate::limits::Limiter;
 use crate::metrics;
 use crate::openai::Route;
 use crate::rules::RuleStore;
@@ -37,6 +40,8 @@ pub struct Gateway {
     upstream: Upstream,
     rules: Arc<RuleStore>,
     inspect: InspectConfig,
+    auth: Arc<Auth>,
+    limiter: Arc<dyn Limiter>,
     /// Upstream connections for answers held for inspection (see `held.rs`); the proxy path has its own.
     connector: pingora::connectors::http::Connector,
 }
@@ -46,6 +51,8 @@ impl Gateway {
         upstream: Upstream,
         rules: Arc<RuleStore>,
         inspect: InspectConfig,
+        auth: Arc<Auth>,
+        limiter: Arc<dyn Limiter>,
         server: &pingora::server::configuration::ServerConf,
     ) -> Self {
         let connector = pingora::connectors::http::Connector::new(Some(
@@ -55,8 +62,180 @@ impl Gateway {
             upstream,
             rules,
             inspect,
+            auth,
+            limiter,
             connector,
         }
+    }
+
+    /// Identifies the caller, checks its origin and takes its concurrency permit and request count. Runs
+    /// before the body is read, so a refused caller costs no body read and no upstream connection.
+    fn admit_caller(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        let req = session.req_header();
+        let caller = self
+            .auth
+            .identify(&req.headers, SystemTime::now())
+            .map_err(refused)?;
+        ctx.monitor = self.inspect.options.monitor || caller.monitor();
+        if let Some(origin) = req.headers.get(http::header::ORIGIN) {
+            ctx.has_origin = true;
+            let origin = origin.to_str().unwrap_or("null");
+            if self.auth.allows_origin(&caller, origin) {
+                ctx.cors_origin = Some(origin.to_string());
+            } else if caller.key().is_some() {
+                return Err(refused(Refusal::OriginNotAllowed));
+            }
+        }
+        let admitted = if caller.is_limited() {
+            Some(self.limiter.admit(&caller.subjects()))
+        } else {
+            None
+        };
+        ctx.caller = Some(caller);
+        match admitted {
+            Some(Ok((permits, standing))) => {
+                ctx.permits = permits;
+                ctx.standing = Some(standing);
+            }
+            Some(Err(limited)) => {
+                ctx.standing = Some(limited.standing);
+                return Err(Rejection::RateLimited(limited));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// After the body: the model scope (before a content refusal: who may ask comes first), then the token
+    /// quota with the body's prompt-token estimate.
+    fn admit_body(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        early: Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let content_refusal = matches!(
+            early,
+            Err(Rejection::PolicyBlocked { .. } | Rejection::OpaqueInputDenied)
+        );
+        if early.is_err() && !content_refusal {
+            return early;
+        }
+        let Some(caller) = &ctx.caller else {
+            return early;
+        };
+        let required = session.req_header().method == http::Method::POST
+            && matches!(
+                ctx.route,
+                Route::ChatCompletions | Route::Completions | Route::Embeddings | Route::Responses
+            );
+        let model = ctx.body.as_ref().and_then(|b| b.facts.model.as_deref());
+        self.auth
+            .check_model(caller, model, required)
+            .map_err(refused)?;
+        early?;
+        let subjects = caller.subjects();
+        if !subjects.iter().any(|s| s.spec.tokens_per_minute.is_some()) {
+            return Ok(());
+        }
+        let estimate = ctx.body.as_ref().map_or(0, |b| b.facts.estimated_tokens());
+        let admitted = self.limiter.admit_tokens(&subjects, estimate);
+        match admitted {
+            Ok(quota) => {
+                ctx.standing.get_or_insert_with(Default::default).tokens = quota;
+                ctx.tokens_counted = Some(estimate);
+                Ok(())
+            }
+            Err(limited) => {
+                ctx.standing = Some(limited.standing);
+                Err(Rejection::RateLimited(limited))
+            }
+        }
+    }
+
+    /// Corrects the token estimate counted at admission by what the request really cost: the usage the
+    /// upstream reported, else the streamed text (about four bytes a token); nothing if never forwarded.
+    fn settle_tokens(&self, ctx: &RequestCtx) {
+        let (Some(caller), Some(counted)) = (&ctx.caller, ctx.tokens_counted) else {
+            return;
+        };
+        let reported = ctx
+            .usage
+            .or_else(|| {
+                ctx.stream
+                    .as_ref()
+                    .and_then(|f| f.usage.as_ref())
+                    .and_then(crate::openai::usage::Usage::from_value)
+            })
+            .map(|u| u.total_tokens);
+        let actual = if !ctx.forwarded {
+            Some(0)
+        } else {
+            reported.or_else(|| {
+                ctx.stream
+                    .as_ref()
+                    .map(|f| counted + f.text_bytes.div_ceil(4))
+            })
+        };
+        if let Some(actual) = actual {
+            let delta = actual.min(i64::MAX as u64) as i64 - counted.min(i64::MAX as u64) as i64;
+            self.limiter.settle_tokens(&caller.subjects(), delta);
+        }
+    }
+
+    /// Answers a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from the allowed
+    /// origins; it is never forwarded. `false`: not a preflight.
+    async fn preflight(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        if req.method != http::Method::OPTIONS
+            || !req
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Ok(false);
+        }
+        let Some(origin) = req
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return Ok(false);
+        };
+        if !self.auth.preflight_allows(&origin) {
+            metrics::AUTH_REFUSED.with_label_values(&["origin"]).inc();
+            write_error(session, ctx, &Rejection::OriginNotAllowed.render()).await?;
+            return Ok(true);
+        }
+        let asked = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                v.len() <= 1024
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+            })
+            .unwrap_or("authorization, content-type")
+            .to_string();
+        let mut header = ResponseHeader::build(204, Some(8))?;
+        header.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+        header.insert_header(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        )?;
+        header.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked)?;
+        header.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, "600")?;
+        header.insert_header(
+            http::header::VARY,
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        )?;
+        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        session
+            .write_response_header(Box::new(header), true)
+            .await?;
+        Ok(true)
     }
 
     /// The last edits of the request header before it goes upstream (by the proxy, or by `held`).
@@ -79,6 +258,15 @@ impl Gateway {
                 None => {
                     upstream_request.remove_header(&http::header::CONTENT_LENGTH);
                 }
+            }
+        }
+        if let Some(key) = ctx.caller.as_ref().and_then(|c| c.key()) {
+            // Gateway keys stay here; the upstream sees the provider key the entry names, if any.
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
+            upstream_request.remove_header("api-key");
+            if let Some(credential) = &key.upstream {
+                upstream_request
+                    .insert_header(http::header::AUTHORIZATION, credential.0.clone())?;
             }
         }
         if self.inspect.enabled {
@@ -126,7 +314,7 @@ impl Gateway {
         let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
         ctx.stream = Some(crate::inspect::stream::StreamFilter::new(
             rules,
-            self.inspect.options.monitor,
+            ctx.monitor,
             self.inspect.max_stream_hold,
         ));
         resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -153,15 +341,20 @@ impl Gateway {
         };
         let chunked = header(http::header::TRANSFER_ENCODING).is_some();
         let encoding = header(http::header::CONTENT_ENCODING).map(str::to_string);
+        let need_model = ctx
+            .caller
+            .as_ref()
+            .is_some_and(|c| self.auth.scopes_models(c));
         let mut insp = match body::plan(
             &self.inspect,
             ctx.route,
             content_length,
             chunked,
             encoding.as_deref(),
+            need_model,
         )? {
             body::Plan::Skip => return Ok(()),
-            body::Plan::Inspect(i) => i,
+            body::Plan::Inspect(i) => *i,
         };
         // Pingora forwards a body read here only through its retry buffer: enable it before reading.
         session.as_mut().enable_retry_buffering();
@@ -178,7 +371,11 @@ impl Gateway {
             }
         }
         let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
-        let decided = body::decide(&mut insp, &rules, &self.inspect);
+        let opts = crate::inspect::InspectOptions {
+            monitor: ctx.monitor,
+            ..self.inspect.options.clone()
+        };
+        let decided = body::decide(&mut insp, &rules, &self.inspect, &opts);
         ctx.body = Some(insp);
         decided
     }
@@ -199,6 +396,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // One snapshot per request: a reload during the request does not change what it is checked against.
         ctx.rules = Some(self.rules.snapshot());
+        ctx.monitor = self.inspect.options.monitor;
         let req = session.req_header();
         ctx.route = Route::classify(req.uri.path());
         ctx.request_id = match req.headers.get(REQUEST_ID) {
@@ -220,7 +418,17 @@ impl ProxyHttp for Gateway {
             write_error(session, ctx, &rejection.render()).await?;
             return Ok(true);
         }
-        if let Err(rejection) = self.handle_request_body_early(session, ctx).await {
+        if self.preflight(session, ctx).await? {
+            return Ok(true);
+        }
+        let admitted = match self.admit_caller(session, ctx) {
+            Ok(()) => {
+                let early = self.handle_request_body_early(session, ctx).await;
+                self.admit_body(session, ctx, early)
+            }
+            Err(rejection) => Err(rejection),
+        };
+        if let Err(rejection) = admitted {
             // A body refused before it was read whole is still on the connection: do not reuse it.
             if !session.is_body_done() {
                 session.set_keepalive(None);
@@ -268,6 +476,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.forwarded = true;
         self.prepare_upstream_request(upstream_request, ctx)
     }
 
@@ -338,6 +547,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.settle_tokens(ctx);
         if let (Some(f), Some(rules)) = (&ctx.stream, &ctx.rules) {
             let decision = if f.blocked_by.is_some() {
                 "block"
@@ -382,6 +592,11 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
     if let Some(retry) = resp.should_retry {
         header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
     }
+    if let Some(after) = resp.retry_after {
+        let ms = after.as_millis().max(1);
+        header.insert_header(http::header::RETRY_AFTER, ms.div_ceil(1000).to_string())?;
+        header.insert_header("retry-after-ms", ms.to_string())?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
@@ -390,9 +605,11 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorRespon
         .await
 }
 
-/// `x-promptgate-rules-version` on every response; `x-promptgate-decision` and `x-promptgate-rules` (ids
-/// only, never values) when the request body was inspected.
+/// Headers every response carries: `x-promptgate-rules-version`; `x-promptgate-decision` and
+/// `x-promptgate-rules` (ids only, never values) when the request body was inspected; the caller's
+/// rate-limit headers when it has quotas; CORS headers for an allowed browser origin.
 fn decision_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    caller_headers(header, ctx)?;
     let Some(rules) = &ctx.rules else {
         return Ok(());
     };
@@ -428,6 +645,33 @@ fn decision_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()>
         header.insert_header("x-promptgate-rules", ids.join(","))?;
     }
     Ok(())
+}
+
+/// Response headers that exposes to a browser page (CORS).
+const EXPOSED_HEADERS: &str = "x-request-id, x-promptgate-decision, x-promptgate-rules, x-promptgate-rules-version, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset";
+
+fn caller_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let (Some(standing), Some(caller)) = (&ctx.standing, &ctx.caller) {
+        if caller.is_limited() {
+            for (name, value) in crate::limits::headers(standing, SystemTime::now()) {
+                header.insert_header(name, value)?;
+            }
+        }
+    }
+    if let Some(origin) = &ctx.cors_origin {
+        header.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.as_str())?;
+        header.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED_HEADERS)?;
+    }
+    if ctx.has_origin {
+        header.append_header(http::header::VARY, "Origin")?;
+    }
+    Ok(())
+}
+
+/// Counts an identity or scope refusal and turns it into the response.
+fn refused(r: Refusal) -> Rejection {
+    metrics::AUTH_REFUSED.with_label_values(&[r.reason()]).inc();
+    r.into()
 }
 
 /// Status codes as static labels: a closed set, whatever the upstream sends.

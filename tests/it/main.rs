@@ -6,6 +6,7 @@ mod support;
 
 mod answers;
 mod forwarding;
+mod keys_limits;
 mod lifecycle;
 mod requests;
 mod rules_engine;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Shared by the load scripts (`source benches/common.sh`): installs wrk when missing, builds the gateway,
+# starts the mock upstream, and defines start_gateway / make_body / run_wrk.
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+GW_THREADS=${GW_THREADS:-1}
+
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+bash .ci/setup >/dev/null
+cargo build --release --quiet
+BIN=target/release/promptgate
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not ready: $1" >&2; exit 1; }
+
+MOCK_PORT=$(port)
+"$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
+
+# start_gateway NAME EXTRA_TOML → sets GW_URL
+start_gateway() {
+  local name=$1 extra=$2 gp ap
+  gp=$(port); ap=$(port)
+  printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
+  RUST_LOG=error "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
+    --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$ap/healthz"
+  GW_URL="http://127.0.0.1:$gp"
+}
+
+# make_body SIZE PLANT: a chat body of about SIZE bytes of prose, with PLANT (if any) in the middle.
+make_body() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+size, plant = int(sys.argv[1]), sys.argv[2]
+words = "the quarterly report covers revenue growth across regions and the plan for next year ".split()
+text, i = [], 0
+while len(" ".join(text)) < size - 120 - len(plant):
+    text.append(words[i % len(words)]); i += 1
+if plant:
+    text.insert(len(text) // 2, plant)
+print(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": " ".join(text)}]}), end="")
+PY
+}
+
+# run_wrk NAME URL BODYFILE [LUA] → prints "rps p50_ms p99_ms". LUA: extra script text (e.g. a `request`
+# function that varies headers).
+run_wrk() {
+  local name=$1 url=$2 body=$3 extra=${4:-}
+  cat >"$WORK/$name.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+local f = io.open("$body", "rb"); wrk.body = f:read("*a"); f:close()
+local bad = 0
+response = function(status, headers, body) if status ~= 200 then bad = bad + 1 end end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests))
+end
+$extra
+LUA
+  # A short warm-up fills connection pools and caches.
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
+  local out
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  read -r _ rps p50 p99 errors total <<<"$out"
+  if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi
+  echo "$rps $p50 $p99"
+}
+

@@ -1,0 +1,565 @@
+//! The gateway keys file (`conf/keys.toml`): which keys exist, whose they are, what they may do. Secrets are
+//! never stored, only their SHA-256; the provider key a gateway key stands for is read from the environment
+//! variable the entry names. The file is loaded whole and validated before it replaces the live set, exactly
+//! like the rules: a bad edit keeps the last good set.
+//!
+//! ```toml
+//! [[tenant]]
+//! id = "team-a"
+//! limits = { requests_per_minute = 600 }
+//!
+//! [[key]]
+//! id = "team-a-app"
+//! sha256 = "…64 hex digits…"          # `promptgate keys new` prints it
+//! tenant = "team-a"
+//! upstream_key_env = "OPENAI_API_KEY"  # injected as `Authorization: Bearer …`
+//! allowed_models = ["gpt-4o-mini", "gpt-4.1*"]
+//! allowed_origins = ["https://app.example.com"]
+//! expires_at = 2027-01-01T00:00:00Z
+//! mode = "enforce"                     # or "monitor"
+//! limits = { requests_per_minute = 60, tokens_per_minute = 100000, max_concurrent = 4 }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::limits::LimitSpec;
+use crate::metrics;
+
+/// The prefix of every secret `promptgate keys new` makes: recognisable in configs and secret scanners.
+pub const SECRET_PREFIX: &str = "pgk_";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<TenantSpec>,
+    #[serde(default, rename = "key")]
+    keys: Vec<KeySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantSpec {
+    id: String,
+    #[serde(default)]
+    limits: LimitSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySpec {
+    id: String,
+    sha256: String,
+    tenant: String,
+    #[serde(default)]
+    upstream_key_env: Option<String>,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<toml::value::Datetime>,
+    #[serde(default)]
+    disabled: bool,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    limits: LimitSpec,
+}
+
+/// A model pattern: an exact name, or a prefix ending in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ModelPattern {
+    fn parse(s: &str) -> Self {
+        match s.strip_suffix('*') {
+            Some(prefix) => ModelPattern::Prefix(prefix.to_string()),
+            None => ModelPattern::Exact(s.to_string()),
+        }
+    }
+
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelPattern::Exact(m) => m == model,
+            ModelPattern::Prefix(p) => model.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The provider credential injected upstream for a key. Never printed.
+#[derive(Clone)]
+pub struct UpstreamCredential(pub HeaderValue);
+
+impl std::fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamCredential(…)")
+    }
+}
+
+/// One gateway key, validated.
+#[derive(Debug)]
+pub struct GatewayKey {
+    pub id: String,
+    pub tenant: String,
+    pub upstream: Option<UpstreamCredential>,
+    /// Empty: any model.
+    pub allowed_models: Vec<ModelPattern>,
+    /// Exact origins (`scheme://host[:port]`), or `*` for any origin except `null`.
+    pub allowed_origins: Vec<String>,
+    pub expires_at: Option<SystemTime>,
+    pub disabled: bool,
+    /// Rules only record for this key (`mode = "monitor"`).
+    pub monitor: bool,
+    pub limits: LimitSpec,
+    /// Counter names for the limiter, made once.
+    pub counter: String,
+    pub tenant_counter: String,
+}
+
+impl GatewayKey {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.allowed_models.is_empty() || self.allowed_models.iter().any(|p| p.matches(model))
+    }
+
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        origin_allowed(&self.allowed_origins, origin)
+    }
+
+    pub fn usable_at(&self, now: SystemTime) -> bool {
+        !self.disabled && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+/// Whether `origin` is in `list` (`*` admits any origin but `null`).
+pub fn origin_allowed(list: &[String], origin: &str) -> bool {
+    origin != "null"
+        && list
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+}
+
+/// A validated keys file.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    version: String,
+    by_hash: HashMap<[u8; 32], Arc<GatewayKey>>,
+    tenants: HashMap<String, LimitSpec>,
+    /// Every origin some key allows (preflight requests carry no key).
+    origins: Vec<String>,
+}
+
+impl KeySet {
+    /// The key whose secret this is, if any.
+    pub fn find(&self, secret: &[u8]) -> Option<&Arc<GatewayKey>> {
+        let digest: [u8; 32] = Sha256::digest(secret).into();
+        self.by_hash.get(&digest)
+    }
+
+    pub fn tenant_limits(&self, tenant: &str) -> Option<&LimitSpec> {
+        self.tenants.get(tenant)
+    }
+
+    /// Whether some key allows `origin` (for preflight requests, which carry no credentials).
+    pub fn any_allows_origin(&self, origin: &str) -> bool {
+        origin_allowed(&self.origins, origin)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Parses and validates a keys file. Every error names the file, and the key or tenant it is about.
+    pub fn parse(text: &str, source: &str) -> Result<Self, Vec<String>> {
+        let file: KeysFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            vec![match line {
+                Some(l) => format!("{source}:{l}: {}", e.message().trim()),
+                None => format!("{source}: {}", e.message().trim()),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        let mut tenants = HashMap::new();
+        for t in file.tenants {
+            if let Err(m) = t.limits.validate() {
+                errors.push(format!("{source}: tenant {:?}: limits.{m}", t.id));
+            }
+            if tenants.insert(t.id.clone(), t.limits).is_some() {
+                errors.push(format!("{source}: tenant {:?}: defined twice", t.id));
+            }
+        }
+        let mut by_hash = HashMap::new();
+        let mut ids = HashSet::new();
+        let mut origins = Vec::new();
+        for k in file.keys {
+            let mut err = |m: String| errors.push(format!("{source}: key {:?}: {m}", k.id));
+            if k.id.is_empty() || !k.id.chars().all(|c| c.is_ascii_graphic()) {
+                err("id: must be non-empty printable ASCII without spaces".into());
+            }
+            if !ids.insert(k.id.clone()) {
+                err("id: defined twice".into());
+            }
+            if k.tenant.is_empty() {
+                err("tenant: must not be empty".into());
+            }
+            let digest = match hex::decode(k.sha256.trim()) {
+                Ok(d) if d.len() == 32 => {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(&d);
+                    Some(a)
+                }
+                _ => {
+                    err("sha256: must be 64 hex digits (the SHA-256 of the secret)".into());
+                    None
+                }
+            };
+            let monitor = match k.mode.as_deref() {
+                None | Some("enforce") => false,
+                Some("monitor") => true,
+                Some(other) => {
+                    err(format!(
+                        "mode: {other:?}: expected \"enforce\" or \"monitor\""
+                    ));
+                    false
+                }
+            };
+            let upstream = match &k.upstream_key_env {
+                None => None,
+                Some(var) => match std::env::var(var) {
+                    Ok(v) if !v.trim().is_empty() => {
+                        match HeaderValue::from_str(&format!("Bearer {}", v.trim())) {
+                            Ok(mut h) => {
+                                h.set_sensitive(true);
+                                Some(UpstreamCredential(h))
+                            }
+                            Err(_) => {
+                                err(format!("upstream_key_env: ${var} holds characters not allowed in a header"));
+                                None
+                            }
+                        }
+                    }
+                    _ => {
+                        err(format!("upstream_key_env: ${var} is not set"));
+                        None
+                    }
+                },
+            };
+            let expires_at = match &k.expires_at {
+                None => None,
+                Some(dt) => match datetime_to_system(dt) {
+                    Some(t) => Some(t),
+                    None => {
+                        err("expires_at: must be a date or a date-time with an offset (2027-01-01T00:00:00Z)".into());
+                        None
+                    }
+                },
+            };
+            for o in &k.allowed_origins {
+                if o != "*" && !valid_origin(o) {
+                    err(format!(
+                        "allowed_origins: {o:?} is not an origin (scheme://host[:port], or \"*\")"
+                    ));
+                }
+            }
+            if let Err(m) = k.limits.validate() {
+                err(format!("limits.{m}"));
+            }
+            if let Some(d) = digest {
+                if by_hash.contains_key(&d) {
+                    err("sha256: the same secret is listed for another key".into());
+                }
+                origins.extend(k.allowed_origins.iter().cloned());
+                by_hash.insert(
+                    d,
+                    Arc::new(GatewayKey {
+                        counter: format!("k:{}", k.id),
+                        tenant_counter: format!("t:{}", k.tenant),
+                        id: k.id,
+                        tenant: k.tenant,
+                        upstream,
+                        allowed_models: k
+                            .allowed_models
+                            .iter()
+                            .map(|m| ModelPattern::parse(m))
+                            .collect(),
+                        allowed_origins: k.allowed_origins,
+                        expires_at,
+                        disabled: k.disabled,
+                        monitor,
+                        limits: k.limits,
+                    }),
+                );
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        origins.sort();
+        origins.dedup();
+        Ok(Self {
+            version: hex::encode(&Sha256::digest(text.as_bytes())[..6]),
+            by_hash,
+            tenants,
+            origins,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, Vec<String>> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{source}: cannot read: {e}")])?;
+        Self::parse(&text, &source)
+    }
+}
+
+fn valid_origin(o: &str) -> bool {
+    match url::Url::parse(o) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && !o.ends_with('/')
+                && u.query().is_none()
+        }
+        Err(_) => false,
+    }
+}
+
+/// A TOML date (midnight UTC) or offset date-time as a point in time.
+fn datetime_to_system(dt: &toml::value::Datetime) -> Option<SystemTime> {
+    let date = dt.date?;
+    let days = days_from_civil(i64::from(date.year), date.month.into(), date.day.into());
+    let mut secs = days * 86_400;
+    if let Some(t) = dt.time {
+        secs += i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
+        match dt.offset? {
+            toml::value::Offset::Z => {}
+            toml::value::Offset::Custom { minutes } => secs -= i64::from(minutes) * 60,
+        }
+    }
+    let secs = u64::try_from(secs).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// What a keys reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysReload {
+    Reloaded {
+        version: String,
+        keys: usize,
+    },
+    Unchanged {
+        version: String,
+        keys: usize,
+    },
+    Failed {
+        version: String,
+        errors: Vec<String>,
+    },
+}
+
+/// The live keys of one file, swapped atomically on reload.
+pub struct KeyStore {
+    path: PathBuf,
+    current: ArcSwap<KeySet>,
+    reloading: Mutex<()>,
+}
+
+impl KeyStore {
+    /// Loads the file. Fails (and the gateway does not start) if it is not valid.
+    pub fn open(path: &Path) -> Result<Self, Vec<String>> {
+        let set = KeySet::load(path)?;
+        metrics::KEYS_COUNT.set(set.len() as i64);
+        Ok(Self {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(set),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    /// Reloads from disk (blocking file read: call it off the request path).
+    pub fn reload(&self) -> KeysReload {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.current.load();
+        let outcome = match KeySet::load(&self.path) {
+            Ok(set) if set.version == live.version => KeysReload::Unchanged {
+                keys: set.len(),
+                version: set.version,
+            },
+            Ok(set) => {
+                let (version, keys) = (set.version.clone(), set.len());
+                metrics::KEYS_COUNT.set(keys as i64);
+                self.current.store(Arc::new(set));
+                KeysReload::Reloaded { version, keys }
+            }
+            Err(errors) => KeysReload::Failed {
+                version: live.version.clone(),
+                errors,
+            },
+        };
+        match &outcome {
+            KeysReload::Reloaded { version, keys } => {
+                metrics::KEYS_RELOADS.with_label_values(&["ok"]).inc();
+                tracing::info!(version, keys, "keys reloaded");
+            }
+            KeysReload::Unchanged { .. } => {
+                metrics::KEYS_RELOADS
+                    .with_label_values(&["unchanged"])
+                    .inc();
+            }
+            KeysReload::Failed { version, errors } => {
+                metrics::KEYS_RELOADS.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    kept_version = version,
+                    "keys reload refused, keeping the last good keys: {}",
+                    errors.join("; ")
+                );
+            }
+        }
+        outcome
+    }
+}
+
+/// A fresh secret: the prefix and 32 random bytes in hex.
+pub fn new_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)?;
+    Ok(format!("{SECRET_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The SHA-256 of a secret, as the keys file stores it.
+pub fn secret_sha256(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "pgk_test";
+
+    fn file(extra: &str) -> String {
+        format!(
+            "[[tenant]]\nid = \"t\"\nlimits = {{ requests_per_minute = 5 }}\n\n[[key]]\nid = \"a\"\nsha256 = \"{}\"\ntenant = \"t\"\n{extra}",
+            secret_sha256(SECRET)
+        )
+    }
+
+    #[test]
+    fn finds_keys_by_secret_and_checks_scope() {
+        let set = KeySet::parse(
+            &file("allowed_models = [\"gpt-4o-mini\", \"o1*\"]\nallowed_origins = [\"https://app.example.com\"]\nexpires_at = 2999-01-01T00:00:00Z\n"),
+            "k.toml",
+        )
+        .expect("valid");
+        let k = set.find(SECRET.as_bytes()).expect("found");
+        assert!(set.find(b"pgk_other").is_none());
+        assert!(k.allows_model("gpt-4o-mini") && k.allows_model("o1-preview"));
+        assert!(!k.allows_model("gpt-4o"));
+        assert!(k.allows_origin("https://app.example.com"));
+        assert!(!k.allows_origin("https://evil.example.com") && !k.allows_origin("null"));
+        assert!(set.any_allows_origin("https://app.example.com"));
+        assert!(k.usable_at(SystemTime::now()));
+        assert_eq!(
+            set.tenant_limits("t").and_then(|l| l.requests_per_minute),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn expiry_and_disabled() {
+        let set = KeySet::parse(&file("expires_at = 2020-01-01T00:00:00+01:00\n"), "k.toml")
+            .expect("valid");
+        let k = set.find(SECRET.as_bytes()).expect("found");
+        let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_833_200);
+        assert_eq!(k.expires_at, Some(expiry));
+        assert!(!k.usable_at(SystemTime::now()));
+        let set = KeySet::parse(&file("disabled = true\n"), "k.toml").expect("valid");
+        assert!(!set
+            .find(SECRET.as_bytes())
+            .expect("found")
+            .usable_at(SystemTime::now()));
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let cases = [
+            ("mode = \"audit\"\n", "key \"a\": mode: \"audit\""),
+            (
+                "upstream_key_env = \"PROMPTGATE_TEST_UNSET_VAR\"\n",
+                "$PROMPTGATE_TEST_UNSET_VAR is not set",
+            ),
+            (
+                "allowed_origins = [\"app.example.com\"]\n",
+                "is not an origin",
+            ),
+            (
+                "limits = { max_concurrent = 0 }\n",
+                "limits.max_concurrent: must be at least 1",
+            ),
+            ("colour = 1\n", "k.toml:9: unknown field `colour`"),
+        ];
+        for (extra, want) in cases {
+            let errs = KeySet::parse(&file(extra), "k.toml").expect_err(extra);
+            assert!(errs.iter().any(|e| e.contains(want)), "{extra:?}: {errs:?}");
+        }
+        let twice = format!(
+            "{}\n[[key]]\nid = \"a\"\nsha256 = \"{}\"\ntenant = \"t\"\n",
+            file(""),
+            secret_sha256("x")
+        );
+        let errs = KeySet::parse(&twice, "k.toml").expect_err("duplicate id");
+        assert!(
+            errs.iter().any(|e| e.contains("id: defined twice")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_fresh_and_prefixed() {
+        let a = new_secret().expect("random");
+        let b = new_secret().expect("random");
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 64);
+        assert_ne!(a, b);
+    }
+}
