@@ -89,13 +89,13 @@ fn prose(size: usize, accented: bool, plant: &str, every: usize) -> (String, usi
             next_plant += every;
             continue;
         }
-        let w = if accented && x % 5 == 0 {
+        let w = if accented && x.is_multiple_of(5) {
             ACCENTED[(x >> 8) as usize % ACCENTED.len()]
         } else {
             WORDS[(x >> 8) as usize % WORDS.len()]
         };
         s.push_str(w);
-        s.push(if x % 11 == 0 { '.' } else { ' ' });
+        s.push(if x.is_multiple_of(11) { '.' } else { ' ' });
     }
     while s.len() > size {
         s.pop();

@@ -70,21 +70,24 @@ fn bench(c: &mut Criterion) {
                 .map(|c| c.is_limited())
         })
     });
-    g.bench_function("limits on: identify + admit + tokens + settle + headers", |b| {
-        b.iter(|| {
-            i = (i + 1) % KEYS;
-            let caller = auth
-                .identify(&requests[i], SystemTime::now())
-                .expect("known");
-            let subjects = caller.subjects();
-            let (permits, mut standing) = limiter.admit(&subjects).expect("admitted");
-            standing.tokens = limiter.admit_tokens(&subjects, 1000).expect("tokens");
-            let n = headers(&standing, SystemTime::now()).len();
-            limiter.settle_tokens(&subjects, 200);
-            drop(permits);
-            n
-        })
-    });
+    g.bench_function(
+        "limits on: identify + admit + tokens + settle + headers",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                let caller = auth
+                    .identify(&requests[i], SystemTime::now())
+                    .expect("known");
+                let subjects = caller.subjects();
+                let (permits, mut standing) = limiter.admit(&subjects).expect("admitted");
+                standing.tokens = limiter.admit_tokens(&subjects, 1000).expect("tokens");
+                let n = headers(&standing, SystemTime::now()).len();
+                limiter.settle_tokens(&subjects, 200);
+                drop(permits);
+                n
+            })
+        },
+    );
     g.finish();
 }
 

@@ -10,6 +10,7 @@
 //! - `cli`: subcommands.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

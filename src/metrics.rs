@@ -4,16 +4,139 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    Encoder, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
-/// Requests answered, by route and HTTP status.
+/// Requests answered, by route, HTTP status and decision (the most severe of both directions).
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "promptgate_requests_total",
-        "Requests answered by the gateway, by route and HTTP status.",
-        &["route", "status"]
+        "Requests answered by the gateway, by route, HTTP status and decision.",
+        &["route", "status", "decision"]
+    )
+    .expect("metric registers once")
+});
+
+/// Latency buckets shared by the timing histograms (seconds).
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// Time spent waiting on the upstream (request sent → last upstream byte), by route.
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "promptgate_upstream_duration_seconds",
+        "Time from the request sent upstream to the upstream's last byte, by route.",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// The gateway's own share of a request: total time less the time waiting on the upstream.
+pub static GATEWAY_OVERHEAD: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "promptgate_gateway_overhead_seconds",
+        "Time a request spent in the gateway, not waiting on the upstream, by route.",
+        &["route"],
+        vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            1.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Time to first token of streamed answers (request received → first answer byte to the client).
+pub static TTFT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "promptgate_time_to_first_token_seconds",
+        "Time from request received to the first streamed answer byte sent, by route.",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// Rule matches by rule id (from the rule files: a bounded set), direction and action.
+pub static RULE_MATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_rule_matches_total",
+        "Rule matches, by rule id, direction (request, response) and action (redact, block, log).",
+        &["rule", "direction", "action"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests let through where the gateway would fail closed, by the failing component.
+pub static FAIL_OPEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_fail_open_total",
+        "Requests served under a fail-open policy while a component was failing (inspection, audit).",
+        &["component"]
+    )
+    .expect("metric registers once")
+});
+
+macro_rules! counter {
+    ($name:ident, $metric:literal, $help:literal) => {
+        pub static $name: LazyLock<IntCounter> =
+            LazyLock::new(|| register_int_counter!($metric, $help).expect("metric registers once"));
+    };
+}
+
+counter!(
+    AUDIT_WRITTEN,
+    "promptgate_audit_events_written_total",
+    "Decision events (and gap records) written to the audit file."
+);
+counter!(
+    AUDIT_DELIVERED,
+    "promptgate_audit_events_delivered_total",
+    "Decision events accepted by the audit webhook."
+);
+counter!(
+    AUDIT_WEBHOOK_FAILURES,
+    "promptgate_audit_webhook_failures_total",
+    "Failed audit webhook deliveries (each retried)."
+);
+counter!(
+    AUDIT_DROPPED,
+    "promptgate_audit_events_dropped_total",
+    "Decision events dropped because the audit queue was full (audit.on_full = \"drop\")."
+);
+counter!(
+    AUDIT_WRITE_ERRORS,
+    "promptgate_audit_write_errors_total",
+    "Failed attempts to write the audit file."
+);
+
+/// Events queued for the audit writer.
+pub static AUDIT_QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_audit_queue_depth",
+        "Decision events waiting for the audit writer."
+    )
+    .expect("metric registers once")
+});
+
+/// Whether the audit file is being written (0 while writes fail).
+pub static AUDIT_SINK_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_audit_sink_up",
+        "1 while the audit file accepts writes, 0 while they fail."
+    )
+    .expect("metric registers once")
+});
+
+/// Age of the oldest event the webhook has not delivered yet.
+pub static AUDIT_WEBHOOK_LAG: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "promptgate_audit_webhook_lag_seconds",
+        "Age of the oldest decision event not yet delivered to the webhook (0 when caught up)."
     )
     .expect("metric registers once")
 });
@@ -177,6 +300,19 @@ pub fn init() {
     LazyLock::force(&AUTH_REFUSED);
     LazyLock::force(&KEYS_RELOADS);
     LazyLock::force(&KEYS_COUNT);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&GATEWAY_OVERHEAD);
+    LazyLock::force(&TTFT);
+    LazyLock::force(&RULE_MATCHES);
+    LazyLock::force(&FAIL_OPEN);
+    LazyLock::force(&AUDIT_WRITTEN);
+    LazyLock::force(&AUDIT_DELIVERED);
+    LazyLock::force(&AUDIT_WEBHOOK_FAILURES);
+    LazyLock::force(&AUDIT_DROPPED);
+    LazyLock::force(&AUDIT_WRITE_ERRORS);
+    LazyLock::force(&AUDIT_QUEUE_DEPTH);
+    LazyLock::force(&AUDIT_SINK_UP);
+    LazyLock::force(&AUDIT_WEBHOOK_LAG);
 }
 
 /// The Prometheus text exposition of every registered metric.

@@ -14,6 +14,8 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use std::sync::Arc;
 
+use crate::audit::webhook::Webhook;
+use crate::audit::Audit;
 use crate::auth::{self, Auth, KeyStore};
 use crate::config::{Config, ConfigError};
 use crate::limits::LocalLimiter;
@@ -30,6 +32,11 @@ pub enum StartError {
     Rules(Vec<RuleError>),
     #[error("invalid keys file, refusing to start:\n{}", .0.join("\n"))]
     Keys(Vec<String>),
+    #[error("audit.dir: cannot open {dir}: {error}")]
+    Audit {
+        dir: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("{field}: cannot listen on {addr}: {error}")]
     Listen {
         field: &'static str,
@@ -125,12 +132,28 @@ fn build(config: &Config) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let audit = match &config.audit {
+        Some(a) => Arc::new(Audit::start(a).map_err(|error| StartError::Audit {
+            dir: a.dir.clone(),
+            error,
+        })?),
+        None => Arc::new(Audit::disabled()),
+    };
+    let webhook = match config
+        .audit
+        .as_ref()
+        .and_then(|a| a.webhook.clone().map(|w| (a, w)))
+    {
+        Some((a, w)) => Some(Webhook::new(a.dir.clone(), w)?),
+        None => None,
+    };
     let gateway = Gateway::new(
         upstream,
         store.clone(),
         config.inspect.clone(),
         auth.clone(),
         Arc::new(LocalLimiter::new(config.limit_window)),
+        audit,
         &server.configuration,
     );
     let mut proxy =
@@ -162,6 +185,9 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
     };
     server.add_service(background_service("rules reload", rules_reload));
+    if let Some(w) = webhook {
+        server.add_service(background_service("audit webhook", w));
+    }
     if let (Some(keys), Some(path)) = (auth.keys().cloned(), &config.auth.keys_file) {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -14,6 +14,69 @@ pub struct FileConfig {
     pub policy: PolicySection,
     pub limits: LimitsSection,
     pub auth: AuthSection,
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub fsync: String,
+    pub fsync_interval_ms: u64,
+    pub max_file_bytes: u64,
+    pub keep_files: usize,
+    pub queue: usize,
+    pub on_full: String,
+    pub on_failure: String,
+    pub stdout: bool,
+    pub webhook: WebhookSection,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("audit"),
+            fsync: "always".into(),
+            fsync_interval_ms: 1000,
+            max_file_bytes: 64 << 20,
+            keep_files: 16,
+            queue: 65_536,
+            on_full: "block".into(),
+            on_failure: "fail_closed".into(),
+            stdout: false,
+            webhook: WebhookSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    pub url: String,
+    pub secret_env: String,
+    pub events: Vec<String>,
+    pub batch_max: usize,
+    pub timeout_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret_env: "PROMPTGATE_WEBHOOK_SECRET".into(),
+            events: vec![
+                "chat.message".into(),
+                "chat.blocked".into(),
+                "chat.escalated".into(),
+            ],
+            batch_max: 100,
+            timeout_ms: 10_000,
+            max_backoff_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

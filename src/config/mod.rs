@@ -47,8 +47,47 @@ pub struct Config {
     pub rules: RulesConfig,
     pub inspect: InspectConfig,
     pub auth: AuthConfig,
+    /// Decision events; `None` when `audit.enabled = false`.
+    pub audit: Option<AuditConfig>,
     /// The span over which per-minute quotas are counted (a minute unless shortened, e.g. for tests).
     pub limit_window: Duration,
+}
+
+/// When the audit file is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every batch written (group commit): an event in the file has reached the disk.
+    Always,
+    /// At most this long after an event is written.
+    Interval(Duration),
+}
+
+/// The decision-event sinks (see `audit`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub fsync: Fsync,
+    pub max_file_bytes: u64,
+    pub keep_files: usize,
+    pub queue: usize,
+    /// When the queue is full: wait for room (`true`, the default) or drop the event and count it.
+    pub block_when_full: bool,
+    /// When the file cannot be written: refuse new requests with 503 (`true`, the default) or go on.
+    pub fail_closed: bool,
+    pub stdout: bool,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The webhook fed from the audit file.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub target: UpstreamConfig,
+    /// The HMAC key (`X-Promptgate-Signature`).
+    pub secret: String,
+    /// Event types sent (`chat.message`, `chat.blocked`, `chat.escalated`).
+    pub events: Vec<String>,
+    pub batch_max: usize,
+    pub max_backoff: Duration,
 }
 
 /// Identity settings (see `auth`).
@@ -375,8 +414,11 @@ impl Config {
             caller_limits: l.per_caller,
         };
 
+        let audit = audit_config(&raw.audit, &from_file)?;
+
         Ok(Config {
             auth,
+            audit,
             limit_window: Duration::from_secs(l.window_seconds),
             listen,
             admin,
@@ -387,6 +429,124 @@ impl Config {
             inspect,
         })
     }
+}
+
+fn audit_config(
+    a: &file::AuditSection,
+    from_file: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<AuditConfig>, ConfigError> {
+    if !a.enabled {
+        return Ok(None);
+    }
+    let fsync = match a.fsync.as_str() {
+        "always" => Fsync::Always,
+        "interval" if a.fsync_interval_ms > 0 => {
+            Fsync::Interval(Duration::from_millis(a.fsync_interval_ms))
+        }
+        "interval" => {
+            return Err(from_file(
+                "audit.fsync_interval_ms",
+                "must be greater than 0".into(),
+            ))
+        }
+        other => {
+            return Err(from_file(
+                "audit.fsync",
+                format!("{other:?}: expected \"always\" or \"interval\""),
+            ))
+        }
+    };
+    let choice = |field: &str, v: &str, yes: &str, no: &str| -> Result<bool, ConfigError> {
+        if v == yes {
+            Ok(true)
+        } else if v == no {
+            Ok(false)
+        } else {
+            Err(from_file(
+                field,
+                format!("{v:?}: expected \"{yes}\" or \"{no}\""),
+            ))
+        }
+    };
+    let block_when_full = choice("audit.on_full", &a.on_full, "block", "drop")?;
+    let fail_closed = choice(
+        "audit.on_failure",
+        &a.on_failure,
+        "fail_closed",
+        "fail_open",
+    )?;
+    if a.max_file_bytes < 4096 {
+        return Err(from_file(
+            "audit.max_file_bytes",
+            format!("must be at least 4096, got {}", a.max_file_bytes),
+        ));
+    }
+    if a.keep_files < 2 {
+        return Err(from_file(
+            "audit.keep_files",
+            format!("must be at least 2, got {}", a.keep_files),
+        ));
+    }
+    if a.queue == 0 {
+        return Err(from_file("audit.queue", "must be greater than 0".into()));
+    }
+    let w = &a.webhook;
+    let webhook = if w.url.is_empty() {
+        None
+    } else {
+        let t = parse_upstream_url(&w.url).map_err(|m| from_file("audit.webhook.url", m))?;
+        let secret = std::env::var(&w.secret_env).unwrap_or_default();
+        if secret.is_empty() {
+            return Err(from_file(
+                "audit.webhook.secret_env",
+                format!("${} must hold the webhook's signing secret", w.secret_env),
+            ));
+        }
+        const TYPES: [&str; 3] = ["chat.message", "chat.blocked", "chat.escalated"];
+        if let Some(bad) = w.events.iter().find(|e| !TYPES.contains(&e.as_str())) {
+            return Err(from_file(
+                "audit.webhook.events",
+                format!("{bad:?}: expected some of {TYPES:?}"),
+            ));
+        }
+        if w.timeout_ms == 0 || w.batch_max == 0 {
+            return Err(from_file(
+                "audit.webhook",
+                "timeout_ms and batch_max must be greater than 0".into(),
+            ));
+        }
+        let timeout = Duration::from_millis(w.timeout_ms);
+        Some(WebhookConfig {
+            target: UpstreamConfig {
+                url: w.url.clone(),
+                tls: t.tls,
+                host: t.host,
+                port: t.port,
+                authority: t.authority,
+                base_path: t.base_path,
+                connect_timeout: timeout,
+                read_timeout: timeout,
+                write_timeout: timeout,
+                idle_timeout: Duration::from_secs(60),
+                ca_file: None,
+            },
+            secret,
+            events: w.events.clone(),
+            batch_max: w.batch_max,
+            max_backoff: Duration::from_millis(w.max_backoff_ms.max(100)),
+        })
+    };
+    Ok(Some(AuditConfig {
+        dir: a.dir.clone(),
+        fsync,
+        max_file_bytes: a.max_file_bytes,
+        keep_files: a.keep_files,
+        queue: a.queue,
+        block_when_full,
+        fail_closed,
+        stdout: a.stdout,
+        webhook,
+    }))
 }
 
 fn parse_addr(v: &str) -> Result<SocketAddr, String> {

@@ -80,6 +80,8 @@ pub struct Facts {
     pub stream: bool,
     /// Bytes of text inspected (the basis of the prompt-token estimate).
     pub text_bytes: u64,
+    /// The client's conversation id: `user`, or `metadata.session_id` / `metadata.conversation_id`.
+    pub session: Option<String>,
 }
 
 impl Facts {
@@ -89,6 +91,12 @@ impl Facts {
             model: doc.get("model").and_then(Node::as_str).map(str::to_string),
             stream: matches!(doc.get("stream"), Some(Node::Bool(true))),
             text_bytes: 0,
+            session: doc
+                .get("metadata")
+                .and_then(|m| m.get("session_id").or_else(|| m.get("conversation_id")))
+                .or_else(|| doc.get("user"))
+                .and_then(Node::as_str)
+                .map(str::to_string),
         }
     }
 

@@ -134,6 +134,7 @@ pub fn decide(
             metrics::INSPECTION_ERRORS
                 .with_label_values(&["fail_open"])
                 .inc();
+            metrics::FAIL_OPEN.with_label_values(&["inspection"]).inc();
             tracing::error!(
                 "request inspection failed; forwarding uninspected (policy.fail_open = true)"
             );

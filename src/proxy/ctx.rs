@@ -63,6 +63,15 @@ pub struct RequestCtx {
     pub has_origin: bool,
     /// The request went (or was being sent) upstream.
     pub forwarded: bool,
+    /// When the request was sent upstream, and when the upstream's answer ended.
+    pub upstream_sent: Option<Instant>,
+    pub upstream_done: Option<Instant>,
+    /// When the first answer byte went to the client.
+    pub first_byte: Option<Instant>,
+    /// Time spent inspecting the answer (held or streamed).
+    pub response_inspect_us: u64,
+    /// The code of the error or refusal the gateway answered with, if it did.
+    pub error_code: Option<&'static str>,
     /// Concurrency permits, released when the context is dropped.
     pub permits: crate::limits::Permits,
     _in_flight: InFlightGuard,
@@ -86,6 +95,11 @@ impl RequestCtx {
             cors_origin: None,
             has_origin: false,
             forwarded: false,
+            upstream_sent: None,
+            upstream_done: None,
+            first_byte: None,
+            response_inspect_us: 0,
+            error_code: None,
             permits: crate::limits::Permits::none(),
             _in_flight: InFlightGuard::new(),
         }

@@ -53,6 +53,8 @@ pub enum Rejection {
     OriginNotAllowed,
     #[error("Rate limit reached")]
     RateLimited(crate::limits::Limited),
+    #[error("The gateway cannot record decisions right now (audit sink failing); the request was not forwarded")]
+    AuditUnavailable,
 }
 
 impl From<crate::auth::Refusal> for Rejection {
@@ -76,6 +78,8 @@ pub struct ErrorResponse {
     pub should_retry: Option<bool>,
     /// `retry-after` / `retry-after-ms`, which the SDKs wait before retrying.
     pub retry_after: Option<std::time::Duration>,
+    /// The error `code` (for the decision event).
+    pub code: &'static str,
 }
 
 #[derive(Serialize)]
@@ -125,6 +129,7 @@ impl Rejection {
             Rejection::ModelRequired => (403, "permission_error", "model_required"),
             Rejection::OriginNotAllowed => (403, "permission_error", "origin_not_allowed"),
             Rejection::RateLimited(_) => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
+            Rejection::AuditUnavailable => (503, "server_error", "audit_unavailable"),
         }
     }
 
@@ -202,6 +207,7 @@ impl Rejection {
                 Rejection::RateLimited(l) => Some(l.retry_after),
                 _ => None,
             },
+            code,
         }
     }
 

@@ -74,6 +74,7 @@ pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
     }
     gw.prepare_upstream_request(&mut req, ctx)?;
     ctx.forwarded = true;
+    ctx.upstream_sent = Some(std::time::Instant::now());
     let peer = gw.upstream.peer();
     let mut up = unless_client_leaves(session, send(gw, &peer, &req, forward)).await?;
     let header = up.response_header().cloned().ok_or_else(|| {
@@ -96,7 +97,10 @@ pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
         ctx.usage = crate::openai::usage::Usage::from_body(&raw);
     }
     let body = if inspected && content_type.contains("json") && text_route(ctx.route) {
-        inspect_answer(gw, ctx, &header, &raw).map_err(Rejection::into_error)?
+        let started = std::time::Instant::now();
+        let answer = inspect_answer(gw, ctx, &header, &raw);
+        ctx.response_inspect_us += started.elapsed().as_micros() as u64;
+        answer.map_err(Rejection::into_error)?
     } else {
         Answer {
             bytes: Bytes::from(raw),
@@ -106,6 +110,7 @@ pub async fn relay(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
     let mut resp = client_header(&header, ctx, body.decoded)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.bytes.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
+    ctx.first_byte = Some(std::time::Instant::now());
     session.write_response_body(Some(body.bytes), true).await
 }
 
@@ -152,46 +157,69 @@ async fn relay_stream(
         crate::inspect::stream::StreamFilter::new(rules, ctx.monitor, gw.inspect.max_stream_hold);
     let resp = client_header(&header, ctx, false)?;
     session.write_response_header(Box::new(resp), false).await?;
+    // The filter goes into the context on every ending (its hits, usage and block feed the decision event).
+    let result = stream_loop(session, ctx, &mut up, &mut filter).await;
+    ctx.stream = Some(filter);
+    match result {
+        Ok(true) => {
+            release(gw, up, peer).await;
+            Ok(())
+        }
+        // Blocked: `up` is dropped, not pooled, which ends the upstream's generation.
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Relays a stream through its filter. `Ok(true)`: the upstream finished; `Ok(false)`: blocked.
+async fn stream_loop(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    up: &mut HttpSession,
+    filter: &mut crate::inspect::stream::StreamFilter,
+) -> Result<bool> {
     loop {
         let read = match unless_client_leaves(session, up.read_response_body()).await {
             Ok(read) => read,
-            Err(e) if e.esource() == &ErrorSource::Downstream => {
-                // The client left: nothing more to write; dropping `up` cancels the generation.
-                ctx.stream = Some(filter);
-                return Err(e);
-            }
+            // The client left: nothing more to write; dropping the upstream session cancels the generation.
+            Err(e) if e.esource() == &ErrorSource::Downstream => return Err(e),
             Err(e) => {
                 // The upstream failed mid-stream: what is held leaves after its final inspection, then the
                 // client's stream breaks off as the upstream's did.
-                let out = filter.finish();
+                ctx.upstream_done = Some(std::time::Instant::now());
+                let out = timed(ctx, || filter.finish());
                 if !out.is_empty() {
                     let _ = session.write_response_body(Some(out), false).await;
                 }
-                ctx.stream = Some(filter);
                 return Err(e.into_up());
             }
         };
-        match read {
-            Some(chunk) => {
-                let out = filter.push(&chunk);
-                if filter.is_blocked() {
-                    session.write_response_body(Some(out), true).await?;
-                    break;
-                }
-                if !out.is_empty() {
-                    session.write_response_body(Some(out), false).await?;
-                }
-            }
+        let (out, end) = match read {
+            Some(chunk) => (timed(ctx, || filter.push(&chunk)), filter.is_blocked()),
             None => {
-                let out = filter.finish();
-                session.write_response_body(Some(out), true).await?;
-                release(gw, up, peer).await;
-                break;
+                ctx.upstream_done = Some(std::time::Instant::now());
+                (timed(ctx, || filter.finish()), true)
             }
+        };
+        if !out.is_empty() && ctx.first_byte.is_none() {
+            ctx.first_byte = Some(std::time::Instant::now());
+        }
+        if end {
+            session.write_response_body(Some(out), true).await?;
+            return Ok(!filter.is_blocked());
+        }
+        if !out.is_empty() {
+            session.write_response_body(Some(out), false).await?;
         }
     }
-    ctx.stream = Some(filter);
-    Ok(())
+}
+
+/// Runs one filter step, adding its time to the response's inspection time.
+fn timed<T>(ctx: &mut RequestCtx, f: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let out = f();
+    ctx.response_inspect_us += started.elapsed().as_micros() as u64;
+    out
 }
 
 /// Runs `work` (an upstream exchange) unless the client leaves first: then the work is dropped — and with it

@@ -9,6 +9,7 @@
 mod body;
 mod ctx;
 mod error;
+mod event;
 mod held;
 mod upstream;
 
@@ -25,6 +26,7 @@ pub use upstream::Upstream;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::audit::Audit;
 use crate::auth::{Auth, Refusal};
 use crate::config::InspectConfig;
 use crate::limits::Limiter;
@@ -42,6 +44,7 @@ pub struct Gateway {
     inspect: InspectConfig,
     auth: Arc<Auth>,
     limiter: Arc<dyn Limiter>,
+    audit: Arc<Audit>,
     /// Upstream connections for answers held for inspection (see `held.rs`); the proxy path has its own.
     connector: pingora::connectors::http::Connector,
 }
@@ -53,6 +56,7 @@ impl Gateway {
         inspect: InspectConfig,
         auth: Arc<Auth>,
         limiter: Arc<dyn Limiter>,
+        audit: Arc<Audit>,
         server: &pingora::server::configuration::ServerConf,
     ) -> Self {
         let connector = pingora::connectors::http::Connector::new(Some(
@@ -64,6 +68,7 @@ impl Gateway {
             inspect,
             auth,
             limiter,
+            audit,
             connector,
         }
     }
@@ -185,7 +190,7 @@ impl Gateway {
 
     /// Answers a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from the allowed
     /// origins; it is never forwarded. `false`: not a preflight.
-    async fn preflight(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
+    async fn preflight(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         if req.method != http::Method::OPTIONS
             || !req
@@ -418,6 +423,11 @@ impl ProxyHttp for Gateway {
             write_error(session, ctx, &rejection.render()).await?;
             return Ok(true);
         }
+        if self.audit.refuses_requests() {
+            // No durable record can be made: refuse rather than serve unaudited (audit.on_failure).
+            write_error(session, ctx, &Rejection::AuditUnavailable.render()).await?;
+            return Ok(true);
+        }
         if self.preflight(session, ctx).await? {
             return Ok(true);
         }
@@ -477,6 +487,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.forwarded = true;
+        ctx.upstream_sent = Some(std::time::Instant::now());
         self.prepare_upstream_request(upstream_request, ctx)
     }
 
@@ -500,9 +511,16 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            ctx.upstream_done = Some(std::time::Instant::now());
+        }
+        if ctx.first_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_byte = Some(std::time::Instant::now());
+        }
         let Some(filter) = ctx.stream.as_mut() else {
             return Ok(None);
         };
+        let started = std::time::Instant::now();
         // After a block the filter drops everything (nothing after the policy error event leaves). The upstream
         // is not cut from here: an `Err` would discard the batch of chunks Pingora is about to write, the
         // error event with it. It ends when the client stops reading (the SDKs do at the error event) or when
@@ -515,6 +533,7 @@ impl ProxyHttp for Gateway {
             out.extend_from_slice(&filter.finish());
         }
         *body = Some(out.freeze());
+        ctx.response_inspect_us += started.elapsed().as_micros() as u64;
         Ok(None)
     }
 
@@ -535,6 +554,7 @@ impl ProxyHttp for Gateway {
             metrics::UPSTREAM_ERRORS.with_label_values(&[kind]).inc();
         }
         let resp = rejection.render();
+        ctx.error_code = Some(resp.code);
         if session.response_written().is_none() {
             if let Err(write_err) = write_error(session, ctx, &resp).await {
                 tracing::debug!("could not write the error response: {write_err}");
@@ -548,21 +568,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.settle_tokens(ctx);
-        if let (Some(f), Some(rules)) = (&ctx.stream, &ctx.rules) {
-            let decision = if f.blocked_by.is_some() {
-                "block"
-            } else if f
-                .hits
-                .keys()
-                .any(|&r| rules.rule(r).action == crate::rules::Action::Redact)
-            {
-                "redact"
-            } else {
-                "allow"
-            };
-            metrics::DECISIONS
-                .with_label_values(&["response", decision])
-                .inc();
+        if let Some(f) = &ctx.stream {
             if f.events > 0 {
                 metrics::STREAM_HELD_BYTES.observe(f.held_sum as f64 / f.events as f64);
             }
@@ -572,18 +578,47 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or_else(|| e.and_then(Rejection::from_error).map(|r| r.status()))
             .unwrap_or(0);
-        let route = ctx.route.label();
+        let outcome = event::finish(session, ctx, status);
+        if ctx.stream.is_some() {
+            metrics::DECISIONS
+                .with_label_values(&["response", response_label(ctx)])
+                .inc();
+        }
         metrics::REQUESTS
-            .with_label_values(&[route, status_label(status)])
+            .with_label_values(&[ctx.route.label(), status_label(status), outcome.decision])
             .inc();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[route])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        if !outcome.line.is_empty() {
+            self.audit.record(outcome.line).await;
+        }
+    }
+}
+
+/// The response-direction decision of a stream, for `promptgate_decisions_total` (as before the event
+/// existed: block, redact or allow from the filter).
+fn response_label(ctx: &RequestCtx) -> &'static str {
+    let (Some(f), Some(rules)) = (&ctx.stream, &ctx.rules) else {
+        return "allow";
+    };
+    if f.blocked_by.is_some() {
+        "block"
+    } else if f
+        .hits
+        .keys()
+        .any(|&r| rules.rule(r).action == crate::rules::Action::Redact)
+    {
+        "redact"
+    } else {
+        "allow"
     }
 }
 
 /// Writes a gateway-made error response with the headers every response carries.
-async fn write_error(session: &mut Session, ctx: &RequestCtx, resp: &ErrorResponse) -> Result<()> {
+async fn write_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: &ErrorResponse,
+) -> Result<()> {
+    ctx.error_code = Some(resp.code);
     let mut header = ResponseHeader::build(resp.status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;

@@ -81,7 +81,7 @@ pub fn luhn(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn prefix_num(d: &[u8], n: usize) -> u32 {
@@ -133,7 +133,7 @@ fn aba_routing(d: &[u8]) -> bool {
     }
     let w = [3u32, 7, 1, 3, 7, 1, 3, 7, 1];
     let sum: u32 = d.iter().zip(w).map(|(&x, w)| u32::from(x) * w).sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// IBAN lengths by country (ISO 13616 registry).

@@ -310,11 +310,11 @@ async fn admin_serves_health_and_metrics() {
     client.get(gw.url("/nope")).send().await.expect("send");
     let expected = [
         (
-            r#"promptgate_requests_total{route="models",status="200"}"#,
+            r#"promptgate_requests_total{decision="allow",route="models",status="200"}"#,
             3.0,
         ),
         (
-            r#"promptgate_requests_total{route="not_found",status="404"}"#,
+            r#"promptgate_requests_total{decision="allow",route="not_found",status="404"}"#,
             1.0,
         ),
         (

@@ -5,6 +5,7 @@
 mod support;
 
 mod answers;
+mod audit;
 mod forwarding;
 mod keys_limits;
 mod lifecycle;

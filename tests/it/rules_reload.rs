@@ -10,20 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{binary, repo_root, Gateway, GatewayOpts, MockUpstream};
-
-fn copy_rules(to: &Path) {
-    let sh = format!(
-        "cp -r {}/. {}",
-        repo_root().join("rules").display(),
-        to.display()
-    );
-    assert!(Command::new("sh")
-        .args(["-c", &sh])
-        .status()
-        .expect("cp")
-        .success());
-}
+use crate::support::{binary, copy_rules, repo_root, Gateway, GatewayOpts, MockUpstream};
 
 fn check(dir: &Path) -> (i32, String) {
     let out = Command::new(binary())

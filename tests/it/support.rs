@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use promptgate::mock::{self, MockConfig};
@@ -161,8 +161,17 @@ impl Gateway {
         } else {
             format!("[server]\ngrace_period_seconds = 10\n{}", opts.toml)
         };
-        config.write_all(toml.as_bytes()).expect("write config");
         let dir = tempfile::tempdir().expect("tempdir");
+        // Every gateway gets its own audit directory unless the test configures one.
+        let toml = if toml.contains("[audit]") {
+            toml
+        } else {
+            format!(
+                "{toml}\n[audit]\ndir = {:?}\n",
+                dir.path().join("audit").display().to_string()
+            )
+        };
+        config.write_all(toml.as_bytes()).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(binary());
@@ -181,7 +190,7 @@ impl Gateway {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .args(["--upstream", &opts.upstream])
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file"))
             .stderr(stderr)
             .spawn()
             .expect("spawn promptgate");
@@ -232,6 +241,11 @@ impl Gateway {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// What the gateway printed on stdout (the stdout audit sink).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stderr_path.with_file_name("stdout.log")).unwrap_or_default()
     }
 
     /// Sends a signal by name (`TERM`, `INT`, `KILL`).
@@ -295,6 +309,20 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Copies the shipped rule files into `to`.
+pub fn copy_rules(to: &std::path::Path) {
+    let sh = format!(
+        "cp -r {}/. {}",
+        repo_root().join("rules").display(),
+        to.display()
+    );
+    assert!(Command::new("sh")
+        .args(["-c", &sh])
+        .status()
+        .expect("cp")
+        .success());
 }
 
 /// A `chat.completions` body of about `size` bytes.

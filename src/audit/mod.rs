@@ -1,0 +1,326 @@
+//! Decision events and where they go.
+//!
+//! The request path hands each event (one JSON line) to a bounded queue and goes on; one writer thread appends
+//! queued events to the current JSONL segment in batches and flushes them to disk (`fsync` after every batch,
+//! or at an interval), rotating segments by size. The file is the durable record: the webhook (`webhook.rs`)
+//! is fed from it, not from memory, behind a persisted cursor. An optional copy goes to stdout.
+//!
+//! Explicit behaviour at the edges:
+//! - queue full: `on_full = "block"` makes the finishing request wait for room; `"drop"` drops the event,
+//!   counts it, and the writer leaves a gap record (`{"type":"audit.gap","dropped":N}`) in the file;
+//! - file not writable: the batch is kept and retried every second, the failure is logged and exported
+//!   (`promptgate_audit_sink_up 0`), and `on_failure = "fail_closed"` refuses new requests with 503 until a
+//!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`).
+
+pub mod event;
+pub mod segments;
+pub mod webhook;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::config::{AuditConfig, Fsync};
+use crate::metrics;
+
+/// Events taken from the queue per write.
+const BATCH: usize = 1024;
+
+/// State shared by the request path and the writer.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The last write failed (cleared by the next successful one).
+    failed: AtomicBool,
+    /// Events dropped since the last gap record.
+    dropped: AtomicU64,
+}
+
+/// The request path's handle on the audit sinks.
+pub struct Audit {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    block_when_full: bool,
+    fail_closed: bool,
+    shared: Arc<Shared>,
+}
+
+impl Audit {
+    /// No sinks (`audit.enabled = false`).
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            block_when_full: true,
+            fail_closed: false,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Opens the directory (locks it, repairs a torn last line) and starts the writer thread.
+    pub fn start(cfg: &AuditConfig) -> io::Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let lock = segments::lock(&cfg.dir)?;
+        let (segment, file, len) = segments::open_last(&cfg.dir)?;
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            dir: cfg.dir.clone(),
+            fsync: cfg.fsync,
+            max_bytes: cfg.max_file_bytes,
+            keep: cfg.keep_files,
+            protect_undelivered: cfg.webhook.is_some(),
+            stdout: cfg.stdout,
+            segment,
+            file,
+            len,
+            last_sync: Instant::now(),
+            dirty: false,
+            shared: shared.clone(),
+            _lock: lock,
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))?;
+        metrics::AUDIT_SINK_UP.set(1);
+        Ok(Self {
+            tx: Some(tx),
+            block_when_full: cfg.block_when_full,
+            fail_closed: cfg.fail_closed,
+            shared,
+        })
+    }
+
+    /// Queues one event (a JSON object without a newline). Never does I/O; waits only when the queue is full
+    /// and `on_full = "block"`.
+    pub async fn record(&self, line: Vec<u8>) {
+        let Some(tx) = &self.tx else { return };
+        metrics::AUDIT_QUEUE_DEPTH.inc();
+        let sent = if self.block_when_full {
+            tx.send(line).await.is_ok()
+        } else {
+            tx.try_send(line).is_ok()
+        };
+        if !sent {
+            metrics::AUDIT_QUEUE_DEPTH.dec();
+            metrics::AUDIT_DROPPED.inc();
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether new requests must be refused: the file cannot be written and `on_failure = "fail_closed"`.
+    /// Under `fail_open`, counts the request served without a durable record.
+    pub fn refuses_requests(&self) -> bool {
+        if !self.shared.failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.fail_closed {
+            return true;
+        }
+        metrics::FAIL_OPEN.with_label_values(&["audit"]).inc();
+        false
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    dir: PathBuf,
+    fsync: Fsync,
+    max_bytes: u64,
+    keep: usize,
+    protect_undelivered: bool,
+    stdout: bool,
+    segment: u64,
+    file: File,
+    len: u64,
+    last_sync: Instant,
+    /// Written but not yet synced.
+    dirty: bool,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let tick = match self.fsync {
+            Fsync::Always => Duration::from_secs(3600),
+            Fsync::Interval(d) => d,
+        };
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("AUDIT SINK FAILING: cannot start the writer: {e}");
+                self.shared.failed.store(true, Ordering::Relaxed);
+                metrics::AUDIT_SINK_UP.set(0);
+                return;
+            }
+        };
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+        loop {
+            // Waits for the first event, or for the interval to flush what is written.
+            let first = match recv_timeout(&rt, &mut rx, tick) {
+                Recv::Event(e) => e,
+                Recv::Timeout => {
+                    self.sync_if_due(true);
+                    continue;
+                }
+                Recv::Closed => break,
+            };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let taken = batch.len() as i64;
+            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                batch.push(gap_record(dropped));
+            }
+            self.write_until_done(&batch);
+            metrics::AUDIT_QUEUE_DEPTH.sub(taken);
+            batch.clear();
+        }
+        self.sync_if_due(true);
+    }
+
+    /// Writes a batch, retrying every second while the disk refuses; the batch is never given up.
+    fn write_until_done(&mut self, batch: &[Vec<u8>]) {
+        let mut logged = false;
+        loop {
+            match self.write(batch) {
+                Ok(()) => {
+                    if self.shared.failed.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("audit: the event file is writable again");
+                    }
+                    metrics::AUDIT_SINK_UP.set(1);
+                    metrics::AUDIT_WRITTEN.inc_by(batch.len() as u64);
+                    return;
+                }
+                Err(e) => {
+                    self.shared.failed.store(true, Ordering::Relaxed);
+                    metrics::AUDIT_SINK_UP.set(0);
+                    metrics::AUDIT_WRITE_ERRORS.inc();
+                    if !logged {
+                        tracing::error!(
+                            dir = %self.dir.display(),
+                            "AUDIT SINK FAILING: cannot write decision events ({e}); retrying every second; \
+                             audit.on_failure decides whether requests are refused meanwhile"
+                        );
+                        logged = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[Vec<u8>]) -> io::Result<()> {
+        let size: u64 = batch.iter().map(|l| l.len() as u64 + 1).sum();
+        if self.len > 0 && self.len + size > self.max_bytes {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        for line in batch {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            // A partial write leaves a torn line: cut back to the last complete event before retrying.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += size;
+        self.dirty = true;
+        self.sync_if_due(false);
+        if self.stdout {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&buf).and_then(|()| out.flush());
+        }
+        Ok(())
+    }
+
+    fn sync_if_due(&mut self, idle: bool) {
+        if !self.dirty {
+            return;
+        }
+        let due = match self.fsync {
+            Fsync::Always => true,
+            Fsync::Interval(d) => idle || self.last_sync.elapsed() >= d,
+        };
+        if due {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!("audit: fsync failed: {e}");
+                self.shared.failed.store(true, Ordering::Relaxed);
+                metrics::AUDIT_SINK_UP.set(0);
+                return;
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let next = self.segment + 1;
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segments::path(&self.dir, next))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.segment = next;
+        self.len = 0;
+        let protect = if self.protect_undelivered {
+            // Not delivered yet: from the cursor's segment on (or everything, before the first delivery).
+            Some(segments::read_cursor(&self.dir).map_or(0, |c| c.segment))
+        } else {
+            None
+        };
+        segments::enforce_retention(&self.dir, self.keep, protect, self.segment);
+        Ok(())
+    }
+}
+
+enum Recv {
+    Event(Vec<u8>),
+    Timeout,
+    Closed,
+}
+
+/// A blocking receive with a timeout, on the writer thread's own small runtime.
+fn recv_timeout(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    limit: Duration,
+) -> Recv {
+    match rt.block_on(async { tokio::time::timeout(limit, rx.recv()).await }) {
+        Ok(Some(e)) => Recv::Event(e),
+        Ok(None) => Recv::Closed,
+        Err(_) => Recv::Timeout,
+    }
+}
+
+/// The record left where events were dropped (`audit.on_full = "drop"`).
+fn gap_record(dropped: u64) -> Vec<u8> {
+    serde_json::json!({
+        "type": "audit.gap",
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "ts": event::rfc3339(SystemTime::now()),
+        "dropped": dropped,
+    })
+    .to_string()
+    .into_bytes()
+}

@@ -1,0 +1,279 @@
+//! The webhook sink, fed from the audit file — not from memory — behind a persisted cursor: a webhook outage,
+//! a gateway crash or a restart loses nothing; delivery is at least once (a batch delivered just before a
+//! crash, whose cursor was not yet saved, is sent again: recognisable by `event_id`).
+//!
+//! Each batch is one POST of `{"sent_at": …, "events": [ … ]}` with `X-Promptgate-Timestamp` (unix seconds)
+//! and `X-Promptgate-Signature: sha256=<hex HMAC-SHA256 of the body with the shared secret>` (the body holds
+//! the timestamp too, so it is signed). Failures are retried with exponential backoff, forever: the file
+//! keeps the events meanwhile (retention never removes an undelivered segment).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sha2::Sha256;
+
+use super::segments::{self, Cursor};
+use crate::config::{ConfigError, WebhookConfig};
+use crate::metrics;
+use crate::proxy::Upstream;
+
+/// Most bytes read from the file per batch.
+const READ_MAX: usize = 1 << 20;
+/// How often an idle webhook looks for new events.
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct Webhook {
+    dir: PathBuf,
+    cfg: WebhookConfig,
+    upstream: Upstream,
+    path: String,
+    connector: pingora::connectors::http::Connector,
+}
+
+/// What the file holds past the cursor.
+enum Next {
+    /// Complete lines (the bytes they take, including newlines).
+    Lines { lines: Vec<Vec<u8>>, consumed: u64 },
+    /// The cursor's segment is finished and a later one exists.
+    Segment(u64),
+    /// Nothing new yet.
+    Nothing,
+}
+
+impl Webhook {
+    pub fn new(dir: PathBuf, cfg: WebhookConfig) -> Result<Self, ConfigError> {
+        let upstream = Upstream::new(&cfg.target)?;
+        let path = if cfg.target.base_path.is_empty() {
+            "/".to_string()
+        } else {
+            cfg.target.base_path.clone()
+        };
+        Ok(Self {
+            dir,
+            cfg,
+            upstream,
+            path,
+            connector: pingora::connectors::http::Connector::new(None),
+        })
+    }
+
+    fn first_cursor(&self) -> Cursor {
+        let first = segments::list(&self.dir)
+            .ok()
+            .and_then(|l| l.first().copied())
+            .unwrap_or(1);
+        Cursor {
+            segment: first,
+            offset: 0,
+        }
+    }
+
+    fn read(&self, c: Cursor) -> std::io::Result<Next> {
+        let later = || -> std::io::Result<Option<u64>> {
+            Ok(segments::list(&self.dir)?
+                .into_iter()
+                .find(|n| *n > c.segment))
+        };
+        let mut f = match std::fs::File::open(segments::path(&self.dir, c.segment)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(later()?.map_or(Next::Nothing, Next::Segment))
+            }
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        if len <= c.offset {
+            return Ok(later()?.map_or(Next::Nothing, Next::Segment));
+        }
+        f.seek(SeekFrom::Start(c.offset))?;
+        let mut buf = vec![0u8; (len - c.offset).min(READ_MAX as u64) as usize];
+        f.read_exact(&mut buf)?;
+        let mut lines = Vec::new();
+        let mut consumed = 0usize;
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") || lines.len() >= self.cfg.batch_max {
+                break;
+            }
+            consumed += line.len();
+            let line = &line[..line.len() - 1];
+            if !line.is_empty() {
+                lines.push(line.to_vec());
+            }
+        }
+        if consumed == 0 {
+            return Ok(Next::Nothing);
+        }
+        Ok(Next::Lines {
+            lines,
+            consumed: consumed as u64,
+        })
+    }
+
+    /// Whether this event goes to the webhook (`audit.webhook.events`; gap records always do).
+    fn wanted(&self, head: &Head) -> bool {
+        head.kind == "audit.gap" || self.cfg.events.contains(&head.kind)
+    }
+
+    async fn post(&self, body: Bytes, ts: u64) -> pingora::Result<u16> {
+        let peer = *self.upstream.peer();
+        let (mut s, _reused) = self.connector.get_http_session(&peer).await?;
+        if let HttpSession::H1(h) = &mut s {
+            h.read_timeout = peer.options.read_timeout;
+            h.write_timeout = peer.options.write_timeout;
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.cfg.secret.as_bytes())
+            .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad key"))?;
+        mac.update(&body);
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let mut req = RequestHeader::build("POST", self.path.as_bytes(), Some(6))?;
+        req.insert_header(http::header::HOST, self.upstream.authority())?;
+        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        req.insert_header(http::header::USER_AGENT, "promptgate-audit")?;
+        req.insert_header("x-promptgate-timestamp", ts.to_string())?;
+        req.insert_header("x-promptgate-signature", signature)?;
+        s.write_request_header(Box::new(req)).await?;
+        s.write_request_body(body, true).await?;
+        s.finish_request_body().await?;
+        s.read_response_header().await?;
+        let status = s.response_header().map_or(0, |h| h.status.as_u16());
+        while s.read_response_body().await?.is_some() {}
+        if (200..300).contains(&status) {
+            if let HttpSession::H1(h) = &mut s {
+                h.respect_keepalive();
+            }
+            self.connector
+                .release_http_session(s, &peer, peer.options.idle_timeout)
+                .await;
+        }
+        Ok(status)
+    }
+
+    /// Delivers one batch, retrying with exponential backoff until it is accepted (2xx) or shutdown.
+    async fn deliver(&self, events: &[Vec<u8>], shutdown: &mut ShutdownWatch) -> bool {
+        let mut backoff = Duration::from_millis(250);
+        let mut logged = false;
+        loop {
+            let now = SystemTime::now();
+            let ts = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut body =
+                Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
+            body.extend_from_slice(b"{\"sent_at\":\"");
+            body.extend_from_slice(super::event::rfc3339(now).as_bytes());
+            body.extend_from_slice(b"\",\"timestamp\":");
+            body.extend_from_slice(ts.to_string().as_bytes());
+            body.extend_from_slice(b",\"events\":[");
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(e);
+            }
+            body.extend_from_slice(b"]}");
+            let outcome = match self.post(Bytes::from(body), ts).await {
+                Ok(s) if (200..300).contains(&s) => return true,
+                Ok(s) => format!("status {s}"),
+                Err(e) => e.to_string(),
+            };
+            metrics::AUDIT_WEBHOOK_FAILURES.inc();
+            if !logged {
+                tracing::warn!(
+                    url = %self.cfg.target.url,
+                    "audit webhook delivery failed ({outcome}); retrying with backoff, events stay in the file"
+                );
+                logged = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return false,
+            }
+            backoff = (backoff * 2).min(self.cfg.max_backoff);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    ts: String,
+}
+
+#[async_trait]
+impl BackgroundService for Webhook {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut cursor = segments::read_cursor(&self.dir).unwrap_or_else(|| self.first_cursor());
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let next = match self.read(cursor) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("audit webhook: cannot read the event file: {e}");
+                    Next::Nothing
+                }
+            };
+            let (lines, consumed) = match next {
+                Next::Lines { lines, consumed } => (lines, consumed),
+                Next::Segment(n) => {
+                    cursor = Cursor {
+                        segment: n,
+                        offset: 0,
+                    };
+                    if let Err(e) = segments::write_cursor(&self.dir, cursor) {
+                        tracing::error!("audit webhook: cannot save its cursor: {e}");
+                    }
+                    continue;
+                }
+                Next::Nothing => {
+                    metrics::AUDIT_WEBHOOK_LAG.set(0.0);
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+            };
+            let heads: Vec<Option<Head>> = lines
+                .iter()
+                .map(|l| serde_json::from_slice(l).ok())
+                .collect();
+            if let Some(oldest) = heads
+                .iter()
+                .flatten()
+                .find_map(|h| humantime::parse_rfc3339(&h.ts).ok())
+            {
+                let lag = SystemTime::now().duration_since(oldest).unwrap_or_default();
+                metrics::AUDIT_WEBHOOK_LAG.set(lag.as_secs_f64());
+            }
+            let wanted: Vec<Vec<u8>> = lines
+                .into_iter()
+                .zip(&heads)
+                .filter(|(_, h)| h.as_ref().is_some_and(|h| self.wanted(h)))
+                .map(|(l, _)| l)
+                .collect();
+            if !wanted.is_empty() {
+                if !self.deliver(&wanted, &mut shutdown).await {
+                    return;
+                }
+                metrics::AUDIT_DELIVERED.inc_by(wanted.len() as u64);
+            }
+            cursor.offset += consumed;
+            if let Err(e) = segments::write_cursor(&self.dir, cursor) {
+                tracing::error!("audit webhook: cannot save its cursor: {e}");
+            }
+        }
+    }
+}
