@@ -21,17 +21,27 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not ready: $1" >&2; exit 1; }
 
+# PIN=1: the gateway (with its writer and webhook threads) runs on CPU 0, and wrk, the mock and helpers on
+# the other CPUs, so a ratio measures the gateway's own cost rather than its helpers' competition for cores.
+PIN=${PIN:-0}
+pin_gateway() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+pin_helper() { if [ "$PIN" = 1 ]; then taskset -c "1-$(( $(nproc) - 1 ))" "$@"; else "$@"; fi; }
+
 MOCK_PORT=$(port)
-"$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
+pin_helper "$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
-# start_gateway NAME EXTRA_TOML → sets GW_URL
+# start_gateway NAME EXTRA_TOML → sets GW_URL. Each gateway gets its own audit directory unless EXTRA_TOML
+# configures [audit] (one gateway per directory).
 start_gateway() {
   local name=$1 extra=$2 gp ap
   gp=$(port); ap=$(port)
+  if [[ $extra != *"[audit]"* ]]; then extra="$extra
+[audit]
+dir = \"$WORK/$name-audit\""; fi
   printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
-  RUST_LOG=error "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
+  RUST_LOG=error pin_gateway "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
     --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$ap/healthz"
@@ -70,11 +80,32 @@ end
 $extra
 LUA
   # A short warm-up fills connection pools and caches.
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
+  pin_helper wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
   local out
-  out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  out=$(pin_helper wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
   read -r _ rps p50 p99 errors total <<<"$out"
   if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi
   echo "$rps $p50 $p99"
 }
 
+
+# compare_rounds LABEL_A URL_A LABEL_B URL_B BODYFILE [LUA]: ROUNDS alternating rounds of A and B (the order
+# flips each round, so neither side always gets the warmer slot); prints a table and the overall B ÷ A ratio.
+compare_rounds() {
+  local la=$1 ua=$2 lb=$3 ub=$4 body=$5 lua=${6:-} sum_a=0 sum_b=0 r
+  echo "| round | $la req/s | p50 ms | p99 ms | $lb req/s | p50 ms | p99 ms | req/s ratio ($lb ÷ $la) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  for r in $(seq 1 "${ROUNDS:-2}"); do
+    if (( r % 2 )); then
+      read -r a_rps a_p50 a_p99 < <(run_wrk "a-$r" "$ua" "$body" "$lua")
+      read -r b_rps b_p50 b_p99 < <(run_wrk "b-$r" "$ub" "$body" "$lua")
+    else
+      read -r b_rps b_p50 b_p99 < <(run_wrk "b-$r" "$ub" "$body" "$lua")
+      read -r a_rps a_p50 a_p99 < <(run_wrk "a-$r" "$ua" "$body" "$lua")
+    fi
+    echo "| $r | $a_rps | $a_p50 | $a_p99 | $b_rps | $b_p50 | $b_p99 | $(python3 -c "print(f'{$b_rps/$a_rps:.3f}')") |"
+    sum_a=$(python3 -c "print($sum_a + $a_rps)"); sum_b=$(python3 -c "print($sum_b + $b_rps)")
+  done
+  echo
+  echo "overall req/s ratio, $lb ÷ $la: $(python3 -c "print(f'{$sum_b/$sum_a:.3f}')")"
+}

@@ -48,20 +48,4 @@ ON_URL=$GW_URL
 
 echo "# promptgate limits benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, gateway threads=$GW_THREADS, 1,000 keys rotated per request, $ROUNDS rounds)"
 echo
-echo "| round | limits off req/s | p50 ms | p99 ms | limits on req/s | p50 ms | p99 ms | req/s ratio (on ÷ off) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-sum_off=0; sum_on=0
-for r in $(seq 1 "$ROUNDS"); do
-  # Alternate which runs first, so neither side always gets the warmer (or more throttled) slot.
-  if (( r % 2 )); then
-    read -r o_rps o_p50 o_p99 < <(run_wrk "off-$r" "$OFF_URL" "$WORK/body4k.json" "$ROTATE")
-    read -r i_rps i_p50 i_p99 < <(run_wrk "on-$r" "$ON_URL" "$WORK/body4k.json" "$ROTATE")
-  else
-    read -r i_rps i_p50 i_p99 < <(run_wrk "on-$r" "$ON_URL" "$WORK/body4k.json" "$ROTATE")
-    read -r o_rps o_p50 o_p99 < <(run_wrk "off-$r" "$OFF_URL" "$WORK/body4k.json" "$ROTATE")
-  fi
-  echo "| $r | $o_rps | $o_p50 | $o_p99 | $i_rps | $i_p50 | $i_p99 | $(python3 -c "print(f'{$i_rps/$o_rps:.3f}')") |"
-  sum_off=$(python3 -c "print($sum_off + $o_rps)"); sum_on=$(python3 -c "print($sum_on + $i_rps)")
-done
-echo
-echo "overall req/s ratio, limits on ÷ off: $(python3 -c "print(f'{$sum_on/$sum_off:.3f}')")"
+compare_rounds "limits off" "$OFF_URL" "limits on" "$ON_URL" "$WORK/body4k.json" "$ROTATE"

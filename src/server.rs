@@ -389,6 +389,19 @@ impl BackgroundService for Drain {
         while IN_FLIGHT.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Every finished request's decision event reaches the file before the process ends (bounded: a
+        // failing disk must not hold the shutdown forever; what is left is reported).
+        let flush_deadline = Instant::now() + Duration::from_secs(10);
+        while crate::audit::PENDING.load(Ordering::Acquire) > 0 && Instant::now() < flush_deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let unwritten = crate::audit::PENDING.load(Ordering::Acquire);
+        if unwritten > 0 {
+            tracing::error!(
+                unwritten,
+                "exiting with decision events not written (audit sink failing)"
+            );
+        }
         tracing::info!("drained in {:?}; exiting", since.elapsed());
         std::process::exit(0);
     }

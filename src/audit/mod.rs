@@ -30,6 +30,12 @@ use crate::metrics;
 
 /// Events taken from the queue per write.
 const BATCH: usize = 1024;
+/// While events keep coming, the writer collects them this often instead of being woken for each.
+const BUSY_NAP: Duration = Duration::from_millis(1);
+
+/// Events handed to the queue and not yet written (and synced, under `fsync = "always"`): the drain on
+/// shutdown waits for it to reach zero before the process exits.
+pub static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// State shared by the request path and the writer.
 #[derive(Debug, Default)]
@@ -98,12 +104,14 @@ impl Audit {
     pub async fn record(&self, line: Vec<u8>) {
         let Some(tx) = &self.tx else { return };
         metrics::AUDIT_QUEUE_DEPTH.inc();
+        PENDING.fetch_add(1, Ordering::AcqRel);
         let sent = if self.block_when_full {
             tx.send(line).await.is_ok()
         } else {
             tx.try_send(line).is_ok()
         };
         if !sent {
+            PENDING.fetch_sub(1, Ordering::AcqRel);
             metrics::AUDIT_QUEUE_DEPTH.dec();
             metrics::AUDIT_DROPPED.inc();
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -165,31 +173,49 @@ impl Writer {
             }
         };
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+        let mut busy = false;
         loop {
-            // Waits for the first event, or for the interval to flush what is written.
-            let first = match recv_timeout(&rt, &mut rx, tick) {
-                Recv::Event(e) => e,
-                Recv::Timeout => {
-                    self.sync_if_due(true);
-                    continue;
+            // Busy: take what arrived over a short nap without being woken for each event (a wake-up is a
+            // syscall on the request's thread). Idle: wait to be woken by the next event, or for the
+            // interval to flush what is written.
+            if busy {
+                std::thread::sleep(BUSY_NAP);
+            } else {
+                match recv_timeout(&rt, &mut rx, tick) {
+                    Recv::Event(e) => batch.push(e),
+                    Recv::Timeout => {
+                        self.sync_if_due(true);
+                        continue;
+                    }
+                    Recv::Closed => break,
                 }
-                Recv::Closed => break,
-            };
-            batch.push(first);
+            }
+            let mut closed = false;
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(e) => batch.push(e),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
-            let taken = batch.len() as i64;
-            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                batch.push(gap_record(dropped));
+            busy = !batch.is_empty();
+            if busy {
+                let taken = batch.len() as i64;
+                let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    batch.push(gap_record(dropped));
+                }
+                self.write_until_done(&batch);
+                metrics::AUDIT_QUEUE_DEPTH.sub(taken);
+                PENDING.fetch_sub(taken as usize, Ordering::AcqRel);
+                batch.clear();
             }
-            self.write_until_done(&batch);
-            metrics::AUDIT_QUEUE_DEPTH.sub(taken);
-            batch.clear();
+            if closed {
+                break;
+            }
         }
         self.sync_if_due(true);
     }

@@ -25,8 +25,8 @@ use crate::config::{ConfigError, WebhookConfig};
 use crate::metrics;
 use crate::proxy::Upstream;
 
-/// Most bytes read from the file per batch.
-const READ_MAX: usize = 1 << 20;
+/// Bytes read from the file per batch, per event allowed in it (a batch that does not fit reads less).
+const READ_PER_EVENT: usize = 2048;
 /// How often an idle webhook looks for new events.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -93,9 +93,17 @@ impl Webhook {
         if len <= c.offset {
             return Ok(later()?.map_or(Next::Nothing, Next::Segment));
         }
-        f.seek(SeekFrom::Start(c.offset))?;
-        let mut buf = vec![0u8; (len - c.offset).min(READ_MAX as u64) as usize];
-        f.read_exact(&mut buf)?;
+        let mut want = (self.cfg.batch_max * READ_PER_EVENT).max(64 * 1024) as u64;
+        let buf = loop {
+            f.seek(SeekFrom::Start(c.offset))?;
+            let mut buf = vec![0u8; (len - c.offset).min(want) as usize];
+            f.read_exact(&mut buf)?;
+            // An event longer than the read: read more, rather than wait forever for a newline.
+            if memchr::memchr(b'\n', &buf).is_some() || buf.len() as u64 == len - c.offset {
+                break buf;
+            }
+            want *= 4;
+        };
         let mut lines = Vec::new();
         let mut consumed = 0usize;
         for line in buf.split_inclusive(|b| *b == b'\n') {
@@ -117,9 +125,9 @@ impl Webhook {
         })
     }
 
-    /// Whether this event goes to the webhook (`audit.webhook.events`; gap records always do).
-    fn wanted(&self, head: &Head) -> bool {
-        head.kind == "audit.gap" || self.cfg.events.contains(&head.kind)
+    /// Whether an event of this type goes to the webhook (`audit.webhook.events`; gap records always do).
+    fn wanted(&self, kind: &str) -> bool {
+        kind == "audit.gap" || self.cfg.events.iter().any(|e| e == kind)
     }
 
     async fn post(&self, body: Bytes, ts: u64) -> pingora::Result<u16> {
@@ -204,10 +212,30 @@ impl Webhook {
 
 #[derive(serde::Deserialize)]
 struct Head {
-    #[serde(rename = "type", default)]
-    kind: String,
     #[serde(default)]
     ts: String,
+}
+
+/// The `type` of an event line. The writer puts it first (`{"type":"…",`), so it is read without parsing the
+/// line; a line that does not start so is parsed.
+fn event_type(line: &[u8]) -> &str {
+    const PREFIX: &[u8] = b"{\"type\":\"";
+    if let Some(rest) = line.strip_prefix(PREFIX) {
+        if let Some(end) = memchr::memchr(b'"', rest) {
+            return std::str::from_utf8(&rest[..end]).unwrap_or("");
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Kind>(line) {
+        Ok(Kind {
+            kind: Some(std::borrow::Cow::Borrowed(k)),
+        }) => k,
+        _ => "",
+    }
 }
 
 #[async_trait]
@@ -246,23 +274,18 @@ impl BackgroundService for Webhook {
                     continue;
                 }
             };
-            let heads: Vec<Option<Head>> = lines
-                .iter()
-                .map(|l| serde_json::from_slice(l).ok())
-                .collect();
-            if let Some(oldest) = heads
-                .iter()
-                .flatten()
-                .find_map(|h| humantime::parse_rfc3339(&h.ts).ok())
+            // Lag: the age of the oldest event in this batch (one parse per batch).
+            if let Some(oldest) = lines
+                .first()
+                .and_then(|l| serde_json::from_slice::<Head>(l).ok())
+                .and_then(|h| humantime::parse_rfc3339(&h.ts).ok())
             {
                 let lag = SystemTime::now().duration_since(oldest).unwrap_or_default();
                 metrics::AUDIT_WEBHOOK_LAG.set(lag.as_secs_f64());
             }
             let wanted: Vec<Vec<u8>> = lines
                 .into_iter()
-                .zip(&heads)
-                .filter(|(_, h)| h.as_ref().is_some_and(|h| self.wanted(h)))
-                .map(|(l, _)| l)
+                .filter(|l| self.wanted(event_type(l)))
                 .collect();
             if !wanted.is_empty() {
                 if !self.deliver(&wanted, &mut shutdown).await {

@@ -648,3 +648,139 @@ async fn metrics_follow_a_scripted_sequence() {
         Some(0.0)
     );
 }
+
+/// Metric names in a PromQL expression (`promptgate_…`, histogram suffixes removed).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("promptgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].trim_end_matches("_bucket");
+        out.push(name.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("conf/grafana-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    // Every family is registered at start; a counter vector shows once it has a series, so make one of each.
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        chat(&format!("mail {EMAIL}"), false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let text = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let declared = std::fs::read_to_string(repo_root().join("src/metrics.rs")).expect("metrics.rs");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut queried = 0;
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            for name in metric_names(expr) {
+                queried += 1;
+                assert!(
+                    declared.contains(&format!("\"{name}\"")),
+                    "panel {} queries {name}, which the gateway does not declare",
+                    p["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 20, "{queried}");
+    // And the families a fresh gateway exports right away are there.
+    for family in [
+        "promptgate_requests_total",
+        "promptgate_gateway_overhead_seconds_bucket",
+        "promptgate_audit_events_written_total",
+        "promptgate_audit_sink_up",
+        "promptgate_rule_matches_total",
+    ] {
+        assert!(text.contains(family), "{family} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_record() {
+    let mock = MockUpstream::start().await;
+    let audit = tempfile::tempdir().expect("tempdir");
+    let blocker = audit.path().join("events-00000002.jsonl");
+    std::fs::create_dir(&blocker).expect("mkdir");
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&audit_toml(
+        audit.path(),
+        None,
+        "max_file_bytes = 4096\nqueue = 4\non_full = \"drop\"\non_failure = \"fail_open\"",
+    )))
+    .await;
+    // Past the first rotation the writer is stuck retrying; the queue fills and the rest is dropped — and
+    // every request is still served.
+    for i in 0..60 {
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            chat_body(&format!("n {i}")).into_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let dropped = gw
+        .metric("promptgate_audit_events_dropped_total")
+        .await
+        .expect("dropped metric");
+    assert!(dropped > 0.0, "nothing was dropped");
+    assert!(gw
+        .metric(r#"promptgate_fail_open_total{component="audit"}"#)
+        .await
+        .is_some_and(|n| n > 0.0));
+    std::fs::remove_dir(&blocker).expect("rmdir");
+    // One more event after recovery carries the gap record along with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gap = loop {
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            chat_body("after").into_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let gaps: f64 = file_events(audit.path())
+            .iter()
+            .filter(|e| e["type"] == "audit.gap")
+            .filter_map(|e| e["dropped"].as_f64())
+            .sum();
+        if gaps >= dropped || Instant::now() > deadline {
+            break gaps;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let dropped_now = gw
+        .metric("promptgate_audit_events_dropped_total")
+        .await
+        .expect("metric");
+    assert_eq!(
+        gap, dropped_now,
+        "gap records must account for every dropped event"
+    );
+}
