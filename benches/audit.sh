@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 source benches/common.sh
 
-pin_helper python3 tests/python/webhook_receiver.py "$WORK/webhook.jsonl" "$WORK/webhook.down" >"$WORK/webhook.port" &
+"${PIN_HELPER[@]}" python3 tests/python/webhook_receiver.py "$WORK/webhook.jsonl" "$WORK/webhook.down" >"$WORK/webhook.port" &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/webhook.port" ] && break; sleep 0.05; done
 HOOK_PORT=$(head -1 "$WORK/webhook.port")

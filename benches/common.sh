@@ -23,12 +23,14 @@ wait_http() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; 
 
 # PIN=1: the gateway (with its writer and webhook threads) runs on CPU 0, and wrk, the mock and helpers on
 # the other CPUs, so a ratio measures the gateway's own cost rather than its helpers' competition for cores.
+# (Command prefixes, not functions: a background function would leave `$!` naming a subshell, not the process.)
 PIN=${PIN:-0}
-pin_gateway() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
-pin_helper() { if [ "$PIN" = 1 ]; then taskset -c "1-$(( $(nproc) - 1 ))" "$@"; else "$@"; fi; }
+PIN_GW=()
+PIN_HELPER=()
+if [ "$PIN" = 1 ]; then PIN_GW=(taskset -c 0); PIN_HELPER=(taskset -c "1-$(( $(nproc) - 1 ))"); fi
 
 MOCK_PORT=$(port)
-pin_helper "$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
+"${PIN_HELPER[@]}" "$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
@@ -41,7 +43,7 @@ start_gateway() {
 [audit]
 dir = \"$WORK/$name-audit\""; fi
   printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
-  RUST_LOG=error pin_gateway "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
+  RUST_LOG=error "${PIN_GW[@]}" "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
     --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$ap/healthz"
@@ -80,9 +82,9 @@ end
 $extra
 LUA
   # A short warm-up fills connection pools and caches.
-  pin_helper wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
+  "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
   local out
-  out=$(pin_helper wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
   read -r _ rps p50 p99 errors total <<<"$out"
   if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi
   echo "$rps $p50 $p99"

@@ -494,19 +494,25 @@ async fn a_gateway_killed_under_load_loses_no_written_event() {
     );
 }
 
-#[tokio::test]
-async fn a_failing_audit_disk_refuses_requests_until_it_recovers() {
+/// A gateway whose audit disk will fail: the next segment's name is taken by a directory, so the rotation
+/// after 4 KiB of events cannot create it (until the returned path is removed).
+async fn failing_disk(extra: &str) -> (MockUpstream, tempfile::TempDir, PathBuf, Gateway) {
     let mock = MockUpstream::start().await;
     let audit = tempfile::tempdir().expect("tempdir");
-    // The next segment's name is taken by a directory: rotation (after 4 KiB) cannot create it.
     let blocker = audit.path().join("events-00000002.jsonl");
     std::fs::create_dir(&blocker).expect("mkdir");
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&audit_toml(
         audit.path(),
         None,
-        "max_file_bytes = 4096",
+        &format!("max_file_bytes = 4096\n{extra}"),
     )))
     .await;
+    (mock, audit, blocker, gw)
+}
+
+#[tokio::test]
+async fn a_failing_audit_disk_refuses_requests_until_it_recovers() {
+    let (mock, audit, blocker, gw) = failing_disk("").await;
     let mut refused = None;
     for i in 0..100 {
         let r = post(
@@ -683,12 +689,7 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = gw.metrics_text().await;
     let declared = std::fs::read_to_string(repo_root().join("src/metrics.rs")).expect("metrics.rs");
     let panels = dash["panels"].as_array().expect("panels");
     let mut queried = 0;
@@ -722,16 +723,8 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
 
 #[tokio::test]
 async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_record() {
-    let mock = MockUpstream::start().await;
-    let audit = tempfile::tempdir().expect("tempdir");
-    let blocker = audit.path().join("events-00000002.jsonl");
-    std::fs::create_dir(&blocker).expect("mkdir");
-    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&audit_toml(
-        audit.path(),
-        None,
-        "max_file_bytes = 4096\nqueue = 4\non_full = \"drop\"\non_failure = \"fail_open\"",
-    )))
-    .await;
+    let (_mock, audit, blocker, gw) =
+        failing_disk("queue = 4\non_full = \"drop\"\non_failure = \"fail_open\"").await;
     // Past the first rotation the writer is stuck retrying; the queue fills and the rest is dropped — and
     // every request is still served.
     for i in 0..60 {

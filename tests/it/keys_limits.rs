@@ -54,6 +54,14 @@ async fn keys_gateway(mock: &MockUpstream, keys: &KeysFile, extra: &str) -> Gate
     .await
 }
 
+/// A mock upstream and a gateway whose keys file holds one key.
+async fn with_one_key(id: &str, secret: &str, extra: &str) -> (MockUpstream, KeysFile, Gateway) {
+    let mock = MockUpstream::start().await;
+    let keys = KeysFile::new(&key_entry(id, secret, extra));
+    let gw = keys_gateway(&mock, &keys, "").await;
+    (mock, keys, gw)
+}
+
 fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
@@ -160,13 +168,12 @@ async fn missing_unknown_expired_and_disabled_keys_get_one_identical_401() {
 
 #[tokio::test]
 async fn a_model_outside_the_keys_scope_is_403_and_never_forwarded() {
-    let mock = MockUpstream::start().await;
-    let keys = KeysFile::new(&key_entry(
+    let (mock, _keys, gw) = with_one_key(
         "mini-only",
         "pgk_scoped",
         "allowed_models = [\"gpt-4o-mini\", \"o1-*\"]",
-    ));
-    let gw = keys_gateway(&mock, &keys, "").await;
+    )
+    .await;
     let auth = bearer("pgk_scoped");
     let ask = |model: Option<&str>| {
         let mut body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
@@ -320,13 +327,12 @@ async fn passthrough_callers_are_told_apart_by_their_own_credential() {
 
 #[tokio::test]
 async fn concurrent_streams_past_the_limit_get_429_and_every_ending_releases_its_permit() {
-    let mock = MockUpstream::start().await;
-    let keys = KeysFile::new(&key_entry(
+    let (mock, _keys, gw) = with_one_key(
         "streamer",
         "pgk_streamer",
         "limits = { max_concurrent = 3 }",
-    ));
-    let gw = keys_gateway(&mock, &keys, "").await;
+    )
+    .await;
     let stream_body = |text: &str| {
         serde_json::json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": text}]})
             .to_string()
@@ -434,13 +440,12 @@ async fn concurrent_streams_past_the_limit_get_429_and_every_ending_releases_its
 
 #[tokio::test]
 async fn token_quota_refuses_large_prompts_and_is_corrected_by_reported_usage() {
-    let mock = MockUpstream::start().await;
-    let keys = KeysFile::new(&key_entry(
+    let (mock, _keys, gw) = with_one_key(
         "tokens",
         "pgk_tokens",
         "limits = { tokens_per_minute = 1000 }",
-    ));
-    let gw = keys_gateway(&mock, &keys, "").await;
+    )
+    .await;
     // About 1,250 estimated tokens: more than the whole quota.
     let big = chat_body(&"lorem ipsum dolor sit amet ".repeat(185));
     let r = post(
@@ -483,13 +488,12 @@ async fn token_quota_refuses_large_prompts_and_is_corrected_by_reported_usage() 
 
 #[tokio::test]
 async fn cors_preflights_are_answered_from_the_keys_origins_and_never_forwarded() {
-    let mock = MockUpstream::start().await;
-    let keys = KeysFile::new(&key_entry(
+    let (mock, _keys, gw) = with_one_key(
         "browser",
         "pgk_browser",
         "allowed_origins = [\"https://app.example.com\"]",
-    ));
-    let gw = keys_gateway(&mock, &keys, "").await;
+    )
+    .await;
     let client = reqwest::Client::new();
     let preflight = |origin: &'static str| {
         client
@@ -566,11 +570,7 @@ async fn a_keys_edit_is_picked_up_and_a_bad_one_keeps_the_last_good_keys() {
         "{}[[key]]\nid = \"broken\"\nsha256 = \"not-hex\"\ntenant = \"t\"\n",
         key_entry("first", "pgk_first", "")
     ));
-    let r = reqwest::Client::new()
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("reload");
+    let r = gw.reload().await;
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["keys"]["result"], "error");

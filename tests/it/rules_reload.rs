@@ -284,23 +284,14 @@ async fn sighup_and_post_reload_reload_on_demand() {
     let v2 = checked_version(dir.path());
     wait_version(&gw, &v2).await;
 
-    let client = reqwest::Client::new();
-    let r = client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("reload");
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["result"], "unchanged");
     assert_eq!(v["version"], v2.as_str());
 
     std::fs::write(dir.path().join("extra.toml"), "not toml [[[").expect("write");
-    let r = client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("reload");
+    let r = gw.reload().await;
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["result"], "error");
@@ -314,11 +305,7 @@ async fn sighup_and_post_reload_reload_on_demand() {
     );
 
     std::fs::remove_file(dir.path().join("extra.toml")).expect("rm");
-    let r = client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("reload");
+    let r = gw.reload().await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["result"], "reloaded");
     assert_eq!(v["version"], v1.as_str());
@@ -327,12 +314,7 @@ async fn sighup_and_post_reload_reload_on_demand() {
             .await,
         None
     );
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = gw.metrics_text().await;
     assert!(
         text.contains(&format!("promptgate_rules_info{{version=\"{v1}\"}} 1")),
         "{text}"

@@ -290,13 +290,25 @@ impl Gateway {
         }
     }
 
+    /// The whole `/metrics` exposition (empty if it cannot be read).
+    pub async fn metrics_text(&self) -> String {
+        match reqwest::get(self.admin_url("/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// `POST /reload` on the admin address.
+    pub async fn reload(&self) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("reload")
+    }
+
     async fn metric_now(&self, sample: &str) -> Option<f64> {
-        let text = reqwest::get(self.admin_url("/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = self.metrics_text().await;
         text.lines().find_map(|l| {
             l.strip_prefix(sample)
                 .and_then(|rest| rest.trim().parse().ok())
