@@ -777,3 +777,42 @@ async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_
         "gap records must account for every dropped event"
     );
 }
+
+#[tokio::test]
+async fn the_webhook_sends_only_the_event_types_it_is_given() {
+    let mock = MockUpstream::start().await;
+    let receiver = Receiver::start(false);
+    let audit = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url())
+            .toml(&audit_toml(audit.path(), Some(&receiver), ""))
+            .toml("events = [\"chat.blocked\"]")
+            .env("PG_TEST_WEBHOOK_SECRET", SECRET),
+    )
+    .await;
+    for (text, status) in [
+        ("hello", 200),
+        ("key AKIAIOSFODNN7EXAMPLE", 409),
+        ("bye", 200),
+    ] {
+        let r = post(&gw, "/v1/chat/completions", chat(text, false), &[]).await;
+        assert_eq!(r.status(), status);
+    }
+    let all = wait_file_events(audit.path(), 3).await;
+    assert_eq!(all.len(), 3);
+    let blocked: HashSet<String> = all
+        .iter()
+        .filter(|e| e["type"] == "chat.blocked")
+        .map(|e| e["event_id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(blocked.len(), 1);
+    receiver.wait_for(&blocked, Duration::from_secs(10)).await;
+    // The cursor has moved past all three (the file is read in order): nothing else will come.
+    assert_eq!(
+        gw.metric_eventually("promptgate_audit_events_delivered_total", 1.0)
+            .await,
+        Some(1.0)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.event_ids(), blocked);
+}
