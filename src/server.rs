@@ -114,7 +114,12 @@ fn build(config: &Config) -> Result<Server, StartError> {
         mode,
         config.auth.caller_limits,
         config.auth.allowed_origins.clone(),
-        auth::hash_key_from_env(&config.auth.hash_key_env),
+        // Only passthrough callers are named by a hash of their credential.
+        if config.auth.keys_file.is_none() {
+            auth::hash_key_from_env(&config.auth.hash_key_env)
+        } else {
+            [0; 32]
+        },
     ));
     let conf = ServerConf {
         threads: config.threads,
