@@ -230,34 +230,41 @@ struct Reload {
 impl Reload {
     async fn run_off_path(&self) {
         let run = self.run.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || run()).await {
-            tracing::error!("{} reload task failed: {e}", self.what);
+        if let Err(e) = off_path(move || run()).await {
+            tracing::error!("{} {e}", self.what);
         }
     }
 }
 
-/// Runs a reload on a blocking thread (it reads files and compiles).
-pub async fn reload_off_path(store: &Arc<RuleStore>) -> crate::rules::ReloadOutcome {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.reload()).await {
-        Ok(outcome) => outcome,
-        Err(e) => crate::rules::ReloadOutcome::Failed {
-            version: String::new(),
-            errors: vec![format!("reload task failed: {e}")],
-        },
-    }
+/// Runs blocking reload work (file reads, compiling) on a blocking thread; a task that panicked is an error.
+async fn off_path<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))
 }
 
-/// Runs a keys reload on a blocking thread.
+/// Reloads the rules off the request path.
+pub async fn reload_off_path(store: &Arc<RuleStore>) -> crate::rules::ReloadOutcome {
+    let store = store.clone();
+    off_path(move || store.reload())
+        .await
+        .unwrap_or_else(|e| crate::rules::ReloadOutcome::Failed {
+            version: String::new(),
+            errors: vec![e],
+        })
+}
+
+/// Reloads the gateway keys off the request path.
 pub async fn reload_keys_off_path(keys: &Arc<KeyStore>) -> crate::auth::KeysReload {
     let keys = keys.clone();
-    match tokio::task::spawn_blocking(move || keys.reload()).await {
-        Ok(outcome) => outcome,
-        Err(e) => crate::auth::KeysReload::Failed {
+    off_path(move || keys.reload())
+        .await
+        .unwrap_or_else(|e| crate::auth::KeysReload::Failed {
             version: String::new(),
-            errors: vec![format!("reload task failed: {e}")],
-        },
-    }
+            errors: vec![e],
+        })
 }
 
 #[async_trait]

@@ -104,6 +104,16 @@ impl RequestCtx {
             _in_flight: InFlightGuard::new(),
         }
     }
+
+    /// The token usage the upstream reported: a held answer's, or the stream's last `usage`.
+    pub fn reported_usage(&self) -> Option<crate::openai::usage::Usage> {
+        self.usage.or_else(|| {
+            self.stream
+                .as_ref()
+                .and_then(|f| f.usage.as_ref())
+                .and_then(crate::openai::usage::Usage::from_value)
+        })
+    }
 }
 
 impl Default for RequestCtx {

@@ -9,7 +9,6 @@ use super::RequestCtx;
 use crate::audit::event::{self, Bytes, Decisions, Event, InspectUs, Latency, RuleMatch};
 use crate::inspect::Decision;
 use crate::metrics;
-use crate::openai::usage::Usage;
 use crate::rules::{Action, Direction, Mode, RuleSet};
 
 /// Codes of gateway answers that mean the answer could not be inspected (response decision `error`).
@@ -24,6 +23,8 @@ pub struct Outcome {
     pub line: Vec<u8>,
     /// The most severe decision of both directions (the `decision` label of `promptgate_requests_total`).
     pub decision: &'static str,
+    /// The decision on the answer (`promptgate_decisions_total{direction="response"}` for streams).
+    pub response: &'static str,
 }
 
 fn decision_str(d: Decision) -> &'static str {
@@ -92,6 +93,7 @@ pub fn finish(session: &Session, ctx: &RequestCtx, status: u16) -> Outcome {
         return Outcome {
             line: Vec::new(),
             decision: "allow",
+            response: "allow",
         };
     };
     let request = request_decision(ctx);
@@ -162,12 +164,7 @@ pub fn finish(session: &Session, ctx: &RequestCtx, status: u16) -> Outcome {
     }
 
     let facts = ctx.body.as_ref().map(|b| &b.facts);
-    let usage = ctx.usage.or_else(|| {
-        ctx.stream
-            .as_ref()
-            .and_then(|f| f.usage.as_ref())
-            .and_then(Usage::from_value)
-    });
+    let usage = ctx.reported_usage();
     let kind = if request == "block" || response == "block" {
         event::BLOCKED
     } else if request == "monitor" || response == "monitor" {
@@ -211,6 +208,7 @@ pub fn finish(session: &Session, ctx: &RequestCtx, status: u16) -> Outcome {
     Outcome {
         line: ev.to_line(),
         decision: overall,
+        response,
     }
 }
 

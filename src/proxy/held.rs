@@ -141,12 +141,7 @@ async fn relay_stream(
     peer: &pingora::upstreams::peer::HttpPeer,
     header: ResponseHeader,
 ) -> Result<()> {
-    let encoded = header
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-    if encoded {
+    if super::encoded(&header) {
         return Err(Rejection::UpstreamEncoding.into_error());
     }
     let rules = ctx
@@ -336,8 +331,7 @@ fn without_logprobs(body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Inspects a held answer: successful JSON answers are walked string by string; anything else (errors,
-/// other types) is returned as it came.
+/// Inspects a held answer (`relay` calls it for successful JSON answers only), walked string by string.
 fn inspect_answer(
     gw: &Gateway,
     ctx: &mut RequestCtx,
@@ -345,17 +339,6 @@ fn inspect_answer(
     raw: &[u8],
 ) -> Result<Answer, Rejection> {
     let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
-    let is_json = header
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    if !header.status.is_success() || !is_json {
-        return Ok(Answer {
-            bytes: Bytes::copy_from_slice(raw),
-            decoded: false,
-        });
-    }
     let encoding = header
         .headers
         .get(http::header::CONTENT_ENCODING)

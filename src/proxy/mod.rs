@@ -164,15 +164,7 @@ impl Gateway {
         let (Some(caller), Some(counted)) = (&ctx.caller, ctx.tokens_counted) else {
             return;
         };
-        let reported = ctx
-            .usage
-            .or_else(|| {
-                ctx.stream
-                    .as_ref()
-                    .and_then(|f| f.usage.as_ref())
-                    .and_then(crate::openai::usage::Usage::from_value)
-            })
-            .map(|u| u.total_tokens);
+        let reported = ctx.reported_usage().map(|u| u.total_tokens);
         let actual = if !ctx.forwarded {
             Some(0)
         } else {
@@ -307,12 +299,7 @@ impl Gateway {
         if !is_sse {
             return Ok(());
         }
-        let encoded = resp
-            .headers
-            .get(http::header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-        if encoded {
+        if encoded(resp) {
             // Asked for identity and got something else: never pass what cannot be inspected.
             return Err(Rejection::UpstreamEncoding);
         }
@@ -581,7 +568,7 @@ impl ProxyHttp for Gateway {
         let outcome = event::finish(session, ctx, status);
         if ctx.stream.is_some() {
             metrics::DECISIONS
-                .with_label_values(&["response", response_label(ctx)])
+                .with_label_values(&["response", outcome.response])
                 .inc();
         }
         metrics::REQUESTS
@@ -590,25 +577,6 @@ impl ProxyHttp for Gateway {
         if !outcome.line.is_empty() {
             self.audit.record(outcome.line).await;
         }
-    }
-}
-
-/// The response-direction decision of a stream, for `promptgate_decisions_total` (as before the event
-/// existed: block, redact or allow from the filter).
-fn response_label(ctx: &RequestCtx) -> &'static str {
-    let (Some(f), Some(rules)) = (&ctx.stream, &ctx.rules) else {
-        return "allow";
-    };
-    if f.blocked_by.is_some() {
-        "block"
-    } else if f
-        .hits
-        .keys()
-        .any(|&r| rules.rule(r).action == crate::rules::Action::Redact)
-    {
-        "redact"
-    } else {
-        "allow"
     }
 }
 
@@ -701,6 +669,16 @@ fn caller_headers(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         header.append_header(http::header::VARY, "Origin")?;
     }
     Ok(())
+}
+
+/// Whether an answer carries a Content-Encoding other than identity (the gateway asks for identity when it
+/// inspects answers).
+fn encoded(header: &ResponseHeader) -> bool {
+    header
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
 }
 
 /// Counts an identity or scope refusal and turns it into the response.

@@ -131,6 +131,13 @@ fn audit_toml(dir: &Path, webhook: Option<&Receiver>, extra: &str) -> String {
     t
 }
 
+/// A gateway writing to `audit` and delivering to `receiver`, with the webhook's secret set.
+fn webhook_opts(mock: &MockUpstream, audit: &Path, receiver: &Receiver) -> GatewayOpts {
+    GatewayOpts::new(mock.url())
+        .toml(&audit_toml(audit, Some(receiver), ""))
+        .env("PG_TEST_WEBHOOK_SECRET", SECRET)
+}
+
 /// Every complete event line in the audit directory.
 fn file_events(dir: &Path) -> Vec<Value> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -208,11 +215,9 @@ async fn every_outcome_leaves_one_event_with_its_fields_and_no_sink_sees_a_value
     )
     .expect("write");
     let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url())
+        webhook_opts(&mock, audit.path(), &receiver)
             .rules(rules.path())
-            .toml(&audit_toml(audit.path(), Some(&receiver), ""))
             .toml("[limits.per_caller]\nrequests_per_minute = 5")
-            .env("PG_TEST_WEBHOOK_SECRET", SECRET)
             .env("PROMPTGATE_ALLOW_FAULT_INJECTION", "1"),
     )
     .await;
@@ -367,12 +372,7 @@ async fn a_webhook_outage_delays_delivery_and_loses_nothing() {
     let mock = MockUpstream::start().await;
     let receiver = Receiver::start(true);
     let audit = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url())
-            .toml(&audit_toml(audit.path(), Some(&receiver), ""))
-            .env("PG_TEST_WEBHOOK_SECRET", SECRET),
-    )
-    .await;
+    let gw = Gateway::start_with(webhook_opts(&mock, audit.path(), &receiver)).await;
     for i in 0..20 {
         let r = post(
             &gw,
@@ -426,11 +426,7 @@ async fn a_gateway_killed_under_load_loses_no_written_event() {
     let mock = MockUpstream::start().await;
     let receiver = Receiver::start(false);
     let audit = tempfile::tempdir().expect("tempdir");
-    let opts = || {
-        GatewayOpts::new(mock.url())
-            .toml(&audit_toml(audit.path(), Some(&receiver), ""))
-            .env("PG_TEST_WEBHOOK_SECRET", SECRET)
-    };
+    let opts = || webhook_opts(&mock, audit.path(), &receiver);
     let gw = Gateway::start_with(opts()).await;
     let url = gw.url("/v1/chat/completions");
     // Eight clients in a loop until the gateway dies.
@@ -784,10 +780,7 @@ async fn the_webhook_sends_only_the_event_types_it_is_given() {
     let receiver = Receiver::start(false);
     let audit = tempfile::tempdir().expect("tempdir");
     let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url())
-            .toml(&audit_toml(audit.path(), Some(&receiver), ""))
-            .toml("events = [\"chat.blocked\"]")
-            .env("PG_TEST_WEBHOOK_SECRET", SECRET),
+        webhook_opts(&mock, audit.path(), &receiver).toml("events = [\"chat.blocked\"]"),
     )
     .await;
     for (text, status) in [
