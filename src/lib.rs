@@ -1,15 +1,18 @@
 //! promptgate: a governing reverse proxy for OpenAI-format LLM traffic, built on Pingora.
 //!
-//! Module map (the path of a request can be found by file names alone):
-//! - `config`: the TOML format and the validated config;
-//! - `proxy`: the only module that knows Pingora's proxy — hooks are glue;
-//! - `openai`: wire knowledge (routes, shapes), pure;
-//! - `admin`, `metrics`: the operator's side;
-//! - `server`: assembly and shutdown;
-//! - `mock`: the mock OpenAI upstream used by the demo, the tests and the benchmarks;
-//! - `cli`: subcommands.
+//! The way of one request, module by module:
+//! `proxy` (Pingora's hooks; the path decided once: answer now, relay, or proxy) → `admission` (who is
+//! calling and may they: `auth`, `limits`, CORS) → `inspect` (the body judged against `rules`) → `upstream`
+//! (the exchange: peer, pool, retry policy) → `inspect` again for the answer (held whole or filtered as a
+//! stream) → `audit` (the decision event) and `metrics`.
+//!
+//! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),
+//! `config` (the TOML format and the validated config), `server` (assembly, background services, shutdown),
+//! `admin` (health, metrics, reload), `cli` (subcommands), `mock` (the mock upstream of the demo, the tests
+//! and the benchmarks).
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -22,3 +25,4 @@ pub mod openai;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod upstream;

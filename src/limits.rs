@@ -5,10 +5,10 @@
 //! count-min sketches whose collisions only over-count, so a limit can refuse early under heavy key churn but
 //! never lets a caller past it. Counters live as long as the process; reloaded keys bring only new thresholds.
 //!
-//! Admission is taken in two steps, both before the upstream is contacted: [`Limiter::admit`] when the caller
-//! is known (concurrency and request rate, before the body is read), then [`Limiter::admit_tokens`] once the
-//! body gives a prompt-token estimate. When the answer reports its usage, [`Limiter::settle_tokens`] corrects
-//! the estimate.
+//! Quotas are taken in two steps, both before the upstream is contacted (`admission` calls them):
+//! [`Limiter::admit`] when the caller is known (concurrency and request rate, before the body is read), then
+//! [`Limiter::admit_tokens`] once the body gives a prompt-token estimate. When the answer reports its usage,
+//! [`Limiter::settle_tokens`] corrects the estimate.
 
 use std::time::{Duration, SystemTime};
 
@@ -130,6 +130,12 @@ impl Permits {
     fn push(&mut self, g: Guard) {
         metrics::LIMIT_PERMITS.inc();
         self.guards.push(g);
+    }
+}
+
+impl Default for Permits {
+    fn default() -> Self {
+        Self::none()
     }
 }
 

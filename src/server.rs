@@ -1,5 +1,7 @@
-//! Assembles and runs the Pingora server: the proxy service, the admin service, and the drain that ends the
-//! process once in-flight requests are done after SIGTERM / SIGINT.
+//! Assembles and runs the Pingora server: the listeners (the proxy service, the admin service) and the
+//! background services — the audit writer and webhook, the rules and keys reloads, and the drain that ends the
+//! process once in-flight requests are done after SIGTERM / SIGINT and their events are on disk. Nothing here
+//! starts a thread or a task of its own before Pingora runs (it may daemonise first).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,17 +13,20 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
-use crate::admin::AdminApp;
 use std::sync::Arc;
 
+use pingora::connectors::ConnectorOptions;
+
+use crate::admin::AdminApp;
 use crate::audit::webhook::Webhook;
 use crate::audit::Audit;
 use crate::auth::{self, Auth, KeyStore};
 use crate::config::{Config, ConfigError};
 use crate::limits::LocalLimiter;
 use crate::metrics;
-use crate::proxy::{Gateway, Upstream, IN_FLIGHT};
+use crate::proxy::{Gateway, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore};
+use crate::upstream::{retry, Upstream};
 
 /// Why the gateway did not start. Each is reported on stderr and ends the process with exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +82,7 @@ fn start(server: Server, config: &Config) {
 
 fn build(config: &Config) -> Result<Server, StartError> {
     metrics::init();
-    // Pingora retries a busy address in the background and the rest of the server comes up without it: check
-    // both addresses first, so a gateway that cannot listen fails at start with a clear line.
-    for (field, addr) in [
-        ("server.listen", config.listen),
-        ("server.admin", config.admin),
-    ] {
-        std::net::TcpListener::bind(addr).map_err(|error| StartError::Listen {
-            field,
-            addr,
-            error,
-        })?;
-    }
-    let upstream = Upstream::new(&config.upstream)?;
+    check_addresses(config)?;
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
     let store = Arc::new(
         RuleStore::open(&config.rules.dir, config.rules.budget.clone())
@@ -102,6 +95,74 @@ fn build(config: &Config) -> Result<Server, StartError> {
         rules = snapshot.rules().len(),
         "rules loaded"
     );
+    let auth = Arc::new(auth(config)?);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    server.bootstrap();
+
+    let audit = match &config.audit {
+        Some(a) => {
+            let (audit, writer) = Audit::open(a).map_err(|error| StartError::Audit {
+                dir: a.dir.clone(),
+                error,
+            })?;
+            server.add_service(background_service("audit writer", writer));
+            if let Some(w) = &a.webhook {
+                let webhook = Webhook::new(a.dir.clone(), w.clone())?;
+                server.add_service(background_service("audit webhook", webhook));
+            }
+            Arc::new(audit)
+        }
+        None => Arc::new(Audit::disabled()),
+    };
+    let upstream = Upstream::new(
+        &config.upstream,
+        Some(ConnectorOptions::from_server_conf(&server.configuration)),
+    )?;
+    let gateway = Gateway::new(
+        upstream,
+        store.clone(),
+        config.inspect.clone(),
+        auth.clone(),
+        Arc::new(LocalLimiter::new(config.limit_window)),
+        audit.clone(),
+    );
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
+    // Pingora sets TCP_NODELAY on accepted and on upstream connections.
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "promptgate admin".to_string(),
+        HttpServer::new_app(AdminApp::new(store.clone(), auth.keys().cloned())),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin.to_string());
+    server.add_service(admin);
+    server.add_service(background_service("drain", Drain { audit }));
+    add_reloads(&mut server, config, &store, &auth);
+    Ok(server)
+}
+
+/// Pingora retries a busy address in the background and the rest of the server comes up without it: check
+/// both addresses first, so a gateway that cannot listen fails at start with a clear line.
+fn check_addresses(config: &Config) -> Result<(), StartError> {
+    for (field, addr) in [
+        ("server.listen", config.listen),
+        ("server.admin", config.admin),
+    ] {
+        std::net::TcpListener::bind(addr).map_err(|error| StartError::Listen {
+            field,
+            addr,
+            error,
+        })?;
+    }
+    Ok(())
+}
+
+/// Who is calling: passthrough callers named by a keyed hash of their credential, or gateway keys from the
+/// keys file (which must be valid for the gateway to start).
+fn auth(config: &Config) -> Result<Auth, StartError> {
     let mode = match &config.auth.keys_file {
         Some(path) => {
             let keys = Arc::new(KeyStore::open(path).map_err(StartError::Keys)?);
@@ -110,7 +171,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
         None => auth::Mode::Passthrough,
     };
-    let auth = Arc::new(Auth::new(
+    Ok(Auth::new(
         mode,
         config.auth.caller_limits,
         config.auth.allowed_origins.clone(),
@@ -120,62 +181,30 @@ fn build(config: &Config) -> Result<Server, StartError> {
         } else {
             [0; 32]
         },
-    ));
-    let conf = ServerConf {
+    ))
+}
+
+/// Pingora's own settings.
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
         threads: config.threads,
         // Pingora sleeps for the whole grace period after a graceful signal; the drain service below ends the
         // process as soon as the last in-flight request finishes, so this is an upper bound, not a wait.
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora's proxy loop follows the one retry policy (`upstream::retry`): this caps its attempts.
+        max_retries: retry::ATTEMPTS,
         ca_file: config
             .upstream
             .ca_file
             .as_ref()
             .map(|p| p.display().to_string()),
         ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    }
+}
 
-    let audit = match &config.audit {
-        Some(a) => Arc::new(Audit::start(a).map_err(|error| StartError::Audit {
-            dir: a.dir.clone(),
-            error,
-        })?),
-        None => Arc::new(Audit::disabled()),
-    };
-    let webhook = match config
-        .audit
-        .as_ref()
-        .and_then(|a| a.webhook.clone().map(|w| (a, w)))
-    {
-        Some((a, w)) => Some(Webhook::new(a.dir.clone(), w)?),
-        None => None,
-    };
-    let gateway = Gateway::new(
-        upstream,
-        store.clone(),
-        config.inspect.clone(),
-        auth.clone(),
-        Arc::new(LocalLimiter::new(config.limit_window)),
-        audit,
-        &server.configuration,
-    );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
-    // Pingora sets TCP_NODELAY on accepted and on upstream connections.
-    proxy.add_tcp(&config.listen.to_string());
-
-    let mut admin = Service::new(
-        "promptgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(store.clone(), auth.keys().cloned())),
-    );
-    admin.threads = Some(1);
-    admin.add_tcp(&config.admin.to_string());
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(background_service("drain", Drain));
+/// The rules and keys reloads (file watch, SIGHUP), as background services.
+fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, auth: &Arc<Auth>) {
     let rules_reload = {
         let store = store.clone();
         Reload {
@@ -190,9 +219,6 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
     };
     server.add_service(background_service("rules reload", rules_reload));
-    if let Some(w) = webhook {
-        server.add_service(background_service("audit webhook", w));
-    }
     if let (Some(keys), Some(path)) = (auth.keys().cloned(), &config.auth.keys_file) {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -210,7 +236,6 @@ fn build(config: &Config) -> Result<Server, StartError> {
         };
         server.add_service(background_service("keys reload", reload));
     }
-    Ok(server)
 }
 
 /// Reloads one live set (rules, keys) when its files change (if watching) and on SIGHUP, never on the
@@ -383,9 +408,12 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Once shutdown starts (listeners are closed by then), waits for in-flight requests to reach zero and ends
-/// the process, so a drained gateway does not sit out the rest of the grace period.
-struct Drain;
+/// Once shutdown starts (listeners are closed by then), waits for in-flight requests to reach zero, stops the
+/// audit writer once it has written and synced every event, and ends the process, so a drained gateway does
+/// not sit out the rest of the grace period.
+struct Drain {
+    audit: Arc<Audit>,
+}
 
 #[async_trait]
 impl BackgroundService for Drain {
@@ -403,12 +431,8 @@ impl BackgroundService for Drain {
         }
         // Every finished request's decision event reaches the file before the process ends (bounded: a
         // failing disk must not hold the shutdown forever; what is left is reported).
-        let flush_deadline = Instant::now() + Duration::from_secs(10);
-        while crate::audit::PENDING.load(Ordering::Acquire) > 0 && Instant::now() < flush_deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let unwritten = crate::audit::PENDING.load(Ordering::Acquire);
-        if unwritten > 0 {
+        if !self.audit.close(Duration::from_secs(10)).await {
+            let unwritten = crate::audit::PENDING.load(Ordering::Acquire);
             tracing::error!(
                 unwritten,
                 "exiting with decision events not written (audit sink failing)"

@@ -1,12 +1,18 @@
 //! The decision event: one JSON line per request (per stream, written when it ends). It names what was
 //! decided and why — rule ids, actions and counts — and never carries a matched value, a prompt or a
 //! completion.
+//!
+//! The request path builds an [`Event`] from plain values it already holds and hands it over; the writer turns
+//! it into its line (id, timestamp, rule ids, JSON) off the request path, so a keep-alive connection's next
+//! request does not wait for serialisation.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::openai::usage::Usage;
+use crate::rules::{Direction, RuleSet};
 
 /// `type` of an event: what a webhook can filter on.
 pub const MESSAGE: &str = "chat.message";
@@ -15,22 +21,22 @@ pub const BLOCKED: &str = "chat.blocked";
 /// Rules in monitor mode matched (nothing enforced would have let this through unchanged).
 pub const ESCALATED: &str = "chat.escalated";
 
-#[derive(Debug, Serialize)]
-pub struct Event<'a> {
-    #[serde(rename = "type")]
+/// One request's decision, as handed to the writer.
+#[derive(Debug)]
+pub struct Event {
     pub kind: &'static str,
-    pub event_id: String,
-    pub ts: String,
-    pub request_id: &'a str,
-    pub key_id: Option<&'a str>,
-    pub tenant: Option<&'a str>,
+    pub at: SystemTime,
+    pub request_id: String,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
     pub route: &'static str,
-    pub method: &'a str,
-    pub model: Option<&'a str>,
+    pub method: http::Method,
+    pub model: Option<String>,
     pub stream: bool,
     pub decision: Decisions,
-    pub rules: Vec<RuleMatch<'a>>,
-    pub rules_version: &'a str,
+    /// The rule set the request was checked against: names the rules of `hits` and the version.
+    pub rules: Arc<RuleSet>,
+    pub hits: Vec<Hit>,
     pub status: u16,
     /// The gateway's own error or refusal code (`policy_blocked`, `rate_limit_exceeded`, …), if it answered.
     pub error: Option<&'static str>,
@@ -38,8 +44,19 @@ pub struct Event<'a> {
     pub latency: Latency,
     pub usage: Option<Usage>,
     pub bytes: Bytes,
-    /// The client's conversation or session id, for correlation (dropped when a rule matches it).
-    pub session_id: Option<&'a str>,
+    /// The client's conversation or session id, as it sent it: written only if it is a safe id that no rule
+    /// matches (a `user` field holding an email address is not an id to copy into the audit trail).
+    pub session_id: Option<String>,
+}
+
+/// Matches of one rule in one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit {
+    pub rule: usize,
+    pub direction: Direction,
+    pub count: u32,
+    /// Applied (false in monitor mode or for a monitor-mode rule).
+    pub enforced: bool,
 }
 
 /// What was decided in each direction: `allow | redact | block | monitor | error`.
@@ -47,16 +64,6 @@ pub struct Event<'a> {
 pub struct Decisions {
     pub request: &'static str,
     pub response: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RuleMatch<'a> {
-    pub id: &'a str,
-    pub action: &'static str,
-    pub direction: &'static str,
-    pub count: u32,
-    /// Applied (false in monitor mode or for a monitor-mode rule).
-    pub enforced: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,10 +90,94 @@ pub struct Bytes {
     pub sent: u64,
 }
 
-impl Event<'_> {
+/// The line as written: field order is the file format (`type` first, for readers that skip by type).
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event_id: String,
+    ts: String,
+    request_id: &'a str,
+    key_id: Option<&'a str>,
+    tenant: Option<&'a str>,
+    route: &'static str,
+    method: &'a str,
+    model: Option<&'a str>,
+    stream: bool,
+    decision: &'a Decisions,
+    rules: Vec<RuleLine<'a>>,
+    rules_version: &'a str,
+    status: u16,
+    error: Option<&'static str>,
+    blocked_mid_stream: bool,
+    latency: &'a Latency,
+    usage: Option<Usage>,
+    bytes: &'a Bytes,
+    session_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RuleLine<'a> {
+    id: &'a str,
+    action: &'static str,
+    direction: &'static str,
+    count: u32,
+    enforced: bool,
+}
+
+impl Event {
+    /// The event's JSON line (without the newline), with a fresh `event_id`.
     pub fn to_line(&self) -> Vec<u8> {
+        let rules = self
+            .hits
+            .iter()
+            .map(|h| {
+                let r = self.rules.rule(h.rule);
+                RuleLine {
+                    id: r.id.as_str(),
+                    action: r.action.as_str(),
+                    direction: direction(h.direction),
+                    count: h.count,
+                    enforced: h.enforced,
+                }
+            })
+            .collect();
+        let session_id = self.session_id.as_deref().filter(|id| {
+            crate::openai::is_safe_id(id.as_bytes())
+                && self.rules.scan(id, Direction::Request).is_empty()
+        });
+        let line = Line {
+            kind: self.kind,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            ts: rfc3339(self.at),
+            request_id: &self.request_id,
+            key_id: self.key_id.as_deref(),
+            tenant: self.tenant.as_deref(),
+            route: self.route,
+            method: self.method.as_str(),
+            model: self.model.as_deref(),
+            stream: self.stream,
+            decision: &self.decision,
+            rules,
+            rules_version: self.rules.version(),
+            status: self.status,
+            error: self.error,
+            blocked_mid_stream: self.blocked_mid_stream,
+            latency: &self.latency,
+            usage: self.usage,
+            bytes: &self.bytes,
+            session_id,
+        };
         // Plain data: serialising cannot fail; an empty line would be skipped, never half-written.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(&line).unwrap_or_default()
+    }
+}
+
+/// The `direction` of a rule match, as events and metrics name it.
+pub fn direction(d: Direction) -> &'static str {
+    match d {
+        Direction::Request => "request",
+        _ => "response",
     }
 }
 

@@ -1,9 +1,11 @@
 //! Decision events and where they go.
 //!
-//! The request path hands each event (one JSON line) to a bounded queue and goes on; one writer thread appends
-//! queued events to the current JSONL segment in batches and flushes them to disk (`fsync` after every batch,
-//! or at an interval), rotating segments by size. The file is the durable record: the webhook (`webhook.rs`)
-//! is fed from it, not from memory, behind a persisted cursor. An optional copy goes to stdout.
+//! The request path hands each event to a bounded queue and goes on; one writer — a background service of the
+//! server, on a blocking thread — turns queued events into JSON lines, appends them to the current JSONL
+//! segment in batches and flushes them to disk (`fsync` after every batch, or at an interval), rotating
+//! segments by size. The file is the durable record: the webhook (`webhook.rs`) is fed from it, not from
+//! memory, behind a persisted cursor. An optional copy goes to stdout. On shutdown, once the last request has
+//! finished, [`Audit::close`] makes the writer write and sync what is queued and stop.
 //!
 //! Explicit behaviour at the edges:
 //! - queue full: `on_full = "block"` makes the finishing request wait for room; `"drop"` drops the event,
@@ -20,10 +22,15 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{mpsc, oneshot};
+
+pub use event::Event;
 
 use crate::config::{AuditConfig, Fsync};
 use crate::metrics;
@@ -47,9 +54,16 @@ struct Shared {
     dropped: AtomicU64,
 }
 
+/// What the queue carries to the writer.
+enum Entry {
+    Event(Box<Event>),
+    /// Write and sync what came before, then stop (and say so).
+    Close(oneshot::Sender<()>),
+}
+
 /// The request path's handle on the audit sinks.
 pub struct Audit {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<Entry>>,
     block_when_full: bool,
     fail_closed: bool,
     shared: Arc<Shared>,
@@ -66,8 +80,9 @@ impl Audit {
         }
     }
 
-    /// Opens the directory (locks it, repairs a torn last line) and starts the writer thread.
-    pub fn start(cfg: &AuditConfig) -> io::Result<Self> {
+    /// Opens the directory (locks it, repairs a torn last line). The writer is returned as a background
+    /// service for the server to run: nothing is written until it starts.
+    pub fn open(cfg: &AuditConfig) -> io::Result<(Self, WriterService)> {
         std::fs::create_dir_all(&cfg.dir)?;
         let lock = segments::lock(&cfg.dir)?;
         let (segment, file, len) = segments::open_last(&cfg.dir)?;
@@ -88,28 +103,26 @@ impl Audit {
             shared: shared.clone(),
             _lock: lock,
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx))?;
         metrics::AUDIT_SINK_UP.set(1);
-        Ok(Self {
+        let audit = Self {
             tx: Some(tx),
             block_when_full: cfg.block_when_full,
             fail_closed: cfg.fail_closed,
             shared,
-        })
+        };
+        Ok((audit, WriterService(Mutex::new(Some((writer, rx))))))
     }
 
-    /// Queues one event (a JSON object without a newline). Never does I/O; waits only when the queue is full
-    /// and `on_full = "block"`.
-    pub async fn record(&self, line: Vec<u8>) {
+    /// Queues one event. Never does I/O; waits only when the queue is full and `on_full = "block"`.
+    pub async fn record(&self, event: Box<Event>) {
         let Some(tx) = &self.tx else { return };
         metrics::AUDIT_QUEUE_DEPTH.inc();
         PENDING.fetch_add(1, Ordering::AcqRel);
+        let entry = Entry::Event(event);
         let sent = if self.block_when_full {
-            tx.send(line).await.is_ok()
+            tx.send(entry).await.is_ok()
         } else {
-            tx.try_send(line).is_ok()
+            tx.try_send(entry).is_ok()
         };
         if !sent {
             PENDING.fetch_sub(1, Ordering::AcqRel);
@@ -135,10 +148,38 @@ impl Audit {
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
     }
+
+    /// Makes the writer write and sync everything queued so far and stop, and waits (at most `limit`) until
+    /// it has. Called once no request is left to record. `false`: it did not finish in time.
+    pub async fn close(&self, limit: Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let (done, stopped) = oneshot::channel();
+        if tx.send(Entry::Close(done)).await.is_err() {
+            return true;
+        }
+        tokio::time::timeout(limit, stopped).await.is_ok()
+    }
 }
 
-/// The writer thread's state.
-struct Writer {
+/// The writer, run by the server as a background service (on a blocking thread: it writes and syncs files).
+pub struct WriterService(Mutex<Option<(Writer, mpsc::Receiver<Entry>)>>);
+
+#[async_trait]
+impl BackgroundService for WriterService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // Not stopped by the shutdown signal itself: requests finishing in the grace period still record
+        // their events. The drain closes it (`Audit::close`) once the last one is done.
+        let taken = self.0.lock().ok().and_then(|mut w| w.take());
+        let Some((writer, rx)) = taken else { return };
+        if let Err(e) = tokio::task::spawn_blocking(move || writer.run(rx)).await {
+            tracing::error!("AUDIT SINK FAILING: the writer stopped: {e}");
+            metrics::AUDIT_SINK_UP.set(0);
+        }
+    }
+}
+
+/// The writer's state.
+pub struct Writer {
     dir: PathBuf,
     fsync: Fsync,
     max_bytes: u64,
@@ -156,7 +197,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Vec<u8>>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
         let tick = match self.fsync {
             Fsync::Always => Duration::from_secs(3600),
             Fsync::Interval(d) => d,
@@ -175,6 +216,7 @@ impl Writer {
         };
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
         let mut busy = false;
+        let mut closing: Option<oneshot::Sender<()>> = None;
         loop {
             // Busy: take what arrived over a short nap without being woken for each event (a wake-up is a
             // syscall on the request's thread). Idle: wait to be woken by the next event, or for the
@@ -183,7 +225,8 @@ impl Writer {
                 std::thread::sleep(BUSY_NAP);
             } else {
                 match recv_timeout(&rt, &mut rx, tick) {
-                    Recv::Event(e) => batch.push(e),
+                    Recv::Entry(Entry::Event(e)) => batch.push(e.to_line()),
+                    Recv::Entry(Entry::Close(done)) => closing = Some(done),
                     Recv::Timeout => {
                         self.sync_if_due(true);
                         continue;
@@ -191,10 +234,15 @@ impl Writer {
                     Recv::Closed => break,
                 }
             }
-            let mut closed = false;
-            while batch.len() < BATCH {
+            let mut closed = closing.is_some();
+            while batch.len() < BATCH && !closed {
                 match rx.try_recv() {
-                    Ok(e) => batch.push(e),
+                    // Serialised here, on the writer's thread, not on the request's.
+                    Ok(Entry::Event(e)) => batch.push(e.to_line()),
+                    Ok(Entry::Close(done)) => {
+                        closing = Some(done);
+                        closed = true;
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -219,6 +267,9 @@ impl Writer {
             }
         }
         self.sync_if_due(true);
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
     }
 
     /// Writes a batch, retrying every second while the disk refuses; the batch is never given up.
@@ -322,7 +373,7 @@ impl Writer {
 }
 
 enum Recv {
-    Event(Vec<u8>),
+    Entry(Entry),
     Timeout,
     Closed,
 }
@@ -330,11 +381,11 @@ enum Recv {
 /// A blocking receive with a timeout, on the writer thread's own small runtime.
 fn recv_timeout(
     rt: &tokio::runtime::Runtime,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
+    rx: &mut mpsc::Receiver<Entry>,
     limit: Duration,
 ) -> Recv {
     match rt.block_on(async { tokio::time::timeout(limit, rx.recv()).await }) {
-        Ok(Some(e)) => Recv::Event(e),
+        Ok(Some(e)) => Recv::Entry(e),
         Ok(None) => Recv::Closed,
         Err(_) => Recv::Timeout,
     }

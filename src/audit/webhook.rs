@@ -6,16 +6,19 @@
 //! and `X-Promptgate-Signature: sha256=<hex HMAC-SHA256 of the body with the shared secret>` (the body holds
 //! the timestamp too, so it is signed). Failures are retried with exponential backoff, forever: the file
 //! keeps the events meanwhile (retention never removes an undelivered segment).
+//!
+//! Deliveries go through the upstream layer (`upstream/`: its pool, timeouts and retry policy) like every
+//! other exchange; the file is read on a blocking thread, never on the async worker.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sha2::Sha256;
@@ -23,7 +26,7 @@ use sha2::Sha256;
 use super::segments::{self, Cursor};
 use crate::config::{ConfigError, WebhookConfig};
 use crate::metrics;
-use crate::proxy::Upstream;
+use crate::upstream::Upstream;
 
 /// Bytes read from the file per batch, per event allowed in it (a batch that does not fit reads less).
 const READ_PER_EVENT: usize = 2048;
@@ -34,8 +37,6 @@ pub struct Webhook {
     dir: PathBuf,
     cfg: WebhookConfig,
     upstream: Upstream,
-    path: String,
-    connector: pingora::connectors::http::Connector,
 }
 
 /// What the file holds past the cursor.
@@ -50,118 +51,130 @@ enum Next {
 
 impl Webhook {
     pub fn new(dir: PathBuf, cfg: WebhookConfig) -> Result<Self, ConfigError> {
-        let upstream = Upstream::new(&cfg.target)?;
-        let path = if cfg.target.base_path.is_empty() {
-            "/".to_string()
-        } else {
-            cfg.target.base_path.clone()
-        };
-        Ok(Self {
-            dir,
-            cfg,
-            upstream,
-            path,
-            connector: pingora::connectors::http::Connector::new(None),
-        })
+        // A few connections are plenty: one batch is in flight at a time.
+        let upstream = Upstream::new(&cfg.target, Some(ConnectorOptions::new(4)))?;
+        Ok(Self { dir, cfg, upstream })
     }
 
-    fn first_cursor(&self) -> Cursor {
-        let first = segments::list(&self.dir)
-            .ok()
-            .and_then(|l| l.first().copied())
-            .unwrap_or(1);
-        Cursor {
-            segment: first,
+    /// Where delivery resumes: the saved cursor, else the start of the oldest segment.
+    async fn first_cursor(&self) -> Cursor {
+        let dir = self.dir.clone();
+        blocking(move || {
+            segments::read_cursor(&dir).unwrap_or_else(|| Cursor {
+                segment: segments::list(&dir)
+                    .ok()
+                    .and_then(|l| l.first().copied())
+                    .unwrap_or(1),
+                offset: 0,
+            })
+        })
+        .await
+        .unwrap_or(Cursor {
+            segment: 1,
             offset: 0,
-        }
-    }
-
-    fn read(&self, c: Cursor) -> std::io::Result<Next> {
-        let later = || -> std::io::Result<Option<u64>> {
-            Ok(segments::list(&self.dir)?
-                .into_iter()
-                .find(|n| *n > c.segment))
-        };
-        let mut f = match std::fs::File::open(segments::path(&self.dir, c.segment)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(later()?.map_or(Next::Nothing, Next::Segment))
-            }
-            Err(e) => return Err(e),
-        };
-        let len = f.metadata()?.len();
-        if len <= c.offset {
-            return Ok(later()?.map_or(Next::Nothing, Next::Segment));
-        }
-        let mut want = (self.cfg.batch_max * READ_PER_EVENT).max(64 * 1024) as u64;
-        let buf = loop {
-            f.seek(SeekFrom::Start(c.offset))?;
-            let mut buf = vec![0u8; (len - c.offset).min(want) as usize];
-            f.read_exact(&mut buf)?;
-            // An event longer than the read: read more, rather than wait forever for a newline.
-            if memchr::memchr(b'\n', &buf).is_some() || buf.len() as u64 == len - c.offset {
-                break buf;
-            }
-            want *= 4;
-        };
-        let mut lines = Vec::new();
-        let mut consumed = 0usize;
-        for line in buf.split_inclusive(|b| *b == b'\n') {
-            if !line.ends_with(b"\n") || lines.len() >= self.cfg.batch_max {
-                break;
-            }
-            consumed += line.len();
-            let line = &line[..line.len() - 1];
-            if !line.is_empty() {
-                lines.push(line.to_vec());
-            }
-        }
-        if consumed == 0 {
-            return Ok(Next::Nothing);
-        }
-        Ok(Next::Lines {
-            lines,
-            consumed: consumed as u64,
         })
     }
 
+    /// What the file holds past the cursor (read on a blocking thread).
+    async fn read(&self, c: Cursor) -> std::io::Result<Next> {
+        let (dir, batch_max) = (self.dir.clone(), self.cfg.batch_max);
+        blocking(move || read_next(&dir, c, batch_max))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Saves the cursor (on a blocking thread); a failure only means a batch may be sent again.
+    async fn save(&self, c: Cursor) {
+        let dir = self.dir.clone();
+        let saved = blocking(move || segments::write_cursor(&dir, c)).await;
+        if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
+            tracing::error!("audit webhook: cannot save its cursor: {e}");
+        }
+    }
+}
+
+/// Runs blocking file work off the async worker.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(work).await
+}
+
+/// Reads complete lines past `c` (at most `batch_max`), or says the segment is finished or nothing is new.
+fn read_next(dir: &Path, c: Cursor, batch_max: usize) -> std::io::Result<Next> {
+    let later = || -> std::io::Result<Option<u64>> {
+        Ok(segments::list(dir)?.into_iter().find(|n| *n > c.segment))
+    };
+    let mut f = match std::fs::File::open(segments::path(dir, c.segment)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(later()?.map_or(Next::Nothing, Next::Segment))
+        }
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len <= c.offset {
+        return Ok(later()?.map_or(Next::Nothing, Next::Segment));
+    }
+    let mut want = (batch_max * READ_PER_EVENT).max(64 * 1024) as u64;
+    let buf = loop {
+        f.seek(SeekFrom::Start(c.offset))?;
+        let mut buf = vec![0u8; (len - c.offset).min(want) as usize];
+        f.read_exact(&mut buf)?;
+        // An event longer than the read: read more, rather than wait forever for a newline.
+        if memchr::memchr(b'\n', &buf).is_some() || buf.len() as u64 == len - c.offset {
+            break buf;
+        }
+        want *= 4;
+    };
+    let mut lines = Vec::new();
+    let mut consumed = 0usize;
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") || lines.len() >= batch_max {
+            break;
+        }
+        consumed += line.len();
+        let line = &line[..line.len() - 1];
+        if !line.is_empty() {
+            lines.push(line.to_vec());
+        }
+    }
+    if consumed == 0 {
+        return Ok(Next::Nothing);
+    }
+    Ok(Next::Lines {
+        lines,
+        consumed: consumed as u64,
+    })
+}
+
+impl Webhook {
     /// Whether an event of this type goes to the webhook (`audit.webhook.events`; gap records always do).
     fn wanted(&self, kind: &str) -> bool {
         kind == "audit.gap" || self.cfg.events.iter().any(|e| e == kind)
     }
 
     async fn post(&self, body: Bytes, ts: u64) -> pingora::Result<u16> {
-        let peer = *self.upstream.peer();
-        let (mut s, _reused) = self.connector.get_http_session(&peer).await?;
-        if let HttpSession::H1(h) = &mut s {
-            h.read_timeout = peer.options.read_timeout;
-            h.write_timeout = peer.options.write_timeout;
-        }
         let mut mac = Hmac::<Sha256>::new_from_slice(self.cfg.secret.as_bytes())
             .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad key"))?;
         mac.update(&body);
         let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        let mut req = RequestHeader::build("POST", self.path.as_bytes(), Some(6))?;
+        // The webhook URL's own path, as configured.
+        let path = match self.upstream.base_path() {
+            "" => "/",
+            p => p,
+        };
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
         req.insert_header(http::header::HOST, self.upstream.authority())?;
         req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         req.insert_header(http::header::USER_AGENT, "promptgate-audit")?;
         req.insert_header("x-promptgate-timestamp", ts.to_string())?;
         req.insert_header("x-promptgate-signature", signature)?;
-        s.write_request_header(Box::new(req)).await?;
-        s.write_request_body(body, true).await?;
-        s.finish_request_body().await?;
-        s.read_response_header().await?;
-        let status = s.response_header().map_or(0, |h| h.status.as_u16());
-        while s.read_response_body().await?.is_some() {}
-        if (200..300).contains(&status) {
-            if let HttpSession::H1(h) = &mut s {
-                h.respect_keepalive();
-            }
-            self.connector
-                .release_http_session(s, &peer, peer.options.idle_timeout)
-                .await;
-        }
+        let mut exchange = self.upstream.send(&req, &body).await?;
+        let status = exchange.header()?.status.as_u16();
+        while exchange.read().await?.is_some() {}
+        exchange.finish().await;
         Ok(status)
     }
 
@@ -241,12 +254,12 @@ fn event_type(line: &[u8]) -> &str {
 #[async_trait]
 impl BackgroundService for Webhook {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut cursor = segments::read_cursor(&self.dir).unwrap_or_else(|| self.first_cursor());
+        let mut cursor = self.first_cursor().await;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let next = match self.read(cursor) {
+            let next = match self.read(cursor).await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!("audit webhook: cannot read the event file: {e}");
@@ -260,9 +273,7 @@ impl BackgroundService for Webhook {
                         segment: n,
                         offset: 0,
                     };
-                    if let Err(e) = segments::write_cursor(&self.dir, cursor) {
-                        tracing::error!("audit webhook: cannot save its cursor: {e}");
-                    }
+                    self.save(cursor).await;
                     continue;
                 }
                 Next::Nothing => {
@@ -294,9 +305,7 @@ impl BackgroundService for Webhook {
                 metrics::AUDIT_DELIVERED.inc_by(wanted.len() as u64);
             }
             cursor.offset += consumed;
-            if let Err(e) = segments::write_cursor(&self.dir, cursor) {
-                tracing::error!("audit webhook: cannot save its cursor: {e}");
-            }
+            self.save(cursor).await;
         }
     }
 }

@@ -7,13 +7,18 @@ use std::collections::BTreeMap;
 use crate::openai::json::{self, JsonError, Node, Str};
 use crate::rules::{redact, Action, Direction, Mode, RuleSet};
 
-/// What happens to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What was decided about one direction of a request, from the least to the most severe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Decision {
+    #[default]
     Allow,
+    /// Rules in monitor mode matched: nothing changed, something would have.
     Monitor,
     Redact,
     Block,
+    /// Inspection could not be done: the request went through under `policy.fail_open`, or the answer was
+    /// withheld. Never produced by a verdict; see `outcome`.
+    Error,
 }
 
 impl Decision {
@@ -23,7 +28,55 @@ impl Decision {
             Decision::Monitor => "monitor",
             Decision::Redact => "redact",
             Decision::Block => "block",
+            Decision::Error => "error",
         }
+    }
+}
+
+/// The decision that matches of some rules add up to — the one rule of how hits become a decision, for
+/// request bodies, held answers and streams alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub decision: Decision,
+    /// What would have happened with every rule enforced (differs from `decision` in monitor mode).
+    pub would_be: Decision,
+    /// The rule that blocked (the most severe enforced block), if any.
+    pub blocked_by: Option<usize>,
+}
+
+/// Adds up `hits`: an enforced block blocks (the most severe block rule names it), an enforced redaction
+/// redacts, `log` rules change nothing, and what only monitor mode kept from happening is `monitor`.
+pub fn judge(set: &RuleSet, hits: &[RuleHit]) -> Judged {
+    let mut decision = Decision::Allow;
+    let mut would_be = Decision::Allow;
+    let mut blocked_by: Option<usize> = None;
+    for h in hits {
+        let r = set.rule(h.rule);
+        let effect = match r.action {
+            Action::Block => Decision::Block,
+            Action::Redact => Decision::Redact,
+            Action::Log => Decision::Allow,
+        };
+        would_be = would_be.max(effect);
+        if h.enforced {
+            decision = decision.max(effect);
+            if effect == Decision::Block
+                && blocked_by.is_none_or(|b| {
+                    (r.severity, r.action) > (set.rule(b).severity, set.rule(b).action)
+                })
+            {
+                blocked_by = Some(h.rule);
+            }
+        }
+    }
+    if decision < would_be && decision != Decision::Block {
+        // Something would have been redacted or blocked had it been enforced.
+        decision = decision.max(Decision::Monitor);
+    }
+    Judged {
+        decision,
+        would_be,
+        blocked_by,
     }
 }
 
@@ -100,9 +153,24 @@ impl Facts {
         }
     }
 
-    /// Facts of a body that is not inspected (inspection off): parsed, not walked.
+    /// Facts of a body that is not inspected (inspection off): parsed, its strings measured (the basis of the
+    /// token estimate when the caller has a token quota), not scanned.
     pub fn read(body: &[u8], max_depth: usize) -> Result<Self, JsonError> {
-        json::parse(body, max_depth).map(|doc| Self::of(&doc))
+        fn text_bytes(n: &Node) -> u64 {
+            match n {
+                Node::String(s) => s.value.len() as u64,
+                Node::Array(items) => items.iter().map(text_bytes).sum(),
+                Node::Object(entries) => entries
+                    .iter()
+                    .map(|(k, v)| k.value.len() as u64 + text_bytes(v))
+                    .sum(),
+                Node::Null | Node::Bool(_) | Node::Number { .. } => 0,
+            }
+        }
+        json::parse(body, max_depth).map(|doc| Self {
+            text_bytes: text_bytes(&doc),
+            ..Self::of(&doc)
+        })
     }
 
     /// A rough prompt-token estimate (about four bytes a token), corrected later by the upstream's usage.
@@ -214,10 +282,6 @@ impl Walk<'_> {
 
     fn verdict(self, rewritten: Option<Vec<u8>>, mut facts: Facts) -> Verdict {
         facts.text_bytes = self.text_bytes;
-        let set = self.set;
-        let mut decision = Decision::Allow;
-        let mut would_be = Decision::Allow;
-        let mut blocked_by: Option<usize> = None;
         let hits: Vec<RuleHit> = self
             .hits
             .into_iter()
@@ -227,31 +291,13 @@ impl Walk<'_> {
                 enforced,
             })
             .collect();
-        for h in &hits {
-            let r = set.rule(h.rule);
-            let effect = match r.action {
-                Action::Block => Decision::Block,
-                Action::Redact => Decision::Redact,
-                Action::Log => Decision::Allow,
-            };
-            would_be = would_be.max(effect);
-            if h.enforced {
-                decision = decision.max(effect);
-                if effect == Decision::Block
-                    && blocked_by.is_none_or(|b| {
-                        (r.severity, r.action) > (set.rule(b).severity, set.rule(b).action)
-                    })
-                {
-                    blocked_by = Some(h.rule);
-                }
-            }
-        }
+        let Judged {
+            decision,
+            would_be,
+            blocked_by,
+        } = judge(self.set, &hits);
         let opaque_denied =
             self.opaque > 0 && self.opts.opaque == OpaquePolicy::Deny && !self.opts.monitor;
-        if decision < would_be && decision != Decision::Block {
-            // Something would have been redacted or blocked had it been enforced.
-            decision = decision.max(Decision::Monitor);
-        }
         let rewritten = if decision == Decision::Redact {
             rewritten
         } else {

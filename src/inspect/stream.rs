@@ -8,8 +8,9 @@
 //!   would carry the held or redacted text again as tokens and bytes);
 //! - held text is released, after a final inspection, before the chunk that finishes its choice, at `[DONE]`
 //!   and at the end of the stream — never raw;
-//! - an enforced block ends the stream with an OpenAI-style error event (the SDKs raise it as `APIError`);
-//!   nothing after the blocked text is sent;
+//! - an enforced block ends the stream: nothing after the blocked text is released, and [`StreamFilter::ending`]
+//!   says why, for the driver (`proxy/stream.rs`) to end the client's stream with the error event the one
+//!   renderer makes (`openai::error`; the SDKs raise it as `APIError`) and to cut the upstream;
 //! - `usage` (from `stream_options.include_usage`) passes through and is kept for accounting.
 //!
 //! Events this filter cannot read as JSON are scanned whole: a match blocks the stream (fail closed).
@@ -21,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::holdback::{HeldText, Release};
+use super::{judge, Decision, RuleHit, Side};
 use crate::openai::sse::{Event, SseParser};
+use crate::openai::Rejection;
 use crate::rules::{Action, Direction, Mode, RuleSet};
 
 /// Largest SSE event accepted from the upstream.
@@ -58,7 +61,8 @@ fn output_key(v: &Value) -> TextKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
-    Blocked,
+    /// Ended by a block or a failure: nothing more leaves.
+    Ended,
     Done,
 }
 
@@ -75,6 +79,10 @@ pub struct StreamFilter {
     output_envelopes: BTreeMap<TextKey, Value>,
     eol: &'static str,
     state: State,
+    /// Why the stream was ended (a block or a failure), until the driver takes it.
+    ending: Option<Rejection>,
+    /// The stream could not be inspected (its ending is a failure, not a block).
+    failed: bool,
     /// Matches settled so far, per rule.
     pub hits: BTreeMap<usize, u32>,
     /// The rule that blocked the stream.
@@ -113,6 +121,8 @@ impl StreamFilter {
             output_envelopes: BTreeMap::new(),
             eol: "\n",
             state: State::Open,
+            ending: None,
+            failed: false,
             hits: BTreeMap::new(),
             blocked_by: None,
             usage: None,
@@ -122,8 +132,46 @@ impl StreamFilter {
         }
     }
 
-    pub fn is_blocked(&self) -> bool {
-        self.state == State::Blocked
+    /// Whether the stream was ended by a block or a failure.
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Why the stream ended early, once: the driver renders it as the stream's last event.
+    pub fn ending(&mut self) -> Option<Rejection> {
+        self.ending.take()
+    }
+
+    /// The stream's line ending (LF or CRLF, as the upstream writes it), for events the driver adds.
+    pub fn eol(&self) -> &'static str {
+        self.eol
+    }
+
+    /// What was decided about this answer so far, by the same rule as every verdict.
+    pub fn side(&self) -> Side {
+        if self.failed {
+            return Side::failed();
+        }
+        let hits: Vec<RuleHit> = self
+            .hits
+            .iter()
+            .map(|(&rule, &count)| RuleHit {
+                rule,
+                count,
+                enforced: self.rules.rule(rule).mode == Mode::Enforce && !self.monitor,
+            })
+            .collect();
+        let judged = judge(&self.rules, &hits);
+        Side {
+            // An event scanned whole blocks on any enforced match it cannot rewrite: a block, whatever the rule.
+            decision: if self.blocked_by.is_some() {
+                Decision::Block
+            } else {
+                judged.decision
+            },
+            hits,
+            judged: true,
+        }
     }
 
     /// Feeds upstream bytes; returns what to send downstream now.
@@ -138,7 +186,7 @@ impl StreamFilter {
                     self.on_event(ev, &mut out);
                 }
             }
-            Err(e) => self.fail(&e.to_string(), &mut out),
+            Err(e) => self.fail(&e.to_string()),
         }
         out.freeze()
     }
@@ -152,7 +200,7 @@ impl StreamFilter {
         match self.parser.finish() {
             Ok(Some(ev)) => self.on_event(ev, &mut out),
             Ok(None) => {}
-            Err(e) => self.fail(&e.to_string(), &mut out),
+            Err(e) => self.fail(&e.to_string()),
         }
         if self.state == State::Open {
             let keys: Vec<TextKey> = self.texts.keys().copied().collect();
@@ -161,6 +209,8 @@ impl StreamFilter {
         out.freeze()
     }
 
+    /// One complete event: keep-alives and `[DONE]` pass (held text released first), JSON events go to the
+    /// handler of their kind, anything else is scanned whole.
     fn on_event(&mut self, ev: Event, out: &mut BytesMut) {
         if self.state != State::Open {
             return;
@@ -183,7 +233,7 @@ impl StreamFilter {
             return;
         }
         let data = ev.data.as_deref().unwrap_or("");
-        let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
             self.scan_whole(data, &ev.raw, out);
             return;
         };
@@ -194,7 +244,7 @@ impl StreamFilter {
         if let Some(u) = usage.filter(|u| !u.is_null()) {
             self.usage = Some(u.clone());
         }
-        if let Some(kind) = v.get("type").and_then(Value::as_str).map(str::to_string) {
+        if let Some(kind) = v.get("type").and_then(Value::as_str) {
             if kind.ends_with(".delta") && v.get("delta").is_some_and(Value::is_string) {
                 self.on_output_delta(v, &ev.raw, out);
                 return;
@@ -210,29 +260,23 @@ impl StreamFilter {
                 }
             }
         }
-        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+        if v.get("choices").is_some_and(Value::is_array) {
+            self.on_chunk(v, &ev.raw, out);
+        } else {
             // Not a chat or completions chunk (an error, a Responses API event): every string of it is
             // inspected as final text, redacted in place or blocking the stream.
             self.walk_whole(data, &ev.raw, out);
-            return;
-        };
-        // Held text of a choice that finishes now is released before this chunk.
-        let finishing: Vec<TextKey> = choices
-            .iter()
-            .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-            .filter_map(|c| c.get("index").and_then(Value::as_u64))
-            .flat_map(|i| {
-                self.texts
-                    .keys()
-                    .copied()
-                    .filter(move |k| k.choice() == Some(i))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        }
+    }
+
+    /// A chat or completions chunk: each text piece of each choice through its hold-back.
+    fn on_chunk(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
+        let finishing = self.finishing(&v);
         let mut envelope = v.clone();
         envelope["choices"] = json!([]);
         envelope.as_object_mut().map(|o| o.remove("usage"));
         self.envelope = Some(envelope);
+        // Held text of a choice that finishes now is released before this chunk.
         if !finishing.is_empty() {
             self.flush(&finishing, out);
             if self.state != State::Open {
@@ -244,69 +288,15 @@ impl StreamFilter {
         };
         let mut changed = false;
         for choice in choices.iter_mut() {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let mut choice_changed = false;
-            let mut pieces: Vec<(TextKey, &mut Value)> = Vec::new();
-            if let Some(obj) = choice.as_object_mut() {
-                let (delta, text) = {
-                    let mut delta = None;
-                    let mut text = None;
-                    for (k, val) in obj.iter_mut() {
-                        match k.as_str() {
-                            "delta" => delta = Some(val),
-                            "text" => text = Some(val),
-                            _ => {}
-                        }
-                    }
-                    (delta, text)
-                };
-                if let Some(t) = text.filter(|t| t.is_string()) {
-                    pieces.push((TextKey::Text(index), t));
-                }
-                if let Some(d) = delta.and_then(Value::as_object_mut) {
-                    for (k, val) in d.iter_mut() {
-                        match k.as_str() {
-                            "content" if val.is_string() => {
-                                pieces.push((TextKey::Content(index), val))
-                            }
-                            "refusal" if val.is_string() => {
-                                pieces.push((TextKey::Refusal(index), val))
-                            }
-                            "tool_calls" => {
-                                for call in val.as_array_mut().into_iter().flatten() {
-                                    let t = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                                    if let Some(args) = call
-                                        .get_mut("function")
-                                        .and_then(|f| f.get_mut("arguments"))
-                                        .filter(|a| a.is_string())
-                                    {
-                                        pieces.push((TextKey::Tool(index, t), args));
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            for (key, val) in pieces {
+            for (key, val) in pieces(choice) {
                 let piece = val.as_str().unwrap_or("").to_string();
-                self.text_bytes += piece.len() as u64;
-                let held = self.texts.entry(key).or_default();
-                match held.push(&piece, &self.rules, self.monitor, self.max_hold) {
-                    Release::Block { rule } => {
-                        self.block(rule, out);
-                        return;
-                    }
-                    Release::Text { text, rules } => {
-                        for r in rules {
-                            *self.hits.entry(r).or_default() += 1;
-                        }
-                        if text != piece {
-                            *val = Value::String(text);
-                            choice_changed = true;
-                        }
-                    }
+                let Some(text) = self.release(key, &piece) else {
+                    return;
+                };
+                if text != piece {
+                    *val = Value::String(text);
+                    choice_changed = true;
                 }
             }
             if choice_changed {
@@ -316,12 +306,54 @@ impl StreamFilter {
                 changed = true;
             }
         }
-        self.held_sum += self.texts.values().map(|h| h.held() as u64).sum::<u64>();
+        self.held_sum += self.held();
         if changed {
             out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
         } else {
-            out.extend_from_slice(&ev.raw);
+            out.extend_from_slice(raw);
         }
+    }
+
+    /// The texts held for choices that this chunk finishes.
+    fn finishing(&self, v: &Value) -> Vec<TextKey> {
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        choices
+            .iter()
+            .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+            .filter_map(|c| c.get("index").and_then(Value::as_u64))
+            .flat_map(|i| {
+                self.texts
+                    .keys()
+                    .copied()
+                    .filter(move |k| k.choice() == Some(i))
+            })
+            .collect()
+    }
+
+    /// One piece of a growing text through its hold-back: the text to send now (possibly empty or
+    /// redacted), or `None` when an enforced block matched (the stream is then ended).
+    fn release(&mut self, key: TextKey, piece: &str) -> Option<String> {
+        self.text_bytes += piece.len() as u64;
+        let held = self.texts.entry(key).or_default();
+        match held.push(piece, &self.rules, self.monitor, self.max_hold) {
+            Release::Block { rule } => {
+                self.end_blocked(rule);
+                None
+            }
+            Release::Text { text, rules } => {
+                for r in rules {
+                    *self.hits.entry(r).or_default() += 1;
+                }
+                Some(text)
+            }
+        }
+    }
+
+    /// Bytes held back across every text now.
+    fn held(&self) -> u64 {
+        self.texts.values().map(|h| h.held() as u64).sum()
     }
 
     /// Releases the held text of `keys` (their texts are over), each in a chunk of our own.
@@ -332,49 +364,51 @@ impl StreamFilter {
             };
             match held.finish(&self.rules, self.monitor) {
                 Release::Block { rule } => {
-                    self.block(rule, out);
+                    self.end_blocked(rule);
                     return;
                 }
                 Release::Text { text, rules } => {
                     for r in rules {
                         *self.hits.entry(r).or_default() += 1;
                     }
-                    if text.is_empty() {
-                        continue;
+                    if !text.is_empty() {
+                        let ev = self.carrier(*key, text);
+                        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
                     }
-                    let choice = match *key {
-                        TextKey::Content(i) => {
-                            json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
-                        }
-                        TextKey::Refusal(i) => {
-                            json!({"index": i, "delta": {"refusal": text}, "logprobs": null, "finish_reason": null})
-                        }
-                        TextKey::Tool(i, t) => {
-                            json!({"index": i, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "logprobs": null, "finish_reason": null})
-                        }
-                        TextKey::Text(i) => {
-                            json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
-                        }
-                        TextKey::Output(..) => {
-                            let mut ev = self
-                                .output_envelopes
-                                .get(key)
-                                .cloned()
-                                .unwrap_or_else(|| json!({}));
-                            ev["delta"] = Value::String(text);
-                            ev.as_object_mut().map(|o| o.remove("logprobs"));
-                            out.extend_from_slice(
-                                format!("data: {ev}{e}{e}", e = self.eol).as_bytes(),
-                            );
-                            continue;
-                        }
-                    };
-                    let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
-                    ev["choices"] = json!([choice]);
-                    out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
                 }
             }
         }
+    }
+
+    /// An event of our own carrying released `text` of `key`, in the shape the upstream's own events had.
+    fn carrier(&self, key: TextKey, text: String) -> Value {
+        let choice = match key {
+            TextKey::Content(i) => {
+                json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+            }
+            TextKey::Refusal(i) => {
+                json!({"index": i, "delta": {"refusal": text}, "logprobs": null, "finish_reason": null})
+            }
+            TextKey::Tool(i, t) => {
+                json!({"index": i, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "logprobs": null, "finish_reason": null})
+            }
+            TextKey::Text(i) => {
+                json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
+            }
+            TextKey::Output(..) => {
+                let mut ev = self
+                    .output_envelopes
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                ev["delta"] = Value::String(text);
+                ev.as_object_mut().map(|o| o.remove("logprobs"));
+                return ev;
+            }
+        };
+        let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
+        ev["choices"] = json!([choice]);
+        ev
     }
 
     /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its output.
@@ -385,24 +419,17 @@ impl StreamFilter {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        self.text_bytes += piece.len() as u64;
         self.output_envelopes.insert(key, v.clone());
-        let held = self.texts.entry(key).or_default();
-        match held.push(&piece, &self.rules, self.monitor, self.max_hold) {
-            Release::Block { rule } => self.block(rule, out),
-            Release::Text { text, rules } => {
-                for r in rules {
-                    *self.hits.entry(r).or_default() += 1;
-                }
-                self.held_sum += self.texts.values().map(|h| h.held() as u64).sum::<u64>();
-                if text == piece {
-                    out.extend_from_slice(raw);
-                } else {
-                    v["delta"] = Value::String(text);
-                    v.as_object_mut().map(|o| o.remove("logprobs"));
-                    out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
-                }
-            }
+        let Some(text) = self.release(key, &piece) else {
+            return;
+        };
+        self.held_sum += self.held();
+        if text == piece {
+            out.extend_from_slice(raw);
+        } else {
+            v["delta"] = Value::String(text);
+            v.as_object_mut().map(|o| o.remove("logprobs"));
+            out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
         }
     }
 
@@ -423,7 +450,7 @@ impl StreamFilter {
             *self.hits.entry(h.rule).or_default() += h.count;
         }
         match (verdict.blocked_by, &verdict.rewritten) {
-            (Some(rule), _) => self.block(rule, out),
+            (Some(rule), _) => self.end_blocked(rule),
             (None, Some(body)) => {
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(body);
@@ -445,33 +472,72 @@ impl StreamFilter {
             *self.hits.entry(m.rule).or_default() += 1;
         }
         match enforced {
-            Some(rule) => self.block(rule, out),
+            Some(rule) => self.end_blocked(rule),
             None => out.extend_from_slice(raw),
         }
     }
 
-    fn block(&mut self, rule: usize, out: &mut BytesMut) {
+    /// Ends the stream on an enforced block. What the current event released before the block is dropped with
+    /// it: nothing after the blocked text may leave, and an event is sent whole or not at all.
+    fn end_blocked(&mut self, rule: usize) {
         let r = self.rules.rule(rule);
-        let ev = json!({"error": {
-            "message": format!("Response blocked by policy '{}': {}", r.id, r.description),
-            "type": "policy_violation", "param": null, "code": "policy_blocked", "policy": r.id,
-        }});
-        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+        self.ending = Some(Rejection::ResponseBlocked {
+            rule: r.id.clone(),
+            description: r.description.clone(),
+        });
         self.blocked_by = Some(rule);
-        self.state = State::Blocked;
+        self.state = State::Ended;
         self.texts.clear();
     }
 
-    fn fail(&mut self, why: &str, out: &mut BytesMut) {
+    fn fail(&mut self, why: &str) {
         tracing::error!("response stream could not be inspected ({why}); ending it");
-        let ev = json!({"error": {
-            "message": "The response stream could not be inspected; it was ended",
-            "type": "server_error", "param": null, "code": "inspection_failed",
-        }});
-        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
-        self.state = State::Blocked;
+        self.ending = Some(Rejection::StreamUninspectable(why.to_string()));
+        self.failed = true;
+        self.state = State::Ended;
         self.texts.clear();
     }
+}
+
+/// The text pieces of one choice of a chunk, each with the growing text it belongs to: completions' `text`,
+/// `delta.content`, `delta.refusal`, and each tool call's `function.arguments`.
+fn pieces(choice: &mut Value) -> Vec<(TextKey, &mut Value)> {
+    let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+    let mut out: Vec<(TextKey, &mut Value)> = Vec::new();
+    let Some(obj) = choice.as_object_mut() else {
+        return out;
+    };
+    let mut delta = None;
+    for (k, val) in obj.iter_mut() {
+        match k.as_str() {
+            "delta" => delta = Some(val),
+            "text" if val.is_string() => out.push((TextKey::Text(index), val)),
+            _ => {}
+        }
+    }
+    let Some(d) = delta.and_then(Value::as_object_mut) else {
+        return out;
+    };
+    for (k, val) in d.iter_mut() {
+        match k.as_str() {
+            "content" if val.is_string() => out.push((TextKey::Content(index), val)),
+            "refusal" if val.is_string() => out.push((TextKey::Refusal(index), val)),
+            "tool_calls" => {
+                for call in val.as_array_mut().into_iter().flatten() {
+                    let t = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(args) = call
+                        .get_mut("function")
+                        .and_then(|f| f.get_mut("arguments"))
+                        .filter(|a| a.is_string())
+                    {
+                        out.push((TextKey::Tool(index, t), args));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -511,6 +577,12 @@ mod tests {
         s
     }
 
+    /// The error event that ends a blocked or failed stream, rendered as the driver renders it.
+    fn ending(f: &mut StreamFilter) -> Option<String> {
+        f.ending()
+            .map(|r| String::from_utf8(r.render().sse_event(f.eol()).to_vec()).expect("utf8"))
+    }
+
     /// Runs a stream through the filter in reads of `read` bytes; returns every output and the client's
     /// reconstructed content per choice (and any error event).
     fn filter(
@@ -522,8 +594,10 @@ mod tests {
         let mut outs = Vec::new();
         for c in s.as_bytes().chunks(read) {
             outs.push(String::from_utf8(f.push(c).to_vec()).expect("utf8"));
+            outs.extend(ending(&mut f));
         }
         outs.push(String::from_utf8(f.finish().to_vec()).expect("utf8"));
+        outs.extend(ending(&mut f));
         let all = outs.concat();
         let mut content: BTreeMap<u64, String> = BTreeMap::new();
         let mut error = None;

@@ -1,8 +1,31 @@
-//! OpenAI wire knowledge: which routes exist and what they carry. Pure data; no sockets, no Pingora.
+//! OpenAI wire knowledge: which routes exist and what they carry, the JSON and SSE framing the gateway reads,
+//! token usage, and the error format the gateway answers in. Pure data; no sockets, no Pingora.
 
+pub mod error;
 pub mod json;
 mod route;
 pub mod sse;
 pub mod usage;
 
+pub use error::{ErrorResponse, Rejection};
 pub use route::Route;
+
+/// Whether a client-supplied id (a request id, a session id) is short and made of safe characters, so it can
+/// go into headers, logs and events as it is.
+pub fn is_safe_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn safe_ids() {
+        assert!(super::is_safe_id(b"abc-123_X.y:z"));
+        assert!(!super::is_safe_id(b""));
+        assert!(!super::is_safe_id(b"has space"));
+        assert!(!super::is_safe_id(b"new\nline"));
+        assert!(!super::is_safe_id(&[b'a'; 129]));
+    }
+}

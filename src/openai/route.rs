@@ -56,8 +56,49 @@ impl Route {
         }
     }
 
+    /// Routes under `/v1` are forwarded; anything else is answered 404 by the gateway.
     pub fn is_forwarded(self) -> bool {
         self != Route::NotFound
+    }
+
+    /// The OpenAI API routes whose request bodies the gateway knows: they must be JSON.
+    pub fn has_json_body(self) -> bool {
+        matches!(
+            self,
+            Route::ChatCompletions
+                | Route::Completions
+                | Route::Embeddings
+                | Route::Responses
+                | Route::Moderations
+        )
+    }
+
+    /// Answers carry generated text: a JSON answer is held and inspected before its status line is written,
+    /// a streamed one is filtered event by event.
+    pub fn carries_text(self) -> bool {
+        matches!(
+            self,
+            Route::ChatCompletions | Route::Completions | Route::Responses
+        )
+    }
+
+    /// Answers may be server-sent events: the generating routes, and unknown ones (e.g. retrieving a stored
+    /// response with `GET /v1/responses/{id}?stream=true`).
+    pub fn streams(self) -> bool {
+        self.carries_text() || self == Route::OtherV1
+    }
+
+    /// A `POST` to this route names the model it runs on (a key scoped to models must name one).
+    pub fn names_model(self) -> bool {
+        matches!(
+            self,
+            Route::ChatCompletions | Route::Completions | Route::Embeddings | Route::Responses
+        )
+    }
+
+    /// `/v1` routes the gateway has no knowledge of: `inspect.unknown_routes` says what happens to them.
+    pub fn is_unknown(self) -> bool {
+        matches!(self, Route::Models | Route::OtherV1)
     }
 }
 
@@ -85,6 +126,34 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(Route::classify(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn capabilities_table() {
+        // (route, JSON body, carries text, streams, names a model, unknown)
+        let cases = [
+            (ChatCompletions, true, true, true, true, false),
+            (Completions, true, true, true, true, false),
+            (Responses, true, true, true, true, false),
+            (Embeddings, true, false, false, true, false),
+            (Moderations, true, false, false, false, false),
+            (Models, false, false, false, false, true),
+            (OtherV1, false, false, true, false, true),
+            (NotFound, false, false, false, false, false),
+        ];
+        for (r, json, text, streams, model, unknown) in cases {
+            assert_eq!(
+                (
+                    r.has_json_body(),
+                    r.carries_text(),
+                    r.streams(),
+                    r.names_model(),
+                    r.is_unknown()
+                ),
+                (json, text, streams, model, unknown),
+                "{r:?}"
+            );
         }
     }
 }

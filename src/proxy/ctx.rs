@@ -1,12 +1,18 @@
 //! The per-request context: everything one request carries from its first hook to `logging`. It is dropped
-//! when the request ends, on every path, so guards stored here (the in-flight count, concurrency-limit
+//! when the request ends, on every path, so the guards stored here (the in-flight count, concurrency-limit
 //! permits) are released exactly once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::Admission;
+use crate::inspect::answer::AnswerPolicy;
+use crate::inspect::body::BodyInspection;
+use crate::inspect::stream::StreamFilter;
+use crate::inspect::Outcome;
 use crate::metrics;
+use crate::openai::usage::Usage;
 use crate::openai::Route;
 use crate::rules::RuleSet;
 
@@ -32,6 +38,19 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// When things happened to a request, for its latencies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// The request went upstream (the first attempt).
+    pub upstream_sent: Option<Instant>,
+    /// The upstream's last answer byte arrived (or the upstream failed).
+    pub upstream_done: Option<Instant>,
+    /// The first answer byte went to the client.
+    pub first_byte: Option<Instant>,
+    /// Time spent inspecting the answer (held or streamed).
+    pub response_inspect_us: u64,
+}
+
 /// State of one request.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -41,39 +60,25 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The rule set this request is checked against, taken once at its start.
     pub rules: Option<Arc<RuleSet>>,
-    /// Request-body inspection, when the body is inspected.
-    pub body: Option<super::body::BodyInspection>,
-    /// The filter of a streamed (SSE) response.
-    pub stream: Option<crate::inspect::stream::StreamFilter>,
-    /// The verdict on a non-streamed answer held for inspection.
-    pub answer: Option<crate::inspect::Verdict>,
-    /// Who is calling, once identified.
-    pub caller: Option<crate::auth::Caller>,
-    /// Rules only record for this request (global monitor mode, or the caller's key).
-    pub monitor: bool,
-    /// The caller's quotas as they stood at admission (for the rate-limit headers).
-    pub standing: Option<crate::limits::Standing>,
-    /// Tokens counted against the caller's token quota at admission (settled against the reported usage).
-    pub tokens_counted: Option<u64>,
-    /// The token usage the upstream reported for a held answer.
-    pub usage: Option<crate::openai::usage::Usage>,
-    /// The request's `Origin`, when it is one the caller may answer to (echoed in CORS headers).
-    pub cors_origin: Option<String>,
-    /// Whether the request carried an `Origin` (responses then vary by it).
-    pub has_origin: bool,
+    /// Who is calling and what admission decided about them.
+    pub admission: Admission,
+    /// The request body, when the gateway consumed it (`Path::Relay`).
+    pub body: Option<BodyInspection>,
+    /// Which answers of this route are inspected.
+    pub answers: AnswerPolicy,
+    /// The filter of a streamed answer.
+    pub stream: Option<StreamFilter>,
+    /// The token usage the upstream reported for an answer read whole.
+    pub usage: Option<Usage>,
+    /// What was decided in each direction (headers, event and metrics read it).
+    pub outcome: Outcome,
     /// The request went (or was being sent) upstream.
     pub forwarded: bool,
-    /// When the request was sent upstream, and when the upstream's answer ended.
-    pub upstream_sent: Option<Instant>,
-    pub upstream_done: Option<Instant>,
-    /// When the first answer byte went to the client.
-    pub first_byte: Option<Instant>,
-    /// Time spent inspecting the answer (held or streamed).
-    pub response_inspect_us: u64,
+    /// Attempts made to send it upstream on Pingora's proxy loop (the retry policy counts them).
+    pub attempts: usize,
+    pub timing: Timing,
     /// The code of the error or refusal the gateway answered with, if it did.
     pub error_code: Option<&'static str>,
-    /// Concurrency permits, released when the context is dropped.
-    pub permits: crate::limits::Permits,
     _in_flight: InFlightGuard,
 }
 
@@ -84,35 +89,43 @@ impl RequestCtx {
             route: Route::NotFound,
             request_id: String::new(),
             rules: None,
+            admission: Admission::default(),
             body: None,
+            answers: AnswerPolicy::default(),
             stream: None,
-            answer: None,
-            caller: None,
-            monitor: false,
-            standing: None,
-            tokens_counted: None,
             usage: None,
-            cors_origin: None,
-            has_origin: false,
+            outcome: Outcome::default(),
             forwarded: false,
-            upstream_sent: None,
-            upstream_done: None,
-            first_byte: None,
-            response_inspect_us: 0,
+            attempts: 0,
+            timing: Timing::default(),
             error_code: None,
-            permits: crate::limits::Permits::none(),
             _in_flight: InFlightGuard::new(),
         }
     }
 
-    /// The token usage the upstream reported: a held answer's, or the stream's last `usage`.
-    pub fn reported_usage(&self) -> Option<crate::openai::usage::Usage> {
+    /// The token usage the upstream reported: an answer's, or the stream's last `usage`.
+    pub fn reported_usage(&self) -> Option<Usage> {
         self.usage.or_else(|| {
             self.stream
                 .as_ref()
                 .and_then(|f| f.usage.as_ref())
-                .and_then(crate::openai::usage::Usage::from_value)
+                .and_then(Usage::from_value)
         })
+    }
+
+    /// Notes an answer piece going to the client now (the first one sets the time to first byte).
+    pub fn sent_answer_bytes(&mut self) {
+        if self.timing.first_byte.is_none() {
+            self.timing.first_byte = Some(Instant::now());
+        }
+    }
+
+    /// Runs one step of answer inspection, adding its time to the answer's inspection time.
+    pub fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = f();
+        self.timing.response_inspect_us += started.elapsed().as_micros() as u64;
+        out
     }
 }
 
@@ -122,30 +135,7 @@ impl Default for RequestCtx {
     }
 }
 
-/// A client-supplied request id is kept only if it is short and made of safe characters, so it can go into
-/// headers and logs as it is.
-pub fn valid_request_id(v: &[u8]) -> bool {
-    (1..=128).contains(&v.len())
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 /// A fresh request id (a random UUID, simple form).
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_id_validation() {
-        assert!(valid_request_id(b"abc-123_X.y:z"));
-        assert!(!valid_request_id(b""));
-        assert!(!valid_request_id(b"has space"));
-        assert!(!valid_request_id(b"new\nline"));
-        assert!(!valid_request_id(&[b'a'; 129]));
-        assert_eq!(new_request_id().len(), 32);
-    }
 }

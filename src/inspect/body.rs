@@ -1,31 +1,27 @@
-//! Request-body enforcement: the glue between Pingora's body hooks and the pure `inspect` module.
+//! A request body the gateway consumed: held whole (bounded by `limits.max_body_bytes`), then judged — every
+//! string walked and checked against the rules — and what goes upstream decided: the original bytes when
+//! nothing matched, the rewritten body when a rule redacted, nothing when a rule blocked. With inspection off a
+//! body is only consumed to read its facts (the model a scoped key must name, the size a token quota counts).
 //!
-//! Where the body is inspected, and why there: the body is read whole in `request_filter` (bounded by
-//! `limits.max_body_bytes`), before any upstream connection exists, so a blocked request never contacts the
-//! upstream at all. Pingora forwards a body read there only through its retry buffer, which holds at most
-//! 64 KiB (`BODY_BUF_LIMIT`): we enable it before reading, and when Pingora replays that buffer into
-//! `request_body_filter` we replace it with the inspected bytes. A body larger than that cannot take the proxy
-//! path; `held.rs` makes the upstream exchange for it instead.
-//!
-//! The upstream receives the original bytes when nothing matched, the rewritten body when a rule redacted,
-//! and nothing when a rule blocked.
+//! Inspection is CPU work on data the gateway does not control: a panic inside it never lets the request
+//! through uninspected (fail closed, 503), unless `policy.fail_open` says so (counted).
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::config::{InspectConfig, UnknownRoutes};
+use crate::config::InspectConfig;
 use crate::inspect::{self, ContentEncoding, Decision, Verdict};
 use crate::metrics;
-use crate::openai::Route;
+use crate::openai::Rejection;
 use crate::rules::RuleSet;
-
-use super::Rejection;
 
 /// Request-body inspection state of one request.
 #[derive(Debug)]
 pub struct BodyInspection {
+    /// Judged against the rules (inspection on); `false`: read only for its facts.
+    pub inspect: bool,
     pub encoding: ContentEncoding,
     /// Non-JSON bodies are refused on the known API routes.
     pub json_required: bool,
@@ -42,58 +38,22 @@ pub struct BodyInspection {
     pub facts: inspect::Facts,
 }
 
-/// What `request_filter` should do with a request, from its route and headers alone.
-pub enum Plan {
-    /// No body to inspect (or a route configured to pass).
-    Skip,
-    Inspect(Box<BodyInspection>),
-}
-
-/// Decides from the header whether and how the body will be inspected; refuses what can be refused already.
-/// `need_model`: the caller's scope needs the body's model, so the body is read even with inspection off.
-pub fn plan(
-    cfg: &InspectConfig,
-    route: Route,
-    content_length: Option<usize>,
-    chunked: bool,
-    content_encoding: Option<&str>,
-    need_model: bool,
-) -> Result<Plan, Rejection> {
-    if (!cfg.enabled && !need_model) || (content_length.unwrap_or(0) == 0 && !chunked) {
-        return Ok(Plan::Skip);
+impl BodyInspection {
+    /// A body about to be read: judged against the rules when `inspect`, else only read for its facts.
+    pub fn new(inspect: bool, encoding: ContentEncoding, json_required: bool) -> Self {
+        Self {
+            inspect,
+            encoding,
+            json_required,
+            held: Vec::new(),
+            forward: None,
+            forward_decoded: false,
+            verdict: None,
+            inspect_us: 0,
+            failed_open: false,
+            facts: inspect::Facts::default(),
+        }
     }
-    let json_required = match route {
-        Route::ChatCompletions
-        | Route::Completions
-        | Route::Embeddings
-        | Route::Responses
-        | Route::Moderations => true,
-        Route::Models | Route::OtherV1 => match cfg.unknown_routes {
-            UnknownRoutes::Pass => return Ok(Plan::Skip),
-            UnknownRoutes::Deny => return Err(Rejection::RouteDenied),
-            UnknownRoutes::Inspect => false,
-        },
-        Route::NotFound => return Ok(Plan::Skip),
-    };
-    if content_length.is_some_and(|n| n > cfg.max_body_bytes) {
-        return Err(Rejection::BodyTooLarge {
-            limit: cfg.max_body_bytes,
-        });
-    }
-    let encoding = ContentEncoding::parse(content_encoding).ok_or_else(|| {
-        Rejection::UnsupportedEncoding(content_encoding.unwrap_or("").chars().take(32).collect())
-    })?;
-    Ok(Plan::Inspect(Box::new(BodyInspection {
-        encoding,
-        json_required,
-        held: Vec::new(),
-        forward: None,
-        forward_decoded: false,
-        verdict: None,
-        inspect_us: 0,
-        failed_open: false,
-        facts: inspect::Facts::default(),
-    })))
 }
 
 /// Appends a received chunk, refusing the body as soon as it is over the limit.
@@ -106,7 +66,7 @@ pub fn hold(insp: &mut BodyInspection, chunk: &[u8], limit: usize) -> Result<(),
 }
 
 /// Inspects the complete body held in `insp` under `opts` (the config's, with the caller's mode) and decides
-/// what goes upstream (stored in `insp.forward`). With inspection off the body is only read for its facts.
+/// what goes upstream (stored in `insp.forward`). A body consumed only for its facts is only parsed.
 pub fn decide(
     insp: &mut BodyInspection,
     rules: &RuleSet,
@@ -115,7 +75,7 @@ pub fn decide(
 ) -> Result<(), Rejection> {
     let started = Instant::now();
     let raw = std::mem::take(&mut insp.held);
-    if !cfg.enabled {
+    if !insp.inspect {
         let decoded = inspect::decode_body(insp.encoding, &raw, cfg.max_decoded_body_bytes)
             .map_err(|e| Rejection::InvalidBody(e.to_string()))?;
         insp.facts = inspect::Facts::read(&decoded, opts.max_depth).unwrap_or_default();
@@ -150,9 +110,6 @@ pub fn decide(
             return Err(Rejection::InspectionFailed);
         }
     };
-    metrics::DECISIONS
-        .with_label_values(&["request", verdict.decision.as_str()])
-        .inc();
     insp.facts = verdict.facts.clone();
     let result = if verdict.opaque_denied {
         Err(Rejection::OpaqueInputDenied)

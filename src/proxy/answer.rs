@@ -1,0 +1,61 @@
+//! A held answer: a successful JSON answer on a route that carries text, read whole (bounded by
+//! `limits.max_response_bytes`), judged, and only then given a status line — 200 with the original or redacted
+//! body, 409 when a rule blocks, 502 when it is too large or cannot be inspected. Pingora writes a proxied
+//! answer's header as soon as `response_filter` returns, so this needs the gateway's own exchange.
+
+use std::time::Instant;
+
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::headers::{self, Framing};
+use super::relay::unless_client_leaves;
+use super::{Gateway, RequestCtx};
+use crate::inspect::{self, InspectOptions, Side};
+use crate::openai::usage::Usage;
+use crate::openai::Rejection;
+use crate::upstream::Exchange;
+
+/// Reads, judges and answers. The upstream connection goes back to the pool once the answer is read, before
+/// it is judged: the upstream's part ends there (and its time with it).
+pub async fn hold(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut up: Exchange<'_>,
+    header: &ResponseHeader,
+) -> Result<()> {
+    let cap = gw.inspect.max_response_bytes;
+    let read = unless_client_leaves(session, up.read_all(cap)).await;
+    ctx.timing.upstream_done = Some(Instant::now());
+    let Some(raw) = read? else {
+        // Dropping `up` unread closes its connection.
+        ctx.outcome.response = Side::failed();
+        return Err(Rejection::UpstreamTooLarge { limit: cap }.into_error());
+    };
+    up.finish().await;
+    ctx.usage = Usage::from_body(&raw);
+    let rules = ctx
+        .rules
+        .clone()
+        .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
+    let opts = InspectOptions {
+        monitor: ctx.admission.monitor,
+        ..gw.inspect.options.clone()
+    };
+    let encoding = headers::content_encoding(header);
+    let (released, verdict) =
+        ctx.timed(|| inspect::answer::judge(&rules, raw, encoding, &opts, cap));
+    ctx.outcome.response = verdict.as_ref().map_or_else(Side::failed, Side::of);
+    let released = released.map_err(Rejection::into_error)?;
+    let resp = headers::from_upstream(
+        header,
+        ctx,
+        Framing::Length(released.body.len()),
+        released.decoded,
+    )?;
+    session.write_response_header(Box::new(resp), false).await?;
+    ctx.sent_answer_bytes();
+    session.write_response_body(Some(released.body), true).await
+}

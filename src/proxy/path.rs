@@ -1,0 +1,323 @@
+//! How one request makes its way through the gateway, decided once, in `request_filter`, before anything
+//! goes upstream: answered by the gateway now, relayed, or proxied.
+//!
+//! The rule — **the gateway makes the exchange itself exactly when it consumed the request body** — and why:
+//! - Pingora 0.9 forwards a body read in `request_filter` only from its retry buffer, which holds 64 KiB and
+//!   silently drops the rest (pingora-proxy 0.9.1 `proxy_h1.rs`; the fix, upstream PR #816, is not released).
+//!   A body the gateway read must therefore be sent by the gateway: [`Path::Relay`].
+//! - A body the gateway did not read streams through Pingora's own proxy loop untouched: [`Path::Proxy`].
+//! - The gateway consumes a body when it reads it to inspect it or to count it (a key scoped to models, a
+//!   token quota), and on every route whose answers it inspects, even when the body is empty: such an answer
+//!   must be judged before its status line or cut mid-stream, and Pingora writes a proxied answer's header as
+//!   soon as `response_filter` returns (upstream issue #978) — only the gateway's own exchange can hold it.
+//!
+//! So the path follows from the route, the settings and the caller — never from the size of a body.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+
+use super::{Gateway, RequestCtx};
+use crate::admission::cors::{self, Preflight};
+use crate::config::{InspectConfig, UnknownRoutes};
+use crate::inspect::answer::AnswerPolicy;
+use crate::inspect::body::{self, BodyInspection};
+use crate::inspect::{ContentEncoding, InspectOptions, Side};
+use crate::openai::{Rejection, Route};
+
+/// The way of one request.
+#[derive(Debug)]
+pub enum Path {
+    /// The gateway answers now; nothing goes upstream.
+    Respond(Reply),
+    /// The gateway consumed the body and makes the exchange itself (`relay.rs`).
+    Relay,
+    /// Pingora proxies the request untouched; its body streams through.
+    Proxy,
+}
+
+/// What the gateway answers by itself.
+#[derive(Debug)]
+pub enum Reply {
+    Refuse(Rejection),
+    Preflight(Preflight),
+}
+
+/// What is done with a request body, known from the route, the settings and the request header.
+#[derive(Debug)]
+pub enum BodyPlan {
+    /// Not read by the gateway.
+    Untouched,
+    /// Read whole (it may be empty), then judged or only measured.
+    Consume(Box<BodyInspection>),
+}
+
+/// The body as the request header describes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyHeader<'a> {
+    pub content_length: Option<usize>,
+    pub chunked: bool,
+    pub encoding: Option<&'a str>,
+}
+
+impl<'a> BodyHeader<'a> {
+    /// Reads the framing fields of a request header; an unreadable `Content-Length` is refused.
+    pub fn of(headers: &'a http::HeaderMap) -> Result<Self, Rejection> {
+        let field =
+            |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let content_length = match field(http::header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| Rejection::InvalidBody("invalid Content-Length".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            content_length,
+            chunked: headers.contains_key(http::header::TRANSFER_ENCODING),
+            encoding: field(http::header::CONTENT_ENCODING),
+        })
+    }
+
+    /// Whether there is a body at all.
+    pub fn present(&self) -> bool {
+        self.chunked || self.content_length.unwrap_or(0) > 0
+    }
+}
+
+/// Decides what happens to a request body (see the module doc). `admission_needs_body`: the caller's scope or
+/// token quota needs to read it. Refuses what can be refused from the header alone.
+pub fn plan(
+    cfg: &InspectConfig,
+    route: Route,
+    body: &BodyHeader<'_>,
+    admission_needs_body: bool,
+) -> Result<BodyPlan, Rejection> {
+    let unknown = route.is_unknown();
+    if cfg.enabled && unknown && cfg.unknown_routes == UnknownRoutes::Deny {
+        return Err(Rejection::RouteDenied);
+    }
+    let inspect = cfg.enabled
+        && (route.has_json_body() || (unknown && cfg.unknown_routes == UnknownRoutes::Inspect));
+    let consume = AnswerPolicy::for_route(route, cfg).inspects()
+        || (body.present() && (inspect || admission_needs_body));
+    if !consume {
+        return Ok(BodyPlan::Untouched);
+    }
+    if body.content_length.is_some_and(|n| n > cfg.max_body_bytes) {
+        return Err(Rejection::BodyTooLarge {
+            limit: cfg.max_body_bytes,
+        });
+    }
+    let encoding = ContentEncoding::parse(body.encoding).ok_or_else(|| {
+        Rejection::UnsupportedEncoding(body.encoding.unwrap_or("").chars().take(32).collect())
+    })?;
+    Ok(BodyPlan::Consume(Box::new(BodyInspection::new(
+        inspect,
+        encoding,
+        route.has_json_body(),
+    ))))
+}
+
+/// Admits the request and reads its body if the plan says so, and returns its path.
+pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Path {
+    let req = session.req_header();
+    if !ctx.route.is_forwarded() {
+        return refuse(Rejection::NotFound {
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+        });
+    }
+    if gw.audit.refuses_requests() {
+        // No durable record can be made: refuse rather than serve unaudited (audit.on_failure).
+        return refuse(Rejection::AuditUnavailable);
+    }
+    if let Some(preflight) = cors::preflight(&req.method, &req.headers, &gw.auth) {
+        return match preflight {
+            Ok(p) => Path::Respond(Reply::Preflight(p)),
+            Err(r) => refuse(r),
+        };
+    }
+    let admitted = ctx.admission.admit_caller(
+        &gw.auth,
+        &*gw.limiter,
+        &req.headers,
+        gw.inspect.options.monitor,
+        SystemTime::now(),
+    );
+    if let Err(r) = admitted {
+        return refuse(r);
+    }
+    ctx.answers = AnswerPolicy::for_route(ctx.route, &gw.inspect);
+    let method = req.method.clone();
+    let planned = BodyHeader::of(&req.headers).and_then(|h| {
+        plan(&gw.inspect, ctx.route, &h, ctx.admission.needs_body()).map(|p| (p, h.present()))
+    });
+    let (consumed, early) = match planned {
+        Err(r) => (false, Err(r)),
+        Ok((BodyPlan::Untouched, _)) => (false, Ok(())),
+        Ok((BodyPlan::Consume(insp), present)) => {
+            (true, consume(gw, session, ctx, *insp, present).await)
+        }
+    };
+    let facts = ctx.body.as_ref().map(|b| &b.facts);
+    let admitted =
+        ctx.admission
+            .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, facts, early);
+    match admitted {
+        Err(r) => refuse(r),
+        Ok(()) if consumed => Path::Relay,
+        Ok(()) => Path::Proxy,
+    }
+}
+
+fn refuse(r: Rejection) -> Path {
+    Path::Respond(Reply::Refuse(r))
+}
+
+/// Reads the body whole (bounded) and judges it; the request side of the outcome is set here, once.
+async fn consume(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut insp: BodyInspection,
+    present: bool,
+) -> Result<(), Rejection> {
+    if !present {
+        insp.forward = Some(Bytes::new());
+        ctx.body = Some(insp);
+        return Ok(());
+    }
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => body::hold(&mut insp, &chunk, gw.inspect.max_body_bytes)?,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Rejection::InvalidBody(format!(
+                    "reading the body failed ({})",
+                    e.etype().as_str()
+                )))
+            }
+        }
+    }
+    let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
+    let opts = InspectOptions {
+        monitor: ctx.admission.monitor,
+        ..gw.inspect.options.clone()
+    };
+    let decided = body::decide(&mut insp, &rules, &gw.inspect, &opts);
+    if let Some(v) = &insp.verdict {
+        ctx.outcome.request = Side::of(v);
+    } else if insp.failed_open || matches!(decided, Err(Rejection::InspectionFailed)) {
+        ctx.outcome.request = Side::failed();
+    }
+    ctx.body = Some(insp);
+    decided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::OpaquePolicy;
+
+    fn cfg(enabled: bool, unknown: UnknownRoutes) -> InspectConfig {
+        InspectConfig {
+            enabled,
+            unknown_routes: unknown,
+            options: InspectOptions {
+                max_depth: 64,
+                opaque: OpaquePolicy::Pass,
+                monitor: false,
+            },
+            max_body_bytes: 1000,
+            max_decoded_body_bytes: 4000,
+            max_response_bytes: 1 << 20,
+            max_stream_hold: 8192,
+            fail_open: false,
+        }
+    }
+
+    /// `Relay` (consume), `Proxy` (untouched) or the code of a refusal.
+    fn way(c: &InspectConfig, route: Route, body: BodyHeader<'_>, needs: bool) -> &'static str {
+        match plan(c, route, &body, needs) {
+            Ok(BodyPlan::Consume(_)) => "relay",
+            Ok(BodyPlan::Untouched) => "proxy",
+            Err(r) => r.render().code,
+        }
+    }
+
+    #[test]
+    fn the_path_follows_route_settings_and_caller_never_size() {
+        use Route::*;
+        let on = cfg(true, UnknownRoutes::Inspect);
+        let off = cfg(false, UnknownRoutes::Inspect);
+        let pass = cfg(true, UnknownRoutes::Pass);
+        let deny = cfg(true, UnknownRoutes::Deny);
+        let none = BodyHeader::default();
+        let small = BodyHeader {
+            content_length: Some(10),
+            ..BodyHeader::default()
+        };
+        let chunked = BodyHeader {
+            chunked: true,
+            ..BodyHeader::default()
+        };
+        // (settings, route, body, admission needs the body, way)
+        let cases = [
+            (&on, ChatCompletions, small, false, "relay"),
+            (&on, ChatCompletions, chunked, false, "relay"),
+            // Answers on text routes are judged: relayed even without a body (e.g. listing stored completions).
+            (&on, ChatCompletions, none, false, "relay"),
+            (&on, Embeddings, small, false, "relay"),
+            (&on, Embeddings, none, false, "proxy"),
+            (&on, Moderations, small, false, "relay"),
+            (&on, Models, none, false, "proxy"),
+            (&on, OtherV1, small, false, "relay"),
+            // A stored response can be streamed back from an unknown route: its answer is filtered.
+            (&on, OtherV1, none, false, "relay"),
+            (&pass, OtherV1, small, false, "proxy"),
+            (&pass, Models, none, false, "proxy"),
+            (&deny, OtherV1, none, false, "route_denied"),
+            (&deny, Models, none, false, "route_denied"),
+            (&off, ChatCompletions, small, false, "proxy"),
+            (&off, OtherV1, small, false, "proxy"),
+            (&off, Models, none, true, "proxy"),
+            // With inspection off, a body is still read to count it or check the model it names.
+            (&off, ChatCompletions, small, true, "relay"),
+            (&off, Embeddings, chunked, true, "relay"),
+            (&off, OtherV1, small, true, "relay"),
+        ];
+        for (c, route, body, needs, want) in cases {
+            assert_eq!(
+                way(c, route, body, needs),
+                want,
+                "{route:?} {body:?} needs={needs}"
+            );
+        }
+        // Size only ever refuses (413), it never changes the path.
+        for len in [1, 999, 1000] {
+            let b = BodyHeader {
+                content_length: Some(len),
+                ..BodyHeader::default()
+            };
+            assert_eq!(way(&on, Embeddings, b, false), "relay", "{len}");
+            assert_eq!(way(&off, Embeddings, b, false), "proxy", "{len}");
+        }
+        let big = BodyHeader {
+            content_length: Some(1001),
+            ..BodyHeader::default()
+        };
+        assert_eq!(way(&on, ChatCompletions, big, false), "body_too_large");
+        let zip = BodyHeader {
+            content_length: Some(10),
+            encoding: Some("compress"),
+            ..BodyHeader::default()
+        };
+        assert_eq!(
+            way(&on, ChatCompletions, zip, false),
+            "unsupported_encoding"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The relay: the gateway's own exchange with the upstream, for every request whose body it consumed
+//! (`Path::Relay`). It sends the held body through the upstream layer (`upstream/`: pooled connection, retry
+//! policy), then hands the answer to one of three handlings, chosen from the route and the answer itself
+//! (`inspect::answer`):
+//! - **hold** (`answer.rs`): read whole, judged, only then given its status line;
+//! - **filter** (`stream.rs`): filtered event by event, cut at a block;
+//! - **pass** (here): to the client as it arrives, unbuffered and uncapped.
+//!
+//! While it waits on the upstream, the relay watches the client: a client that leaves ends the exchange at
+//! once — the upstream connection is dropped (cancelling a generation) and the request's permits released.
+
+use std::time::Instant;
+
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::headers::{self, Framing};
+use super::{answer, stream, Gateway, RequestCtx};
+use crate::inspect::answer::Handling;
+use crate::openai::usage::Usage;
+use crate::upstream::Exchange;
+
+/// Makes the upstream exchange and answers the client. `Err` goes to `fail_to_proxy` (which maps upstream
+/// failures to 502 / 504 and writes rejections).
+pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let body = ctx
+        .body
+        .as_mut()
+        .and_then(|b| b.forward.take())
+        .unwrap_or_default();
+    let mut req = gw.upstream.request(session.req_header(), body.len())?;
+    headers::to_upstream(&mut req, ctx)?;
+    ctx.forwarded = true;
+    ctx.timing.upstream_sent = Some(Instant::now());
+    let sent = unless_client_leaves(session, gw.upstream.send(&req, &body)).await;
+    let up = sent.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))?;
+    let header = up.header()?.clone();
+    let handling = ctx
+        .answers
+        .handling(header.status.as_u16(), headers::content_type(&header));
+    match handling {
+        Handling::Hold => answer::hold(gw, session, ctx, up, &header).await,
+        Handling::Filter => stream::filter(gw, session, ctx, up, &header).await,
+        Handling::Pass => pass(session, ctx, up, &header).await,
+    }
+}
+
+/// An answer nothing inspects, to the client as it arrives. When the caller's token quota needs the reported
+/// usage, a copy of a JSON answer is kept on the side (bounded) to read it at the end.
+async fn pass(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut up: Exchange<'_>,
+    header: &ResponseHeader,
+) -> Result<()> {
+    let resp = headers::from_upstream(header, ctx, Framing::AsUpstream, false)?;
+    let wants_usage = ctx.admission.tokens_counted.is_some()
+        && headers::content_type(header).is_some_and(|ct| ct.contains("json"));
+    let mut tap = UsageTap::new(wants_usage);
+    session.write_response_header(Box::new(resp), false).await?;
+    loop {
+        let read = unless_client_leaves(session, up.read()).await;
+        match read.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))? {
+            Some(chunk) => {
+                tap.push(&chunk);
+                ctx.sent_answer_bytes();
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            None => {
+                ctx.timing.upstream_done = Some(Instant::now());
+                ctx.usage = tap.usage();
+                session.write_response_body(None, true).await?;
+                up.finish().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A bounded copy of a passed-through JSON answer, for its `usage`.
+struct UsageTap {
+    copy: Option<Vec<u8>>,
+}
+
+impl UsageTap {
+    /// Answers larger than this are not copied (their usage is then not read; the estimate stands).
+    const MAX: usize = 4 << 20;
+
+    fn new(wanted: bool) -> Self {
+        Self {
+            copy: wanted.then(Vec::new),
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if let Some(copy) = &mut self.copy {
+            if copy.len() + chunk.len() > Self::MAX {
+                self.copy = None;
+            } else {
+                copy.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    fn usage(self) -> Option<Usage> {
+        self.copy.as_deref().and_then(Usage::from_body)
+    }
+}
+
+/// Runs `work` (an upstream exchange) unless the client leaves first: then the work is dropped — and with it
+/// the upstream connection, which cancels a generation — and a downstream `ConnectionClosed` error ends the
+/// request (nothing is written; its context, permits included, is released at once).
+pub async fn unless_client_leaves<T>(
+    session: &mut Session,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(work);
+    let mut watch_client = true;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            // The request body is read whole by now: the only thing the client can still send is its close.
+            idle = session.as_mut().read_body_or_idle(true), if watch_client => match idle {
+                Err(e) if e.etype() == &ErrorType::ConnectionClosed || e.etype() == &ErrorType::ReadError => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client left").into_down());
+                }
+                // Anything else (a pipelined request's bytes): stop watching, finish the work.
+                _ => watch_client = false,
+            },
+        }
+    }
+}
