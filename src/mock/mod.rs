@@ -1,9 +1,9 @@
 //! A mock OpenAI upstream for the demo, the tests and the benchmarks: plain tokio and `httparse`, HTTP/1.1 with
 //! keep-alive, fast enough never to be the bottleneck on a small machine.
 //!
-//! It answers `/v1/chat/completions` (JSON and SSE), `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
-//! `/v1/moderations` and `/v1/models`, and records every request it receives so tests can assert what reached
-//! the upstream. Per-request behaviour is steered with `x-mock-*` headers (see [`Behaviour`]); the control
+//! It answers `/v1/chat/completions`, `/v1/completions` and `/v1/responses` (JSON and SSE), a stored response
+//! streamed again (`GET /v1/responses/{id}?stream=true`), `/v1/embeddings`, `/v1/moderations` and
+//! `/v1/models`, and records every request it receives so tests can assert what reached the upstream. Per-request behaviour is steered with `x-mock-*` headers (see [`Behaviour`]); the control
 //! endpoints live under `/__mock/`.
 
 mod http1;
@@ -76,6 +76,8 @@ pub struct Behaviour {
     /// `x-mock-write-bytes: N`: write the stream N bytes at a time, pausing between writes, so the reader
     /// gets it in many small reads (splitting events, characters and escapes).
     pub write_bytes: Option<usize>,
+    /// `x-mock-embedding-dims: N`: embeddings of N numbers (default 8).
+    pub embedding_dims: Option<usize>,
 }
 
 /// A request as the mock received it.
@@ -186,6 +188,7 @@ impl MockState {
                 .header("x-mock-tool-args")
                 .and_then(|v| serde_json::from_str(v).ok()),
             write_bytes: num("x-mock-write-bytes").map(|n| n.max(1) as usize),
+            embedding_dims: num("x-mock-embedding-dims").map(|n| n.min(1 << 22) as usize),
         }
     }
 }

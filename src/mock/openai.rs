@@ -98,12 +98,26 @@ pub async fn answer(
                 .map(|()| true)
         }
         ("POST", "/v1/embeddings") => {
+            let embedding: Vec<f64> = match b.embedding_dims {
+                Some(n) => (0..n).map(|i| ((i % 97) as f64 - 48.0) / 1000.0).collect(),
+                None => vec![0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819],
+            };
             let body = json!({"object": "list", "model": model,
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819]}],
+                "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
                 "usage": {"prompt_tokens": req.body.len() / 4, "total_tokens": req.body.len() / 4}});
             out.json(200, body.to_string().as_bytes())
                 .await
                 .map(|()| true)
+        }
+        ("POST", "/v1/responses") if peek.stream => {
+            stream_response(&model, &text, b, state, out).await
+        }
+        // Retrieving a stored response, streamed again (`GET /v1/responses/{id}?stream=true`).
+        ("GET", p)
+            if p.starts_with("/v1/responses/")
+                && req.query.as_deref().is_some_and(|q| q.contains("stream=true")) =>
+        {
+            stream_response(&model, &text, b, state, out).await
         }
         ("POST", "/v1/responses") => {
             let body = json!({"id": "resp_mock", "object": "response", "created_at": 1_700_000_000u64, "status": "completed", "model": model,
@@ -199,6 +213,7 @@ async fn paced(
     head: Vec<Value>,
     per_step: impl Fn(usize) -> Vec<Value>,
     tail: Vec<Value>,
+    done: bool,
 ) -> std::io::Result<bool> {
     let frame = |events: Vec<Value>| -> String {
         events.iter().map(|e| format!("data: {e}\n\n")).collect()
@@ -219,7 +234,8 @@ async fn paced(
             }
         }
     }
-    out.sse_raw(format!("{}data: [DONE]\n\n", frame(tail)).as_bytes())
+    let end = if done { "data: [DONE]\n\n" } else { "" };
+    out.sse_raw(format!("{}{end}", frame(tail)).as_bytes())
         .await?;
     out.sse_end().await?;
     Ok(true)
@@ -266,6 +282,42 @@ async fn stream_completion(
         Vec::new(),
         |i| vec![event(parts[i], Value::Null)],
         tail,
+        true,
+    )
+    .await
+}
+
+/// A Responses API stream: `response.created`, one `response.output_text.delta` per piece, then
+/// `response.output_text.done` and `response.completed` (no `[DONE]`: that API does not send one).
+async fn stream_response(
+    model: &str,
+    text: &str,
+    b: &Behaviour,
+    state: &MockState,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
+    let parts = split(text, b);
+    let head = vec![
+        json!({"type": "response.created", "response": {"id": "resp_mock", "object": "response", "status": "in_progress", "model": model}}),
+    ];
+    let delta = |piece: &str| {
+        json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": piece})
+    };
+    let tail = vec![
+        json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text}),
+        json!({"type": "response.completed", "response": {"id": "resp_mock", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+            "usage": {"input_tokens": 10, "output_tokens": text.len().div_ceil(4), "total_tokens": 10 + text.len().div_ceil(4)}}}),
+    ];
+    paced(
+        parts.len(),
+        b,
+        state,
+        out,
+        head,
+        |i| vec![delta(parts[i])],
+        tail,
+        false,
     )
     .await
 }
@@ -341,6 +393,7 @@ async fn stream_chat(
         vec![chunk(Value::Array(role))],
         per_step,
         tail,
+        true,
     )
     .await
 }
