@@ -4,6 +4,7 @@
 //! - `config`: the TOML format and the validated config;
 //! - `proxy`: the only module that knows Pingora's proxy — hooks are glue;
 //! - `openai`: wire knowledge (routes, shapes), pure;
+//! - `live`: one live-reloaded set (load → validate → swap) for the rules and the keys;
 //! - `admin`, `metrics`: the operator's side;
 //! - `server`: assembly and shutdown;
 //! - `mock`: the mock OpenAI upstream used by the demo, the tests and the benchmarks;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod inspect;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod mock;
 pub mod openai;

@@ -1,7 +1,9 @@
 //! The gateway keys file (`conf/keys.toml`): which keys exist, whose they are, what they may do. Secrets are
 //! never stored, only their SHA-256; the provider key a gateway key stands for is read from the environment
-//! variable the entry names. The file is loaded whole and validated before it replaces the live set, exactly
-//! like the rules: a bad edit keeps the last good set.
+//! variable the entry names. The file is loaded whole and validated before it replaces the live set
+//! (`KeysFile` is its source for `crate::live`), exactly like the rules: a bad edit keeps the last good set.
+//! Per request only look-ups run here ([`KeySet::find`], a key's scope); reading headers and counting quotas
+//! belong to `auth` and `limits`.
 //!
 //! ```toml
 //! [[tenant]]
@@ -22,15 +24,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::limits::LimitSpec;
+use crate::live::{Live, Reload, Source};
 use crate::metrics;
 
 /// The prefix of every secret `promptgate keys new` makes: recognisable in configs and secret scanners.
@@ -38,7 +41,7 @@ pub const SECRET_PREFIX: &str = "pgk_";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+struct FileSpec {
     #[serde(default, rename = "tenant")]
     tenants: Vec<TenantSpec>,
     #[serde(default, rename = "key")]
@@ -190,7 +193,7 @@ impl KeySet {
 
     /// Parses and validates a keys file. Every error names the file, and the key or tenant it is about.
     pub fn parse(text: &str, source: &str) -> Result<Self, Vec<String>> {
-        let file: KeysFile = toml::from_str(text).map_err(|e| {
+        let file: FileSpec = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -373,90 +376,75 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// What a keys reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeysReload {
-    Reloaded {
-        version: String,
-        keys: usize,
-    },
-    Unchanged {
-        version: String,
-        keys: usize,
-    },
-    Failed {
-        version: String,
-        errors: Vec<String>,
-    },
-}
+/// The live keys of one keys file.
+pub type KeyStore = Live<KeysFile>;
 
-/// The live keys of one file, swapped atomically on reload.
-pub struct KeyStore {
+/// A keys file as a live-reloaded source. Reading it validates it whole (the provider keys it names are
+/// read from the environment then), so a reload compares versions after validating.
+pub struct KeysFile {
     path: PathBuf,
-    current: ArcSwap<KeySet>,
-    reloading: Mutex<()>,
 }
 
-impl KeyStore {
-    /// Loads the file. Fails (and the gateway does not start) if it is not valid.
-    pub fn open(path: &Path) -> Result<Self, Vec<String>> {
-        let set = KeySet::load(path)?;
-        metrics::KEYS_COUNT.set(set.len() as i64);
-        Ok(Self {
+impl KeysFile {
+    /// The keys file at `path`.
+    pub fn new(path: &Path) -> Self {
+        Self {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(set),
-            reloading: Mutex::new(()),
-        })
+        }
     }
 
+    /// The file the keys are read from.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySet>> {
-        self.current.load()
+impl Source for KeysFile {
+    type Loaded = KeySet;
+    type Set = KeySet;
+    type Error = String;
+    const NAME: &'static str = "keys";
+
+    fn load(&self) -> Result<KeySet, Vec<String>> {
+        KeySet::load(&self.path)
     }
 
-    /// Reloads from disk (blocking file read: call it off the request path).
-    pub fn reload(&self) -> KeysReload {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.current.load();
-        let outcome = match KeySet::load(&self.path) {
-            Ok(set) if set.version == live.version => KeysReload::Unchanged {
-                keys: set.len(),
-                version: set.version,
-            },
-            Ok(set) => {
-                let (version, keys) = (set.version.clone(), set.len());
-                metrics::KEYS_COUNT.set(keys as i64);
-                self.current.store(Arc::new(set));
-                KeysReload::Reloaded { version, keys }
+    fn validate(&self, set: KeySet) -> Result<KeySet, Vec<String>> {
+        Ok(set)
+    }
+
+    fn loaded_version(set: &KeySet) -> &str {
+        set.version()
+    }
+
+    fn version(set: &KeySet) -> &str {
+        set.version()
+    }
+
+    fn count(set: &KeySet) -> usize {
+        set.len()
+    }
+
+    fn went_live(&self, set: &KeySet) {
+        metrics::KEYS_COUNT.set(set.len() as i64);
+    }
+
+    fn reloads() -> &'static IntCounterVec {
+        &metrics::KEYS_RELOADS
+    }
+
+    fn log(&self, outcome: &Reload, _took: Duration) {
+        match outcome {
+            Reload::Reloaded { version, count } => {
+                tracing::info!(version, keys = count, "keys reloaded")
             }
-            Err(errors) => KeysReload::Failed {
-                version: live.version.clone(),
-                errors,
-            },
-        };
-        match &outcome {
-            KeysReload::Reloaded { version, keys } => {
-                metrics::KEYS_RELOADS.with_label_values(&["ok"]).inc();
-                tracing::info!(version, keys, "keys reloaded");
-            }
-            KeysReload::Unchanged { .. } => {
-                metrics::KEYS_RELOADS
-                    .with_label_values(&["unchanged"])
-                    .inc();
-            }
-            KeysReload::Failed { version, errors } => {
-                metrics::KEYS_RELOADS.with_label_values(&["error"]).inc();
-                tracing::error!(
-                    kept_version = version,
-                    "keys reload refused, keeping the last good keys: {}",
-                    errors.join("; ")
-                );
-            }
+            Reload::Unchanged { .. } => {}
+            Reload::Failed { version, errors } => tracing::error!(
+                kept_version = version,
+                "keys reload refused, keeping the last good keys: {}",
+                errors.join("; ")
+            ),
         }
-        outcome
     }
 }
 
