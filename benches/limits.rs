@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use promptgate::auth::keys::secret_sha256;
-use promptgate::auth::{Auth, KeyStore, Mode};
+use promptgate::auth::{Auth, KeyStore, KeysFile, Mode};
 use promptgate::limits::{headers, LimitSpec, Limiter, LocalLimiter};
 
 const KEYS: usize = 1000;
@@ -37,7 +37,7 @@ fn keys_file(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = KeyStore::open(&keys_file(dir.path())).expect("keys");
+    let store = KeyStore::open(KeysFile::new(&keys_file(dir.path()))).expect("keys");
     let auth = Auth::new(
         Mode::GatewayKeys(std::sync::Arc::new(store)),
         LimitSpec::default(),

@@ -1,4 +1,6 @@
-//! The admin listener, on its own address: `GET /healthz`, `GET /metrics`, `POST /reload` (rules and keys). It never serves the data path.
+//! The admin listener, on its own address: `GET /healthz`, `GET /metrics`, `POST /reload` (rules and keys).
+//! It never serves the data path, and it reaches the live sets only through `live` (never through `server`,
+//! which assembles it).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,9 +10,10 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::auth::{KeyStore, KeysReload};
+use crate::auth::KeyStore;
+use crate::live::{self, Live, Source};
 use crate::metrics;
-use crate::rules::{ReloadOutcome, RuleStore};
+use crate::rules::RuleStore;
 
 /// Answers the admin endpoints.
 pub struct AdminApp {
@@ -31,7 +34,7 @@ impl AdminApp {
     fn healthz(&self) -> Vec<u8> {
         let set = self.rules.snapshot();
         let keys = self.keys.as_ref().map(|k| {
-            let k = k.snapshot();
+            let k = k.peek();
             serde_json::json!({"version": k.version(), "count": k.len()})
         });
         serde_json::json!({
@@ -45,46 +48,27 @@ impl AdminApp {
         .into_bytes()
     }
 
+    /// Reloads the rules, then the keys; 422 if either was refused (the last good set stays live).
     async fn reload(&self) -> (StatusCode, Vec<u8>) {
-        let outcome = crate::server::reload_off_path(&self.rules).await;
-        let keys = match &self.keys {
-            Some(k) => Some(crate::server::reload_keys_off_path(k).await),
-            None => None,
-        };
-        let keys_failed = matches!(keys, Some(KeysReload::Failed { .. }));
-        let keys_json = keys.map(|k| match k {
-            KeysReload::Reloaded { version, keys } => {
-                serde_json::json!({"result": "reloaded", "version": version, "keys": keys})
-            }
-            KeysReload::Unchanged { version, keys } => {
-                serde_json::json!({"result": "unchanged", "version": version, "keys": keys})
-            }
-            KeysReload::Failed { version, errors } => {
-                serde_json::json!({"result": "error", "version": version, "errors": errors})
-            }
-        });
-        let (mut status, mut body) = match outcome {
-            ReloadOutcome::Reloaded { version, rules } => (
-                StatusCode::OK,
-                serde_json::json!({"result": "reloaded", "version": version, "rules": rules}),
-            ),
-            ReloadOutcome::Unchanged { version, rules } => (
-                StatusCode::OK,
-                serde_json::json!({"result": "unchanged", "version": version, "rules": rules}),
-            ),
-            ReloadOutcome::Failed { version, errors } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                serde_json::json!({"result": "error", "version": version, "errors": errors}),
-            ),
-        };
-        if let Some(k) = keys_json {
-            body["keys"] = k;
-            if keys_failed {
-                status = StatusCode::UNPROCESSABLE_ENTITY;
-            }
+        let (mut failed, mut body) = reload_one(&self.rules).await;
+        if let Some(keys) = &self.keys {
+            let (keys_failed, keys) = reload_one(keys).await;
+            body["keys"] = keys;
+            failed |= keys_failed;
         }
+        let status = if failed {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
         (status, body.to_string().into_bytes())
     }
+}
+
+/// Reloads one live set off the request path: whether it failed, and its part of the answer.
+async fn reload_one<S: Source>(live: &Arc<Live<S>>) -> (bool, serde_json::Value) {
+    let outcome = live::reload_off_path(live).await;
+    (outcome.is_failed(), outcome.to_json(S::NAME))
 }
 
 #[async_trait]

@@ -7,7 +7,8 @@
 //! stream) → `audit` (the decision event) and `metrics`.
 //!
 //! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),
-//! `config` (the TOML format and the validated config), `server` (assembly, background services, shutdown),
+//! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
+//! for the rules and the keys), `server` (assembly, background services, shutdown),
 //! `admin` (health, metrics, reload), `cli` (subcommands), `mock` (the mock upstream of the demo, the tests
 //! and the benchmarks).
 
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod inspect;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod mock;
 pub mod openai;

@@ -20,12 +20,13 @@ use pingora::connectors::ConnectorOptions;
 use crate::admin::AdminApp;
 use crate::audit::webhook::Webhook;
 use crate::audit::Audit;
-use crate::auth::{self, Auth, KeyStore};
+use crate::auth::{self, Auth, KeyStore, KeysFile};
 use crate::config::{Config, ConfigError};
 use crate::limits::LocalLimiter;
+use crate::live::{self, Live, Source};
 use crate::metrics;
 use crate::proxy::{Gateway, IN_FLIGHT};
-use crate::rules::{RuleError, RuleStore};
+use crate::rules::{RuleError, RuleStore, RulesDir};
 use crate::upstream::{retry, Upstream};
 
 /// Why the gateway did not start. Each is reported on stderr and ends the process with exit code 2.
@@ -85,8 +86,11 @@ fn build(config: &Config) -> Result<Server, StartError> {
     check_addresses(config)?;
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
     let store = Arc::new(
-        RuleStore::open(&config.rules.dir, config.rules.budget.clone())
-            .map_err(StartError::Rules)?,
+        RuleStore::open(RulesDir::new(
+            &config.rules.dir,
+            config.rules.budget.clone(),
+        ))
+        .map_err(StartError::Rules)?,
     );
     let snapshot = store.snapshot();
     tracing::info!(
@@ -165,7 +169,7 @@ fn check_addresses(config: &Config) -> Result<(), StartError> {
 fn auth(config: &Config) -> Result<Auth, StartError> {
     let mode = match &config.auth.keys_file {
         Some(path) => {
-            let keys = Arc::new(KeyStore::open(path).map_err(StartError::Keys)?);
+            let keys = Arc::new(KeyStore::open(KeysFile::new(path)).map_err(StartError::Keys)?);
             tracing::info!(file = %path.display(), keys = keys.snapshot().len(), "gateway keys loaded");
             auth::Mode::GatewayKeys(keys)
         }
@@ -205,18 +209,12 @@ fn server_conf(config: &Config) -> ServerConf {
 
 /// The rules and keys reloads (file watch, SIGHUP), as background services.
 fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, auth: &Arc<Auth>) {
-    let rules_reload = {
-        let store = store.clone();
-        Reload {
-            what: "rules",
-            dir: config.rules.dir.clone(),
-            file: None,
-            watch: config.rules.watch,
-            debounce: config.rules.debounce,
-            run: Arc::new(move || {
-                store.reload();
-            }),
-        }
+    let rules_reload = Reload {
+        live: store.clone(),
+        dir: config.rules.dir.clone(),
+        file: None,
+        watch: config.rules.watch,
+        debounce: config.rules.debounce,
     };
     server.add_service(background_service("rules reload", rules_reload));
     if let (Some(keys), Some(path)) = (auth.keys().cloned(), &config.auth.keys_file) {
@@ -225,14 +223,11 @@ fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, aut
             _ => std::path::PathBuf::from("."),
         };
         let reload = Reload {
-            what: "keys",
+            live: keys,
             dir,
             file: path.file_name().map(|f| f.to_os_string()),
             watch: config.auth.watch,
             debounce: config.rules.debounce,
-            run: Arc::new(move || {
-                keys.reload();
-            }),
         };
         server.add_service(background_service("keys reload", reload));
     }
@@ -240,60 +235,25 @@ fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, aut
 
 /// Reloads one live set (rules, keys) when its files change (if watching) and on SIGHUP, never on the
 /// request path.
-struct Reload {
-    what: &'static str,
+struct Reload<S: Source> {
+    live: Arc<Live<S>>,
     /// The directory watched.
     dir: std::path::PathBuf,
     /// Only changes to this file in `dir` count (`None`: any file under `dir`).
     file: Option<std::ffi::OsString>,
     watch: bool,
     debounce: Duration,
-    /// The blocking reload (it logs and counts its own outcome).
-    run: Arc<dyn Fn() + Send + Sync>,
 }
 
-impl Reload {
+impl<S: Source> Reload<S> {
     async fn run_off_path(&self) {
-        let run = self.run.clone();
-        if let Err(e) = off_path(move || run()).await {
-            tracing::error!("{} {e}", self.what);
-        }
+        // The reload logs and counts its own outcome.
+        live::reload_off_path(&self.live).await;
     }
 }
 
-/// Runs blocking reload work (file reads, compiling) on a blocking thread; a task that panicked is an error.
-async fn off_path<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| format!("reload task failed: {e}"))
-}
-
-/// Reloads the rules off the request path.
-pub async fn reload_off_path(store: &Arc<RuleStore>) -> crate::rules::ReloadOutcome {
-    let store = store.clone();
-    off_path(move || store.reload())
-        .await
-        .unwrap_or_else(|e| crate::rules::ReloadOutcome::Failed {
-            version: String::new(),
-            errors: vec![e],
-        })
-}
-
-/// Reloads the gateway keys off the request path.
-pub async fn reload_keys_off_path(keys: &Arc<KeyStore>) -> crate::auth::KeysReload {
-    let keys = keys.clone();
-    off_path(move || keys.reload())
-        .await
-        .unwrap_or_else(|e| crate::auth::KeysReload::Failed {
-            version: String::new(),
-            errors: vec![e],
-        })
-}
-
 #[async_trait]
-impl BackgroundService for Reload {
+impl<S: Source> BackgroundService for Reload<S> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
         let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -302,7 +262,7 @@ impl BackgroundService for Reload {
             match watch(&self.dir, self.file.clone(), tx) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    tracing::error!(dir = %self.dir.display(), "cannot watch for {} changes ({e}); reload with SIGHUP or POST /reload", self.what);
+                    tracing::error!(dir = %self.dir.display(), "cannot watch for {} changes ({e}); reload with SIGHUP or POST /reload", S::NAME);
                     None
                 }
             }
@@ -325,7 +285,7 @@ impl BackgroundService for Reload {
                     self.run_off_path().await;
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading {}", self.what);
+                    tracing::info!("SIGHUP: reloading {}", S::NAME);
                     self.run_off_path().await;
                 }
             }

@@ -1,7 +1,9 @@
 //! The gateway keys file (`conf/keys.toml`): which keys exist, whose they are, what they may do. Secrets are
 //! never stored, only their SHA-256; the provider key a gateway key stands for is read from the environment
-//! variable the entry names. The file is loaded whole and validated before it replaces the live set, exactly
-//! like the rules: a bad edit keeps the last good set.
+//! variable the entry names. The file is loaded whole and validated before it replaces the live set
+//! (`KeysFile` is its source for `crate::live`), exactly like the rules: a bad edit keeps the last good set.
+//! Per request only look-ups run here ([`KeySet::find`], a key's scope); reading headers and counting quotas
+//! belong to `auth` and `limits`.
 //!
 //! ```toml
 //! [[tenant]]
@@ -22,15 +24,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::limits::LimitSpec;
+use crate::live::{Live, Reload, Source};
 use crate::metrics;
 
 /// The prefix of every secret `promptgate keys new` makes: recognisable in configs and secret scanners.
@@ -38,7 +41,7 @@ pub const SECRET_PREFIX: &str = "pgk_";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysFile {
+struct FileSpec {
     #[serde(default, rename = "tenant")]
     tenants: Vec<TenantSpec>,
     #[serde(default, rename = "key")]
@@ -190,127 +193,35 @@ impl KeySet {
 
     /// Parses and validates a keys file. Every error names the file, and the key or tenant it is about.
     pub fn parse(text: &str, source: &str) -> Result<Self, Vec<String>> {
-        let file: KeysFile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            vec![match line {
-                Some(l) => format!("{source}:{l}: {}", e.message().trim()),
-                None => format!("{source}: {}", e.message().trim()),
-            }]
-        })?;
+        let file = parse_toml(text, source)?;
         let mut errors = Vec::new();
-        let mut tenants = HashMap::new();
-        for t in file.tenants {
-            if let Err(m) = t.limits.validate() {
-                errors.push(format!("{source}: tenant {:?}: limits.{m}", t.id));
-            }
-            if tenants.insert(t.id.clone(), t.limits).is_some() {
-                errors.push(format!("{source}: tenant {:?}: defined twice", t.id));
-            }
-        }
+        let tenants = parse_tenants(file.tenants, source, &mut errors);
         let mut by_hash = HashMap::new();
         let mut ids = HashSet::new();
         let mut origins = Vec::new();
-        for k in file.keys {
-            let mut err = |m: String| errors.push(format!("{source}: key {:?}: {m}", k.id));
-            if k.id.is_empty() || !k.id.chars().all(|c| c.is_ascii_graphic()) {
-                err("id: must be non-empty printable ASCII without spaces".into());
+        for spec in file.keys {
+            if !valid_key_id(&spec.id) {
+                errors.push(key_error(
+                    source,
+                    &spec.id,
+                    "id: must be non-empty printable ASCII without spaces",
+                ));
             }
-            if !ids.insert(k.id.clone()) {
-                err("id: defined twice".into());
+            if !ids.insert(spec.id.clone()) {
+                errors.push(key_error(source, &spec.id, "id: defined twice"));
             }
-            if k.tenant.is_empty() {
-                err("tenant: must not be empty".into());
-            }
-            let digest = match hex::decode(k.sha256.trim()) {
-                Ok(d) if d.len() == 32 => {
-                    let mut a = [0u8; 32];
-                    a.copy_from_slice(&d);
-                    Some(a)
-                }
-                _ => {
-                    err("sha256: must be 64 hex digits (the SHA-256 of the secret)".into());
-                    None
-                }
+            let Some((digest, key)) = key_entry(spec, source, &mut errors) else {
+                continue;
             };
-            let monitor = match k.mode.as_deref() {
-                None | Some("enforce") => false,
-                Some("monitor") => true,
-                Some(other) => {
-                    err(format!(
-                        "mode: {other:?}: expected \"enforce\" or \"monitor\""
-                    ));
-                    false
-                }
-            };
-            let upstream = match &k.upstream_key_env {
-                None => None,
-                Some(var) => match std::env::var(var) {
-                    Ok(v) if !v.trim().is_empty() => {
-                        match HeaderValue::from_str(&format!("Bearer {}", v.trim())) {
-                            Ok(mut h) => {
-                                h.set_sensitive(true);
-                                Some(UpstreamCredential(h))
-                            }
-                            Err(_) => {
-                                err(format!("upstream_key_env: ${var} holds characters not allowed in a header"));
-                                None
-                            }
-                        }
-                    }
-                    _ => {
-                        err(format!("upstream_key_env: ${var} is not set"));
-                        None
-                    }
-                },
-            };
-            let expires_at = match &k.expires_at {
-                None => None,
-                Some(dt) => match datetime_to_system(dt) {
-                    Some(t) => Some(t),
-                    None => {
-                        err("expires_at: must be a date or a date-time with an offset (2027-01-01T00:00:00Z)".into());
-                        None
-                    }
-                },
-            };
-            for o in &k.allowed_origins {
-                if o != "*" && !valid_origin(o) {
-                    err(format!(
-                        "allowed_origins: {o:?} is not an origin (scheme://host[:port], or \"*\")"
-                    ));
-                }
+            if by_hash.contains_key(&digest) {
+                errors.push(key_error(
+                    source,
+                    &key.id,
+                    "sha256: the same secret is listed for another key",
+                ));
             }
-            if let Err(m) = k.limits.validate() {
-                err(format!("limits.{m}"));
-            }
-            if let Some(d) = digest {
-                if by_hash.contains_key(&d) {
-                    err("sha256: the same secret is listed for another key".into());
-                }
-                origins.extend(k.allowed_origins.iter().cloned());
-                by_hash.insert(
-                    d,
-                    Arc::new(GatewayKey {
-                        counter: format!("k:{}", k.id),
-                        tenant_counter: format!("t:{}", k.tenant),
-                        id: k.id,
-                        tenant: k.tenant,
-                        upstream,
-                        allowed_models: k
-                            .allowed_models
-                            .iter()
-                            .map(|m| ModelPattern::parse(m))
-                            .collect(),
-                        allowed_origins: k.allowed_origins,
-                        expires_at,
-                        disabled: k.disabled,
-                        monitor,
-                        limits: k.limits,
-                    }),
-                );
-            }
+            origins.extend(key.allowed_origins.iter().cloned());
+            by_hash.insert(digest, Arc::new(key));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -330,6 +241,153 @@ impl KeySet {
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![format!("{source}: cannot read: {e}")])?;
         Self::parse(&text, &source)
+    }
+}
+
+/// The file as TOML in the expected shape; an error names its line.
+fn parse_toml(text: &str, source: &str) -> Result<FileSpec, Vec<String>> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        vec![match line {
+            Some(l) => format!("{source}:{l}: {}", e.message().trim()),
+            None => format!("{source}: {}", e.message().trim()),
+        }]
+    })
+}
+
+/// Each tenant's limits, by tenant id.
+fn parse_tenants(
+    specs: Vec<TenantSpec>,
+    source: &str,
+    errors: &mut Vec<String>,
+) -> HashMap<String, LimitSpec> {
+    let mut tenants = HashMap::new();
+    for t in specs {
+        if let Err(m) = t.limits.validate() {
+            errors.push(format!("{source}: tenant {:?}: limits.{m}", t.id));
+        }
+        if tenants.insert(t.id.clone(), t.limits).is_some() {
+            errors.push(format!("{source}: tenant {:?}: defined twice", t.id));
+        }
+    }
+    tenants
+}
+
+/// One key entry checked on its own (what involves other keys, duplicate ids and secrets, is `parse`'s), with
+/// the digest of its secret. Its errors go to `errors`. `None` only when the digest is unusable: a key with
+/// other errors is still returned, so that a later entry listing the same secret is named too.
+fn key_entry(
+    spec: KeySpec,
+    source: &str,
+    errors: &mut Vec<String>,
+) -> Option<([u8; 32], GatewayKey)> {
+    let mut err = |m: String| errors.push(key_error(source, &spec.id, &m));
+    if spec.tenant.is_empty() {
+        err("tenant: must not be empty".into());
+    }
+    let digest = secret_digest(&spec.sha256).map_err(&mut err).ok();
+    let monitor = monitor_mode(spec.mode.as_deref())
+        .map_err(&mut err)
+        .unwrap_or(false);
+    let upstream = spec
+        .upstream_key_env
+        .as_deref()
+        .and_then(|var| credential_from_env(var).map_err(&mut err).ok());
+    let expires_at = spec
+        .expires_at
+        .as_ref()
+        .and_then(|dt| expiry(dt).map_err(&mut err).ok());
+    for o in &spec.allowed_origins {
+        if let Err(m) = check_origin(o) {
+            err(m);
+        }
+    }
+    if let Err(m) = spec.limits.validate() {
+        err(format!("limits.{m}"));
+    }
+    let digest = digest?;
+    Some((
+        digest,
+        GatewayKey {
+            counter: format!("k:{}", spec.id),
+            tenant_counter: format!("t:{}", spec.tenant),
+            id: spec.id,
+            tenant: spec.tenant,
+            upstream,
+            allowed_models: spec
+                .allowed_models
+                .iter()
+                .map(|m| ModelPattern::parse(m))
+                .collect(),
+            allowed_origins: spec.allowed_origins,
+            expires_at,
+            disabled: spec.disabled,
+            monitor,
+            limits: spec.limits,
+        },
+    ))
+}
+
+/// An error about one key: the file, the key id, what is wrong.
+fn key_error(source: &str, id: &str, message: &str) -> String {
+    format!("{source}: key {id:?}: {message}")
+}
+
+/// Key ids appear in logs, decision events and limiter counters: one printable token.
+fn valid_key_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// The SHA-256 an entry lists for its secret.
+fn secret_digest(sha256: &str) -> Result<[u8; 32], String> {
+    hex::decode(sha256.trim())
+        .ok()
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+        .ok_or_else(|| "sha256: must be 64 hex digits (the SHA-256 of the secret)".to_string())
+}
+
+/// `mode`: whether the key's rule hits are only recorded (`monitor`) rather than enforced.
+fn monitor_mode(mode: Option<&str>) -> Result<bool, String> {
+    match mode {
+        None | Some("enforce") => Ok(false),
+        Some("monitor") => Ok(true),
+        Some(other) => Err(format!(
+            "mode: {other:?}: expected \"enforce\" or \"monitor\""
+        )),
+    }
+}
+
+/// The provider key in `$var` as the header sent upstream, marked sensitive so that it is never logged.
+fn credential_from_env(var: &str) -> Result<UpstreamCredential, String> {
+    let value = std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("upstream_key_env: ${var} is not set"))?;
+    let mut header = HeaderValue::from_str(&format!("Bearer {}", value.trim())).map_err(|_| {
+        format!("upstream_key_env: ${var} holds characters not allowed in a header")
+    })?;
+    header.set_sensitive(true);
+    Ok(UpstreamCredential(header))
+}
+
+/// `expires_at` as a point in time.
+fn expiry(dt: &toml::value::Datetime) -> Result<SystemTime, String> {
+    datetime_to_system(dt).ok_or_else(|| {
+        "expires_at: must be a date or a date-time with an offset (2027-01-01T00:00:00Z)"
+            .to_string()
+    })
+}
+
+/// An `allowed_origins` entry: `*`, or an origin as browsers send it.
+fn check_origin(o: &str) -> Result<(), String> {
+    if o == "*" || valid_origin(o) {
+        Ok(())
+    } else {
+        Err(format!(
+            "allowed_origins: {o:?} is not an origin (scheme://host[:port], or \"*\")"
+        ))
     }
 }
 
@@ -373,90 +431,75 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// What a keys reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeysReload {
-    Reloaded {
-        version: String,
-        keys: usize,
-    },
-    Unchanged {
-        version: String,
-        keys: usize,
-    },
-    Failed {
-        version: String,
-        errors: Vec<String>,
-    },
-}
+/// The live keys of one keys file.
+pub type KeyStore = Live<KeysFile>;
 
-/// The live keys of one file, swapped atomically on reload.
-pub struct KeyStore {
+/// A keys file as a live-reloaded source. Reading it validates it whole (the provider keys it names are
+/// read from the environment then), so a reload compares versions after validating.
+pub struct KeysFile {
     path: PathBuf,
-    current: ArcSwap<KeySet>,
-    reloading: Mutex<()>,
 }
 
-impl KeyStore {
-    /// Loads the file. Fails (and the gateway does not start) if it is not valid.
-    pub fn open(path: &Path) -> Result<Self, Vec<String>> {
-        let set = KeySet::load(path)?;
-        metrics::KEYS_COUNT.set(set.len() as i64);
-        Ok(Self {
+impl KeysFile {
+    /// The keys file at `path`.
+    pub fn new(path: &Path) -> Self {
+        Self {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(set),
-            reloading: Mutex::new(()),
-        })
+        }
     }
 
+    /// The file the keys are read from.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySet>> {
-        self.current.load()
+impl Source for KeysFile {
+    type Loaded = KeySet;
+    type Set = KeySet;
+    type Error = String;
+    const NAME: &'static str = "keys";
+
+    fn load(&self) -> Result<KeySet, Vec<String>> {
+        KeySet::load(&self.path)
     }
 
-    /// Reloads from disk (blocking file read: call it off the request path).
-    pub fn reload(&self) -> KeysReload {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.current.load();
-        let outcome = match KeySet::load(&self.path) {
-            Ok(set) if set.version == live.version => KeysReload::Unchanged {
-                keys: set.len(),
-                version: set.version,
-            },
-            Ok(set) => {
-                let (version, keys) = (set.version.clone(), set.len());
-                metrics::KEYS_COUNT.set(keys as i64);
-                self.current.store(Arc::new(set));
-                KeysReload::Reloaded { version, keys }
+    fn validate(&self, set: KeySet) -> Result<KeySet, Vec<String>> {
+        Ok(set)
+    }
+
+    fn loaded_version(set: &KeySet) -> &str {
+        set.version()
+    }
+
+    fn version(set: &KeySet) -> &str {
+        set.version()
+    }
+
+    fn count(set: &KeySet) -> usize {
+        set.len()
+    }
+
+    fn went_live(&self, set: &KeySet) {
+        metrics::KEYS_COUNT.set(set.len() as i64);
+    }
+
+    fn reloads() -> &'static IntCounterVec {
+        &metrics::KEYS_RELOADS
+    }
+
+    fn log(&self, outcome: &Reload, _took: Duration) {
+        match outcome {
+            Reload::Reloaded { version, count } => {
+                tracing::info!(version, keys = count, "keys reloaded")
             }
-            Err(errors) => KeysReload::Failed {
-                version: live.version.clone(),
-                errors,
-            },
-        };
-        match &outcome {
-            KeysReload::Reloaded { version, keys } => {
-                metrics::KEYS_RELOADS.with_label_values(&["ok"]).inc();
-                tracing::info!(version, keys, "keys reloaded");
-            }
-            KeysReload::Unchanged { .. } => {
-                metrics::KEYS_RELOADS
-                    .with_label_values(&["unchanged"])
-                    .inc();
-            }
-            KeysReload::Failed { version, errors } => {
-                metrics::KEYS_RELOADS.with_label_values(&["error"]).inc();
-                tracing::error!(
-                    kept_version = version,
-                    "keys reload refused, keeping the last good keys: {}",
-                    errors.join("; ")
-                );
-            }
+            Reload::Unchanged { .. } => {}
+            Reload::Failed { version, errors } => tracing::error!(
+                kept_version = version,
+                "keys reload refused, keeping the last good keys: {}",
+                errors.join("; ")
+            ),
         }
-        outcome
     }
 }
 
@@ -538,6 +581,10 @@ mod tests {
                 "limits.max_concurrent: must be at least 1",
             ),
             ("colour = 1\n", "k.toml:9: unknown field `colour`"),
+            (
+                "expires_at = 2027-01-01T00:00:00\n",
+                "key \"a\": expires_at: must be a date or a date-time with an offset",
+            ),
         ];
         for (extra, want) in cases {
             let errs = KeySet::parse(&file(extra), "k.toml").expect_err(extra);
@@ -552,6 +599,33 @@ mod tests {
         assert!(
             errs.iter().any(|e| e.contains("id: defined twice")),
             "{errs:?}"
+        );
+    }
+
+    /// Entries are checked one by one, and against each other (ids, secrets, tenants).
+    #[test]
+    fn every_problem_of_every_entry_is_named() {
+        let entry = |id: &str, sha: &str, tenant: &str, extra: &str| {
+            format!("[[key]]\nid = {id:?}\nsha256 = {sha:?}\ntenant = {tenant:?}\n{extra}\n")
+        };
+        let text = format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant]]\nid = \"t\"\nlimits = {{ max_concurrent = 0 }}\n{}{}{}",
+            entry("a b", &secret_sha256(SECRET), "t", "mode = \"x\""),
+            entry("c", &secret_sha256(SECRET), "t", ""),
+            entry("d", "abc", "", ""),
+        );
+        let errs = KeySet::parse(&text, "k.toml").expect_err("refused");
+        assert_eq!(
+            errs,
+            [
+                "k.toml: tenant \"t\": limits.max_concurrent: must be at least 1 (omit it for no limit)",
+                "k.toml: tenant \"t\": defined twice",
+                "k.toml: key \"a b\": id: must be non-empty printable ASCII without spaces",
+                "k.toml: key \"a b\": mode: \"x\": expected \"enforce\" or \"monitor\"",
+                "k.toml: key \"c\": sha256: the same secret is listed for another key",
+                "k.toml: key \"d\": tenant: must not be empty",
+                "k.toml: key \"d\": sha256: must be 64 hex digits (the SHA-256 of the secret)",
+            ]
         );
     }
 

@@ -20,7 +20,7 @@ use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
 
-pub use keys::{GatewayKey, KeyStore, KeysReload};
+pub use keys::{GatewayKey, KeyStore, KeysFile};
 
 use crate::limits::{LimitSpec, Scope, Subject};
 
@@ -193,7 +193,7 @@ impl Auth {
                 })
             }
             Mode::GatewayKeys(store) => {
-                let set = store.snapshot();
+                let set = store.peek();
                 let key = credential
                     .and_then(|c| set.find(c))
                     .filter(|k| k.usable_at(now))
@@ -222,7 +222,7 @@ impl Auth {
     pub fn preflight_allows(&self, origin: &str) -> bool {
         match &self.mode {
             Mode::Passthrough => keys::origin_allowed(&self.origins, origin),
-            Mode::GatewayKeys(store) => store.snapshot().any_allows_origin(origin),
+            Mode::GatewayKeys(store) => store.peek().any_allows_origin(origin),
         }
     }
 

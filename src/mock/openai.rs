@@ -100,7 +100,9 @@ pub async fn answer(
         ("POST", "/v1/embeddings") => {
             let embedding: Vec<f64> = match b.embedding_dims {
                 Some(n) => (0..n).map(|i| ((i % 97) as f64 - 48.0) / 1000.0).collect(),
-                None => vec![0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819],
+                None => vec![
+                    0.0123, -0.0456, 0.0789, 0.1011, -0.1213, 0.1415, 0.1617, -0.1819,
+                ],
             };
             let body = json!({"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
@@ -115,7 +117,10 @@ pub async fn answer(
         // Retrieving a stored response, streamed again (`GET /v1/responses/{id}?stream=true`).
         ("GET", p)
             if p.starts_with("/v1/responses/")
-                && req.query.as_deref().is_some_and(|q| q.contains("stream=true")) =>
+                && req
+                    .query
+                    .as_deref()
+                    .is_some_and(|q| q.contains("stream=true")) =>
         {
             stream_response(&model, &text, b, state, out).await
         }
@@ -205,16 +210,22 @@ fn pieces(text: &str, n: usize) -> Vec<&str> {
 
 /// Paces a streamed answer: the `head` events, then the events of each of `steps` steps (`delay` apart; the
 /// `hold` and `reset_after` behaviours apply here), then the `tail` events and `[DONE]`.
+/// The fixed parts of a paced stream: events before the steps, events after them, and whether `[DONE]` ends it.
+struct Frame {
+    head: Vec<Value>,
+    tail: Vec<Value>,
+    done: bool,
+}
+
 async fn paced(
     steps: usize,
     b: &Behaviour,
     state: &MockState,
     out: &mut Responder<'_>,
-    head: Vec<Value>,
+    frame_of: Frame,
     per_step: impl Fn(usize) -> Vec<Value>,
-    tail: Vec<Value>,
-    done: bool,
 ) -> std::io::Result<bool> {
+    let Frame { head, tail, done } = frame_of;
     let frame = |events: Vec<Value>| -> String {
         events.iter().map(|e| format!("data: {e}\n\n")).collect()
     };
@@ -274,16 +285,14 @@ async fn stream_completion(
     };
     let tail = vec![event("", json!("stop"))];
     let parts = split(text, b);
-    paced(
-        parts.len(),
-        b,
-        state,
-        out,
-        Vec::new(),
-        |i| vec![event(parts[i], Value::Null)],
+    let frame = Frame {
+        head: Vec::new(),
         tail,
-        true,
-    )
+        done: true,
+    };
+    paced(parts.len(), b, state, out, frame, |i| {
+        vec![event(parts[i], Value::Null)]
+    })
     .await
 }
 
@@ -300,26 +309,19 @@ async fn stream_response(
     let head = vec![
         json!({"type": "response.created", "response": {"id": "resp_mock", "object": "response", "status": "in_progress", "model": model}}),
     ];
-    let delta = |piece: &str| {
-        json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": piece})
-    };
+    let delta = |piece: &str| json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": piece});
     let tail = vec![
         json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text}),
         json!({"type": "response.completed", "response": {"id": "resp_mock", "object": "response", "status": "completed", "model": model,
             "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
             "usage": {"input_tokens": 10, "output_tokens": text.len().div_ceil(4), "total_tokens": 10 + text.len().div_ceil(4)}}}),
     ];
-    paced(
-        parts.len(),
-        b,
-        state,
-        out,
+    let frame = Frame {
         head,
-        |i| vec![delta(parts[i])],
         tail,
-        false,
-    )
-    .await
+        done: false,
+    };
+    paced(parts.len(), b, state, out, frame, |i| vec![delta(parts[i])]).await
 }
 
 async fn stream_chat(
@@ -385,17 +387,12 @@ async fn stream_chat(
         u["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         tail.push(u);
     }
-    paced(
-        steps,
-        b,
-        state,
-        out,
-        vec![chunk(Value::Array(role))],
-        per_step,
+    let frame = Frame {
+        head: vec![chunk(Value::Array(role))],
         tail,
-        true,
-    )
-    .await
+        done: true,
+    };
+    paced(steps, b, state, out, frame, per_step).await
 }
 
 #[cfg(test)]

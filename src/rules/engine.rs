@@ -16,7 +16,9 @@ use regex_automata::Input;
 use super::normalize::{normalize_term, View};
 use super::plan::{self, Scope};
 use super::prefix::{PrefixCache, Prefixes};
-use super::spec::{default_replacement, Action, Direction, LoadedSet, Mode, RuleError, Severity};
+use super::spec::{
+    default_replacement, Action, Direction, LoadedRule, LoadedSet, Mode, RuleError, Severity,
+};
 use super::validate::Validator;
 
 /// Limits a rule set must stay within to be accepted (a reload over them is refused like a bad edit).
@@ -122,160 +124,17 @@ impl RuleSet {
     /// Compiles a loaded set, refuses it if it breaks the budget, and runs every rule's examples.
     pub fn compile(loaded: &LoadedSet, budget: &Budget) -> Result<RuleSet, Vec<RuleError>> {
         let started = Instant::now();
-        let mut errors = Vec::new();
-        let err = |r: &super::spec::LoadedRule, message: String| RuleError {
-            file: r.file.clone(),
-            line: Some(r.line),
-            rule: Some(r.spec.id.clone()),
-            message,
-        };
-
-        // Patterns of more severe rules first: among matches starting at the same place, the automata and
-        // the meta regex prefer the lowest pattern id.
-        let mut order: Vec<usize> = (0..loaded.rules.len()).collect();
-        order.sort_by_key(|&i| {
-            std::cmp::Reverse((loaded.rules[i].spec.action, loaded.rules[i].spec.severity))
-        });
-
-        let rules: Vec<Rule> = loaded
-            .rules
-            .iter()
-            .map(|r| Rule {
-                id: r.spec.id.clone(),
-                description: r.spec.description.clone(),
-                action: r.spec.action,
-                mode: r.spec.mode,
-                direction: r.spec.direction,
-                severity: r.spec.severity,
-                replacement: r
-                    .spec
-                    .replacement
-                    .clone()
-                    .unwrap_or_else(|| default_replacement(&r.spec.id)),
-                file: r.file.clone(),
-                line: r.line,
-                validator: r.spec.validator,
-                whole_word: r.spec.whole_word,
-            })
-            .collect();
-
-        let terms: usize = loaded.rules.iter().map(|r| r.terms.len()).sum();
-        if terms > budget.max_terms {
-            return Err(vec![RuleError {
-                file: loaded.files.first().cloned().unwrap_or_default(),
-                line: None,
-                rule: None,
-                message: format!(
-                    "{terms} keyword terms, over the budget of {}",
-                    budget.max_terms
-                ),
-            }]);
-        }
-
-        let mut folded_terms = (Vec::new(), Vec::new());
-        let mut exact_terms = (Vec::new(), Vec::new());
-        // Planned groups: (scope, patterns, rules).
-        let mut groups: Vec<(Scope, Vec<String>, Vec<u32>)> = Vec::new();
-        for &i in &order {
-            let r = &loaded.rules[i];
-            for t in &r.terms {
-                let (bucket, fold) = if r.spec.case_sensitive {
-                    (&mut exact_terms, false)
-                } else {
-                    (&mut folded_terms, true)
-                };
-                let term = normalize_term(t, fold);
-                if term.is_empty() {
-                    errors.push(err(r, format!("keyword {t:?} is empty once normalised")));
-                    continue;
-                }
-                bucket.0.push(term);
-                bucket.1.push(i as u32);
-            }
-            if let Some(re) = &r.spec.regex {
-                let mut p = re.pattern.get_ref().clone();
-                if r.spec.whole_word {
-                    p = format!(r"(?-u:\b)(?:{p})(?-u:\b)");
-                }
-                if !r.spec.case_sensitive {
-                    p = format!("(?i:{p})");
-                }
-                match regex_syntax::ParserBuilder::new().build().parse(&p) {
-                    Err(e) => {
-                        // The regex crate's own message, flattened to one line.
-                        let msg = e
-                            .to_string()
-                            .lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty())
-                            .collect::<Vec<_>>()
-                            .join(" ");
-                        errors.push(err(r, format!("bad regex: {msg}")));
-                        continue;
-                    }
-                    Ok(hir) => {
-                        let props = hir.properties();
-                        if props.minimum_len() == Some(0) {
-                            errors.push(err(r, "regex can match the empty string".into()));
-                            continue;
-                        }
-                        add_to_plan(&mut groups, plan::scope_of(&hir), p, i as u32);
-                    }
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-
-        // Folded terms meet a folded (lowercase) view, so both automata search case-sensitively: that lets
-        // the crate's rare-byte prefilters work, which ASCII case-insensitivity would defeat.
-        let build_ac =
-            |(terms, rules): (Vec<String>, Vec<u32>)| -> Result<Option<Keywords>, String> {
-                if terms.is_empty() {
-                    return Ok(None);
-                }
-                // Standard semantics with overlapping search: every occurrence of every term is a candidate, so
-                // a benign term can never hide an overlapping forbidden one; `scan` resolves the overlaps.
-                // A full DFA is the fastest automaton and affordable for small term lists; large lists let the
-                // crate choose (a contiguous NFA) to bound memory and build time.
-                let kind = (terms.len() <= 5_000).then_some(AhoCorasickKind::DFA);
-                let ac = AhoCorasick::builder()
-                    .kind(kind)
-                    .match_kind(MatchKind::Standard)
-                    .build(&terms)
-                    .map_err(|e| e.to_string())?;
-                Ok(Some(Keywords { ac, rules }))
-            };
-        let set_err = |message: String| {
-            vec![RuleError {
-                file: loaded.files.first().cloned().unwrap_or_default(),
-                line: None,
-                rule: None,
-                message,
-            }]
-        };
-        let all_patterns: Vec<String> = groups.iter().flat_map(|g| g.1.iter().cloned()).collect();
-        let prefixes = Prefixes::build(&all_patterns, &folded_terms.0, &exact_terms.0)
-            .map_err(|e| set_err(format!("prefix automata: {e}")))?;
-        let folded = build_ac(folded_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
-        let exact = build_ac(exact_terms).map_err(|e| set_err(format!("keywords: {e}")))?;
-        let mut regexes = Vec::with_capacity(groups.len());
-        for (scope, patterns, rules) in groups {
-            let re = meta::Regex::builder()
-                .configure(meta::Config::new().nfa_size_limit(Some(budget.max_regex_bytes)))
-                .build_many(&patterns)
-                .map_err(|e| set_err(format!("regexes: {e} (over the regex size budget?)")))?;
-            regexes.push(Regexes { re, rules, scope });
-        }
-        let took = started.elapsed();
-        if took > budget.max_compile {
-            return Err(set_err(format!(
-                "compiling took {} ms, over the budget of {} ms",
-                took.as_millis(),
-                budget.max_compile.as_millis()
-            )));
-        }
+        let rules = rule_table(loaded);
+        let terms = terms_within_budget(loaded, budget)?;
+        let Matchers {
+            folded,
+            exact,
+            regexes,
+            prefixes,
+        } = Patterns::collect(loaded)?
+            .build(budget)
+            .map_err(|m| set_error(loaded, m))?;
+        compiled_within_budget(started.elapsed(), budget).map_err(|m| set_error(loaded, m))?;
 
         let set = RuleSet {
             version: loaded.version.clone(),
@@ -297,12 +156,7 @@ impl RuleSet {
     fn check_examples(&self, loaded: &LoadedSet) -> Vec<RuleError> {
         let mut errors = Vec::new();
         for (i, r) in loaded.rules.iter().enumerate() {
-            let err = |message: String| RuleError {
-                file: r.file.clone(),
-                line: Some(r.line),
-                rule: Some(r.spec.id.clone()),
-                message,
-            };
+            let err = |message: String| rule_error(r, message);
             for ex in &r.spec.examples.should_match {
                 if !self
                     .candidates(ex, Direction::Both)
@@ -487,25 +341,276 @@ impl RuleSet {
     }
 }
 
+// The steps of `RuleSet::compile`: the rule table, the budgets, the patterns collected and checked, the matchers
+// built from them.
+
+/// An error about one rule, located for its author.
+fn rule_error(r: &LoadedRule, message: String) -> RuleError {
+    RuleError {
+        file: r.file.clone(),
+        line: Some(r.line),
+        rule: Some(r.spec.id.clone()),
+        message,
+    }
+}
+
+/// An error about the set as a whole (a budget, an automaton), reported against its first file.
+fn set_error(loaded: &LoadedSet, message: String) -> Vec<RuleError> {
+    vec![RuleError {
+        file: loaded.files.first().cloned().unwrap_or_default(),
+        line: None,
+        rule: None,
+        message,
+    }]
+}
+
+/// What each rule means once matched, indexed like `loaded.rules`.
+fn rule_table(loaded: &LoadedSet) -> Vec<Rule> {
+    loaded
+        .rules
+        .iter()
+        .map(|r| Rule {
+            id: r.spec.id.clone(),
+            description: r.spec.description.clone(),
+            action: r.spec.action,
+            mode: r.spec.mode,
+            direction: r.spec.direction,
+            severity: r.spec.severity,
+            replacement: r
+                .spec
+                .replacement
+                .clone()
+                .unwrap_or_else(|| default_replacement(&r.spec.id)),
+            file: r.file.clone(),
+            line: r.line,
+            validator: r.spec.validator,
+            whole_word: r.spec.whole_word,
+        })
+        .collect()
+}
+
+/// Keyword terms in all rules together, refused over the budget before anything is built.
+fn terms_within_budget(loaded: &LoadedSet, budget: &Budget) -> Result<usize, Vec<RuleError>> {
+    let terms: usize = loaded.rules.iter().map(|r| r.terms.len()).sum();
+    if terms > budget.max_terms {
+        return Err(set_error(
+            loaded,
+            format!(
+                "{terms} keyword terms, over the budget of {}",
+                budget.max_terms
+            ),
+        ));
+    }
+    Ok(terms)
+}
+
+/// Refuses a set whose automata and regexes took longer to build than the budget allows.
+fn compiled_within_budget(took: Duration, budget: &Budget) -> Result<(), String> {
+    if took > budget.max_compile {
+        return Err(format!(
+            "compiling took {} ms, over the budget of {} ms",
+            took.as_millis(),
+            budget.max_compile.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// The rule indexes with the patterns of more severe rules first: among matches starting at the same place,
+/// the automata and the meta regex prefer the lowest pattern id.
+fn severity_order(loaded: &LoadedSet) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..loaded.rules.len()).collect();
+    order.sort_by_key(|&i| {
+        std::cmp::Reverse((loaded.rules[i].spec.action, loaded.rules[i].spec.severity))
+    });
+    order
+}
+
+/// Keyword terms bound for one automaton: `rules[i]` is the rule of `terms[i]` (the pattern id → rule table).
+#[derive(Default)]
+struct Terms {
+    terms: Vec<String>,
+    rules: Vec<u32>,
+}
+
+/// One planned group of regex patterns (see [`add_to_plan`]), `rules[i]` the rule of `patterns[i]`.
+struct Group {
+    scope: Scope,
+    patterns: Vec<String>,
+    rules: Vec<u32>,
+}
+
+/// Every pattern of a set, checked and sorted into the matchers that will run it, in severity order.
+struct Patterns {
+    /// Terms of case-insensitive rules, normalised and folded.
+    folded: Terms,
+    /// Terms of case-sensitive rules, normalised.
+    exact: Terms,
+    groups: Vec<Group>,
+}
+
+/// The built matchers of a set.
+struct Matchers {
+    folded: Option<Keywords>,
+    exact: Option<Keywords>,
+    regexes: Vec<Regexes>,
+    prefixes: Prefixes,
+}
+
+impl Patterns {
+    /// Checks every rule's terms and regex; all the problems of all rules are reported at once.
+    fn collect(loaded: &LoadedSet) -> Result<Self, Vec<RuleError>> {
+        let mut patterns = Patterns {
+            folded: Terms::default(),
+            exact: Terms::default(),
+            groups: Vec::new(),
+        };
+        let mut errors = Vec::new();
+        for i in severity_order(loaded) {
+            let r = &loaded.rules[i];
+            patterns.add_terms(r, i as u32, &mut errors);
+            if let Some(re) = &r.spec.regex {
+                match planned_regex(r, re.pattern.get_ref()) {
+                    Ok((scope, pattern)) => {
+                        add_to_plan(&mut patterns.groups, scope, pattern, i as u32)
+                    }
+                    Err(message) => errors.push(rule_error(r, message)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(patterns)
+    }
+
+    fn add_terms(&mut self, r: &LoadedRule, rule: u32, errors: &mut Vec<RuleError>) {
+        let (bucket, fold) = if r.spec.case_sensitive {
+            (&mut self.exact, false)
+        } else {
+            (&mut self.folded, true)
+        };
+        for t in &r.terms {
+            let term = normalize_term(t, fold);
+            if term.is_empty() {
+                errors.push(rule_error(
+                    r,
+                    format!("keyword {t:?} is empty once normalised"),
+                ));
+                continue;
+            }
+            bucket.terms.push(term);
+            bucket.rules.push(rule);
+        }
+    }
+
+    /// Builds the prefix automata (for streamed answers), the two keyword automata and the regex groups.
+    fn build(self, budget: &Budget) -> Result<Matchers, String> {
+        let all_patterns: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.patterns.iter().cloned())
+            .collect();
+        let prefixes = Prefixes::build(&all_patterns, &self.folded.terms, &self.exact.terms)
+            .map_err(|e| format!("prefix automata: {e}"))?;
+        let folded = keywords(self.folded).map_err(|e| format!("keywords: {e}"))?;
+        let exact = keywords(self.exact).map_err(|e| format!("keywords: {e}"))?;
+        let regexes = self
+            .groups
+            .into_iter()
+            .map(|g| regex_group(g, budget))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Matchers {
+            folded,
+            exact,
+            regexes,
+            prefixes,
+        })
+    }
+}
+
+/// A rule's regex as it is compiled (word boundaries and case-insensitivity applied), and where it is
+/// searched. Refuses a pattern that does not parse or can match the empty string.
+fn planned_regex(r: &LoadedRule, pattern: &str) -> Result<(Scope, String), String> {
+    let mut p = pattern.to_string();
+    if r.spec.whole_word {
+        p = format!(r"(?-u:\b)(?:{p})(?-u:\b)");
+    }
+    if !r.spec.case_sensitive {
+        p = format!("(?i:{p})");
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(&p)
+        .map_err(|e| {
+            // The regex crate's own message, flattened to one line.
+            let msg = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("bad regex: {msg}")
+        })?;
+    if hir.properties().minimum_len() == Some(0) {
+        return Err("regex can match the empty string".into());
+    }
+    Ok((plan::scope_of(&hir), p))
+}
+
+/// One keyword automaton, or none for no terms.
+///
+/// Folded terms meet a folded (lowercase) view, so both automata search case-sensitively: that lets the
+/// crate's rare-byte prefilters work, which ASCII case-insensitivity would defeat.
+fn keywords(Terms { terms, rules }: Terms) -> Result<Option<Keywords>, String> {
+    if terms.is_empty() {
+        return Ok(None);
+    }
+    // Standard semantics with overlapping search: every occurrence of every term is a candidate, so a benign
+    // term can never hide an overlapping forbidden one; `scan` resolves the overlaps. A full DFA is the
+    // fastest automaton and affordable for small term lists; large lists let the crate choose (a contiguous
+    // NFA) to bound memory and build time.
+    let kind = (terms.len() <= 5_000).then_some(AhoCorasickKind::DFA);
+    let ac = AhoCorasick::builder()
+        .kind(kind)
+        .match_kind(MatchKind::Standard)
+        .build(&terms)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Keywords { ac, rules }))
+}
+
+/// One group's meta regex, held to the regex size budget.
+fn regex_group(g: Group, budget: &Budget) -> Result<Regexes, String> {
+    let re = meta::Regex::builder()
+        .configure(meta::Config::new().nfa_size_limit(Some(budget.max_regex_bytes)))
+        .build_many(&g.patterns)
+        .map_err(|e| format!("regexes: {e} (over the regex size budget?)"))?;
+    Ok(Regexes {
+        re,
+        rules: g.rules,
+        scope: g.scope,
+    })
+}
+
 /// Adds a pattern to its planned group: one group per scope kind, except `IfPresent`, one per pattern (each
 /// then gets the single-pattern optimisations of the meta regex). Windowed groups share one window set: the
 /// union of their bytes, the largest reach.
-fn add_to_plan(
-    groups: &mut Vec<(Scope, Vec<String>, Vec<u32>)>,
-    scope: Scope,
-    pattern: String,
-    rule: u32,
-) {
+fn add_to_plan(groups: &mut Vec<Group>, scope: Scope, pattern: String, rule: u32) {
     let slot = match &scope {
         Scope::IfPresent { .. } => None,
-        Scope::Prefixed => groups.iter().position(|g| g.0 == Scope::Prefixed),
-        Scope::Everything => groups.iter().position(|g| g.0 == Scope::Everything),
+        Scope::Prefixed => groups.iter().position(|g| g.scope == Scope::Prefixed),
+        Scope::Everything => groups.iter().position(|g| g.scope == Scope::Everything),
         Scope::Windowed { .. } => groups
             .iter()
-            .position(|g| matches!(g.0, Scope::Windowed { .. })),
+            .position(|g| matches!(g.scope, Scope::Windowed { .. })),
     };
     match slot {
-        None => groups.push((scope, vec![pattern], vec![rule])),
+        None => groups.push(Group {
+            scope,
+            patterns: vec![pattern],
+            rules: vec![rule],
+        }),
         Some(i) => {
             let g = &mut groups[i];
             if let (
@@ -514,13 +619,13 @@ fn add_to_plan(
                     bytes: b2,
                     reach: r2,
                 },
-            ) = (&mut g.0, &scope)
+            ) = (&mut g.scope, &scope)
             {
                 bytes.union(b2);
                 *reach = (*reach).max(*r2);
             }
-            g.1.push(pattern);
-            g.2.push(rule);
+            g.patterns.push(pattern);
+            g.rules.push(rule);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Rules: the file format rule authors write (`spec`), the normalised views matching runs on (`normalize`),
-//! validators (`validate`), the compiled matcher (`engine`) and the store that swaps in new versions safely
-//! (`store`). Pure except for `store`, which reads files and watches the directory.
+//! validators (`validate`), the compiled matcher (`engine`) and the rules directory as a live-reloaded source
+//! (`store`, swapped in by `crate::live`). Pure except for `spec` and `store`, which read files.
 
 pub mod cli;
 mod engine;
@@ -15,7 +15,7 @@ pub use engine::{redact, Budget, Match, Rule, RuleSet};
 pub use normalize::View;
 pub use prefix::PrefixCache;
 pub use spec::{load_dir, Action, Direction, LoadedSet, Mode, RuleError, Severity};
-pub use store::{ReloadOutcome, RuleStore};
+pub use store::{RuleStore, RulesDir};
 pub use validate::Validator;
 
 /// Loads, compiles and checks a rules directory: the one path from files to a usable [`RuleSet`].

@@ -1,114 +1,91 @@
-//! The live rule set and how it changes: load → compile → check examples → swap, atomically, with `arc-swap`.
-//! A request takes one snapshot and keeps it to the end; a failed reload leaves the last good set in place.
-//! Reloads are serialised and run off the request path (a blocking thread).
+//! The live rule set: a rules directory as a [`Source`] of [`crate::live::Live`]. A reload reads and hashes the
+//! files, stops there if the version is the live one, and otherwise compiles and checks the examples before
+//! the swap. This file says what a rules reload is and how it is logged and measured; the reload sequence
+//! itself lives in `live`. It does not watch the directory (`server` does).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use prometheus::IntCounterVec;
 
 use super::engine::{Budget, RuleSet};
-use super::spec::RuleError;
+use super::spec::{load_dir, LoadedSet, RuleError};
+use crate::live::{Live, Reload, Source};
 use crate::metrics;
 
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// A new version is live.
-    Reloaded { version: String, rules: usize },
-    /// The files hash to the live version: nothing to do.
-    Unchanged { version: String, rules: usize },
-    /// The edit was refused; the previous version stays live.
-    Failed {
-        version: String,
-        errors: Vec<String>,
-    },
-}
-
 /// The live rule set of one rules directory.
-pub struct RuleStore {
+pub type RuleStore = Live<RulesDir>;
+
+/// A rules directory and the budget its sets must stay within.
+pub struct RulesDir {
     dir: PathBuf,
     budget: Budget,
-    current: ArcSwap<RuleSet>,
-    reloading: Mutex<()>,
 }
 
-impl RuleStore {
-    /// Loads the directory. Fails (and the gateway does not start) if the set is not valid.
-    pub fn open(dir: &Path, budget: Budget) -> Result<Self, Vec<RuleError>> {
-        let set = super::load(dir, &budget)?;
-        metrics::set_rules_version(set.version(), set.rules().len());
-        Ok(Self {
+impl RulesDir {
+    /// The rules in `dir` (its `*.toml` files), held to `budget`.
+    pub fn new(dir: &Path, budget: Budget) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             budget,
-            current: ArcSwap::from_pointee(set),
-            reloading: Mutex::new(()),
-        })
+        }
     }
 
-    /// The set a request evaluates against, from its start to its end.
-    pub fn snapshot(&self) -> Arc<RuleSet> {
-        self.current.load_full()
-    }
-
+    /// The directory the rules are read from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    /// Reloads from disk. Blocking (reads files, compiles): call it from a blocking thread.
-    pub fn reload(&self) -> ReloadOutcome {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let started = Instant::now();
-        let live = self.current.load();
-        let outcome = match super::spec::load_dir(&self.dir) {
-            Ok(loaded) if loaded.version == live.version() => ReloadOutcome::Unchanged {
-                version: live.version().to_string(),
-                rules: live.rules().len(),
-            },
-            Ok(loaded) => match RuleSet::compile(&loaded, &self.budget) {
-                Ok(set) => {
-                    let version = set.version().to_string();
-                    let rules = set.rules().len();
-                    metrics::set_rules_version(&version, rules);
-                    self.current.store(Arc::new(set));
-                    ReloadOutcome::Reloaded { version, rules }
-                }
-                Err(errors) => failed(live.version(), errors),
-            },
-            Err(errors) => failed(live.version(), errors),
-        };
-        match &outcome {
-            ReloadOutcome::Reloaded { version, rules } => {
-                metrics::RULES_RELOADS.with_label_values(&["ok"]).inc();
-                tracing::info!(
-                    version,
-                    rules,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "rules reloaded"
-                );
-            }
-            ReloadOutcome::Unchanged { .. } => {
-                metrics::RULES_RELOADS
-                    .with_label_values(&["unchanged"])
-                    .inc();
-            }
-            ReloadOutcome::Failed { version, errors } => {
-                metrics::RULES_RELOADS.with_label_values(&["error"]).inc();
-                tracing::error!(
-                    kept_version = version,
-                    "rules reload refused, keeping the last good set: {}",
-                    errors.join("; ")
-                );
-            }
-        }
-        outcome
-    }
 }
 
-fn failed(live_version: &str, errors: Vec<RuleError>) -> ReloadOutcome {
-    ReloadOutcome::Failed {
-        version: live_version.to_string(),
-        errors: errors.iter().map(ToString::to_string).collect(),
+impl Source for RulesDir {
+    type Loaded = LoadedSet;
+    type Set = RuleSet;
+    type Error = RuleError;
+    const NAME: &'static str = "rules";
+
+    fn load(&self) -> Result<LoadedSet, Vec<RuleError>> {
+        load_dir(&self.dir)
+    }
+
+    /// Compiling is the costly step: it only runs for a version that is not the live one.
+    fn validate(&self, loaded: LoadedSet) -> Result<RuleSet, Vec<RuleError>> {
+        RuleSet::compile(&loaded, &self.budget)
+    }
+
+    fn loaded_version(loaded: &LoadedSet) -> &str {
+        &loaded.version
+    }
+
+    fn version(set: &RuleSet) -> &str {
+        set.version()
+    }
+
+    fn count(set: &RuleSet) -> usize {
+        set.rules().len()
+    }
+
+    fn went_live(&self, set: &RuleSet) {
+        metrics::set_rules_version(set.version(), set.rules().len());
+    }
+
+    fn reloads() -> &'static IntCounterVec {
+        &metrics::RULES_RELOADS
+    }
+
+    fn log(&self, outcome: &Reload, took: Duration) {
+        match outcome {
+            Reload::Reloaded { version, count } => tracing::info!(
+                version,
+                rules = count,
+                took_ms = took.as_millis() as u64,
+                "rules reloaded"
+            ),
+            Reload::Unchanged { .. } => {}
+            Reload::Failed { version, errors } => tracing::error!(
+                kept_version = version,
+                "rules reload refused, keeping the last good set: {}",
+                errors.join("; ")
+            ),
+        }
     }
 }
