@@ -3,8 +3,16 @@
 //! The file format is a firewall: it is deserialised with `deny_unknown_fields`, command-line flags are applied
 //! on top of it, and only then is it turned into [`Config`] by one validation function per section, each of
 //! whose errors names the source, the field and what is wrong. Nothing outside this module sees the file structs.
+//!
+//! Errors in the text name their place too, in three steps (`FileConfig::parse`): the text is first parsed into
+//! an `outline` that keeps where every key is written (a syntax error names `(file)` and its line); then each
+//! top-level key must be a known section and a table, so an unknown `[admin]` or an `[[upstream]]` is named as
+//! itself, with its line; only then is the typed file deserialised, and the byte offset serde reports is turned
+//! into the dotted field it is about by the outline (the key there, or the key the value there was written
+//! after), whatever the nesting: `[a.b]` headers, inline tables, dotted or quoted keys, values over several lines.
 
 mod file;
+mod outline;
 
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -656,36 +664,179 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases = [
+        // (file, the error's start `x.toml: FIELD: WHAT`, the line named when the error is about the text)
+        let cases: &[(&str, &str, Option<usize>)] = &[
             (
                 "[upstream]\nurl = \"htp://x\"",
                 "x.toml: upstream.url: invalid URL \"htp://x\"",
+                None,
             ),
             (
                 "[server]\nlisten = \"nope\"",
                 "x.toml: server.listen: invalid address \"nope\"",
+                None,
             ),
             (
                 "[server]\nthreads = 0",
                 "x.toml: server.threads: must be between 1 and 256",
+                None,
             ),
             (
                 "[upstream]\nread_timeout_ms = 0",
                 "x.toml: upstream.read_timeout_ms: must be greater",
+                None,
             ),
             (
                 "[server]\nlisen = \"x\"",
                 "x.toml: server.lisen: unknown field",
+                Some(2),
             ),
-            ("[upstream]\nurl = 5", "x.toml: upstream.url: invalid type"),
+            (
+                "[upstream]\nurl = 5",
+                "x.toml: upstream.url: invalid type",
+                Some(2),
+            ),
+            // The file's shape: each top-level key is one of the sections, and a table.
+            (
+                "[audit]\nenabled = true\n[admin]\nx = 1",
+                "x.toml: admin: unknown section [admin] (line 3); expected one of server, upstream, rules, \
+                 inspect, policy, limits, auth, audit",
+                Some(3),
+            ),
+            (
+                "admin.x = 1\n[server]\nthreads = 2",
+                "x.toml: admin: unknown section [admin]",
+                Some(1),
+            ),
+            (
+                "[[upstream]]\nurl = \"http://x\"",
+                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                Some(1),
+            ),
+            (
+                "server = 5",
+                "x.toml: server: must be a table [server], found an integer",
+                Some(1),
+            ),
+            (
+                "[server]\nthreads = 2\n[rules]\nwatch = true\n[[upstream]]",
+                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                Some(5),
+            ),
+            (
+                "upstream = [\"http://x\"]",
+                "x.toml: upstream: must be a table [upstream], found an array",
+                Some(1),
+            ),
+            (
+                "\naudit = 1979-05-27",
+                "x.toml: audit: must be a table [audit], found a date-time",
+                Some(2),
+            ),
+            (
+                "[rules]\nwatch = true\n[audit]\nenabled = true\n[inspect]\n\npolicy = \"x\"\nrules = [1]",
+                "x.toml: inspect.policy: unknown field",
+                Some(7),
+            ),
+            // Nested tables, inline tables, dotted and quoted keys, values over several lines.
+            (
+                "[audit.webhook]\nurl = \"http://x\"\nsecert_env = \"S\"",
+                "x.toml: audit.webhook.secert_env: unknown field `secert_env`",
+                Some(3),
+            ),
+            (
+                "[limits.per_caller]\nrequests_per_min = 5",
+                "x.toml: limits.per_caller.requests_per_min: unknown field",
+                Some(2),
+            ),
+            (
+                "[audit.webhook]\nbatch_max = \"x\"",
+                "x.toml: audit.webhook.batch_max: invalid type",
+                Some(2),
+            ),
+            (
+                "audit = { webhook = { batch_max = \"x\" } }",
+                "x.toml: audit.webhook.batch_max: invalid type",
+                Some(1),
+            ),
+            (
+                "[limits]\nper_caller = { requests_per_minute = \"x\" }",
+                "x.toml: limits.per_caller.requests_per_minute: invalid type",
+                Some(2),
+            ),
+            (
+                "server.listen = 5",
+                "x.toml: server.listen: invalid type",
+                Some(1),
+            ),
+            (
+                "[audit]\nwebhook.url = 5",
+                "x.toml: audit.webhook.url: invalid type",
+                Some(2),
+            ),
+            (
+                "[server] # the listeners\nlisen = 1",
+                "x.toml: server.lisen: unknown field",
+                Some(2),
+            ),
+            (
+                "[server]\n\"lisen\" = 1",
+                "x.toml: server.lisen: unknown field",
+                Some(2),
+            ),
+            (
+                "[audit.webhook]\nevents = [\n  \"chat.message\",\n  5,\n]",
+                "x.toml: audit.webhook.events: invalid type",
+                Some(4),
+            ),
+            (
+                "[server.listen]\nx = 1",
+                "x.toml: server.listen: invalid type",
+                Some(1),
+            ),
+            (
+                "[server]\nthreads = 2\n[server.listen]\nx = 1",
+                "x.toml: server.listen: invalid type",
+                Some(3),
+            ),
+            (
+                "[server]\nthreads = 2\n\nadmin.x = 1",
+                "x.toml: server.admin: invalid type",
+                Some(4),
+            ),
+            (
+                "[audit]\nenabled = true\n\n[[audit.webhook]]\nurl = \"http://x\"",
+                "x.toml: audit.webhook: invalid type",
+                Some(4),
+            ),
+            (
+                "[server]\nlisten = 1979-05-27",
+                "x.toml: server.listen: invalid type",
+                Some(2),
+            ),
+            // Not TOML: no field to name, the line says where.
+            (
+                "[server]\nthreads = two",
+                "x.toml: (file): invalid string",
+                Some(2),
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"",
+                "x.toml: (file): duplicate key `listen`",
+                Some(3),
+            ),
         ];
-        for (text, want) in cases {
+        let mut wrong = Vec::new();
+        for &(text, want, line) in cases {
             let got = load_str(text, &Overrides::default()).expect_err(text);
-            assert!(
-                got.starts_with(want),
-                "{text:?}: got {got:?}, want prefix {want:?}"
-            );
+            let line_ok = line.is_none_or(|l| got.contains(&format!("(line {l})")));
+            if !got.starts_with(want) || !line_ok || got.contains('\n') {
+                wrong.push(format!(
+                    "{text:?}\n   got  {got:?}\n   want {want:?} at line {line:?}"
+                ));
+            }
         }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
