@@ -1,8 +1,11 @@
-//! The on-disk TOML format. Every section rejects unknown keys; defaults live here and nowhere else.
+//! The on-disk TOML format. Every section rejects unknown keys; defaults live here and nowhere else. Parsing names
+//! the place of each error (see `FileConfig::parse`); what the values mean is checked by the caller.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::outline::{line_of, Node, Outline};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -230,42 +233,91 @@ impl Default for RulesSection {
     }
 }
 
+/// The sections of the file: every top-level key is one of them, and a table. The fields of [`FileConfig`], in
+/// order (`sections_are_the_fields_of_file_config` keeps the two equal).
+const SECTIONS: [&str; 8] = [
+    "server", "upstream", "rules", "inspect", "policy", "limits", "auth", "audit",
+];
+
 impl FileConfig {
-    /// Parses TOML text. On error returns `(field, message)`: the dotted field where serde names one, and a
-    /// message that carries the line number.
+    /// Parses TOML text. On error returns `(field, message)`: the dotted field the error is about (`(file)` for
+    /// text that is not TOML) and a one-line message that carries the line number.
+    ///
+    /// Three steps, each naming the place of its errors: the text is parsed into an `Outline` (syntax errors,
+    /// with their line); the top-level keys are checked against `SECTIONS`, each a table; only then is the
+    /// typed `FileConfig` deserialised, and the offset of a serde error is turned into its dotted field by the
+    /// outline.
     pub fn parse(text: &str) -> Result<Self, (String, String)> {
+        let outline = Outline::parse(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ("(file)".to_string(), one_line(&e, line))
+        })?;
+        check_sections(&outline)?;
         toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let message = e.message().trim().to_string();
-            let field = field_at(text, e.span()).unwrap_or_else(|| "(file)".to_string());
-            match line {
-                Some(l) => (field, format!("{message} (line {l})")),
-                None => (field, message),
-            }
+            let at = e.span().map(|s| s.start);
+            let field = at.and_then(|a| outline.field_at(a)).unwrap_or("(file)");
+            (field.to_string(), one_line(&e, at.map(|a| outline.line(a))))
         })
     }
 }
 
-/// Reconstructs `section.key` for the TOML span an error points at, so the one-line error names the field.
-fn field_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
-    let span = span?;
-    let before = &text[..span.start.min(text.len())];
-    let section = before.lines().rev().find_map(|l| {
-        let l = l.trim();
-        l.strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .map(str::to_string)
-    });
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split('=').next()?.trim();
-    if key.is_empty() || key.starts_with('[') {
-        return section;
+/// Every top-level key must be a known section, written as a table (`[name]`, an inline table or dotted keys).
+fn check_sections(outline: &Outline) -> Result<(), (String, String)> {
+    for (name, line, node) in outline.top() {
+        if !SECTIONS.contains(&name) {
+            return Err((
+                name.to_string(),
+                format!(
+                    "unknown section [{name}] (line {line}); expected one of {}",
+                    SECTIONS.join(", ")
+                ),
+            ));
+        }
+        let found = match node {
+            Node::Table(_) => continue,
+            Node::Array if outline.opens_array_of_tables(line) => {
+                format!("an array of tables [[{name}]]")
+            }
+            Node::Array => "an array".to_string(),
+            Node::Value(what) => what.to_string(),
+        };
+        return Err((
+            name.to_string(),
+            format!("must be a table [{name}], found {found} (line {line})"),
+        ));
     }
-    Some(match section {
-        Some(s) => format!("{s}.{key}"),
-        None => key.to_string(),
-    })
+    Ok(())
+}
+
+/// toml's message on one line (a syntax error's spans two: what, then what was expected), with the line.
+fn one_line(e: &toml::de::Error, line: Option<usize>) -> String {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match line {
+        Some(l) => format!("{message} (line {l})"),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_the_fields_of_file_config() {
+        let err = toml::from_str::<FileConfig>("nope = 1").expect_err("unknown field");
+        let fields: Vec<String> = SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+        assert_eq!(
+            err.message().trim(),
+            format!(
+                "unknown field `nope`, expected one of {}",
+                fields.join(", ")
+            )
+        );
+    }
 }

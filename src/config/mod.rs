@@ -1,11 +1,20 @@
 //! Gateway configuration: the TOML file format (`file`) and the validated, internal form (`Config`).
 //!
 //! The file format is a firewall: it is deserialised with `deny_unknown_fields`, command-line flags are applied
-//! on top of it, and only then is it turned into [`Config`] by one validation pass whose every error names the
-//! source, the field and what is wrong. Nothing outside this module sees the file structs.
+//! on top of it, and only then is it turned into [`Config`] by one validation function per section, each of
+//! whose errors names the source, the field and what is wrong. Nothing outside this module sees the file structs.
+//!
+//! Errors in the text name their place too, in three steps (`FileConfig::parse`): the text is first parsed into
+//! an `outline` that keeps where every key is written (a syntax error names `(file)` and its line); then each
+//! top-level key must be a known section and a table, so an unknown `[admin]` or an `[[upstream]]` is named as
+//! itself, with its line; only then is the typed file deserialised, and the byte offset serde reports is turned
+//! into the dotted field it is about by the outline (the key there, or the key the value there was written
+//! after), whatever the nesting: `[a.b]` headers, inline tables, dotted or quoted keys, values over several lines.
 
 mod file;
+mod outline;
 
+use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -203,349 +212,377 @@ impl Config {
         Self::from_file(raw, &source_name, overrides)
     }
 
-    /// Validates a parsed file with `overrides` applied on top.
+    /// Validates a parsed file with `overrides` applied on top: one step per section, in the order of the file.
     pub fn from_file(
         raw: FileConfig,
         source_name: &str,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let from_file = |field: &str, message: String| ConfigError {
-            source_name: source_name.to_string(),
-            field: field.to_string(),
-            message,
-        };
-        let from_flag = |flag: &str, message: String| ConfigError {
-            source_name: "command line".to_string(),
-            field: flag.to_string(),
-            message,
-        };
-
-        let listen = match &overrides.listen {
-            Some(v) => parse_addr(v).map_err(|m| from_flag("--listen", m))?,
-            None => parse_addr(&raw.server.listen).map_err(|m| from_file("server.listen", m))?,
-        };
-        let admin = match &overrides.admin {
-            Some(v) => parse_addr(v).map_err(|m| from_flag("--admin", m))?,
-            None => parse_addr(&raw.server.admin).map_err(|m| from_file("server.admin", m))?,
-        };
-        if listen == admin {
-            return Err(from_file(
-                "server.admin",
-                format!("must differ from server.listen ({listen})"),
-            ));
-        }
-        if raw.server.threads == 0 || raw.server.threads > 256 {
-            return Err(from_file(
-                "server.threads",
-                format!("must be between 1 and 256, got {}", raw.server.threads),
-            ));
-        }
-
-        let upstream_url = overrides.upstream.as_ref().unwrap_or(&raw.upstream.url);
-        let url_err = |m: String| match &overrides.upstream {
-            Some(_) => from_flag("--upstream", m),
-            None => from_file("upstream.url", m),
-        };
-        let target = parse_upstream_url(upstream_url).map_err(url_err)?;
-
-        let ms = |field: &str, v: u64| -> Result<Duration, ConfigError> {
-            if v == 0 {
-                Err(from_file(field, "must be greater than 0".into()))
-            } else {
-                Ok(Duration::from_millis(v))
-            }
-        };
-        let u = &raw.upstream;
-        let ca_file = match &u.ca_file {
-            Some(p) if !p.is_file() => {
-                return Err(from_file(
-                    "upstream.ca_file",
-                    format!("no such file {:?}", p.display().to_string()),
-                ))
-            }
-            other => other.clone(),
-        };
-        let upstream = UpstreamConfig {
-            url: upstream_url.clone(),
-            tls: target.tls,
-            host: target.host,
-            port: target.port,
-            authority: target.authority,
-            base_path: target.base_path,
-            connect_timeout: ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
-            read_timeout: ms("upstream.read_timeout_ms", u.read_timeout_ms)?,
-            write_timeout: ms("upstream.write_timeout_ms", u.write_timeout_ms)?,
-            idle_timeout: ms("upstream.idle_timeout_ms", u.idle_timeout_ms)?,
-            ca_file,
-        };
-
-        let r = &raw.rules;
-        let rules = RulesConfig {
-            dir: overrides.rules.clone().unwrap_or_else(|| r.dir.clone()),
-            watch: r.watch,
-            debounce: Duration::from_millis(r.reload_debounce_ms),
-            budget: crate::rules::Budget {
-                max_terms: r.max_terms,
-                max_regex_bytes: r.max_regex_bytes,
-                max_compile: ms("rules.max_compile_ms", r.max_compile_ms)?,
-            },
-        };
-
-        let i = &raw.inspect;
-        let unknown_routes = match i.unknown_routes.as_str() {
-            "inspect" => UnknownRoutes::Inspect,
-            "pass" => UnknownRoutes::Pass,
-            "deny" => UnknownRoutes::Deny,
-            other => {
-                return Err(from_file(
-                    "inspect.unknown_routes",
-                    format!("{other:?}: expected \"inspect\", \"pass\" or \"deny\""),
-                ))
-            }
-        };
-        let opaque = match i.opaque_inputs.as_str() {
-            "pass" => crate::inspect::OpaquePolicy::Pass,
-            "deny" => crate::inspect::OpaquePolicy::Deny,
-            other => {
-                return Err(from_file(
-                    "inspect.opaque_inputs",
-                    format!("{other:?}: expected \"pass\" or \"deny\""),
-                ))
-            }
-        };
-        let monitor = match raw.policy.mode.as_str() {
-            "enforce" => false,
-            "monitor" => true,
-            other => {
-                return Err(from_file(
-                    "policy.mode",
-                    format!("{other:?}: expected \"enforce\" or \"monitor\""),
-                ))
-            }
-        };
-        if !(2..=1024).contains(&i.max_json_depth) {
-            return Err(from_file(
-                "inspect.max_json_depth",
-                format!("must be between 2 and 1024, got {}", i.max_json_depth),
-            ));
-        }
-        if !(64..=1 << 20).contains(&i.max_stream_hold_bytes) {
-            return Err(from_file(
-                "inspect.max_stream_hold_bytes",
-                format!(
-                    "must be between 64 and 1048576, got {}",
-                    i.max_stream_hold_bytes
-                ),
-            ));
-        }
-        let l = &raw.limits;
-        if l.max_response_bytes == 0 {
-            return Err(from_file(
-                "limits.max_response_bytes",
-                "must be greater than 0".into(),
-            ));
-        }
-        if l.max_body_bytes == 0 {
-            return Err(from_file(
-                "limits.max_body_bytes",
-                "must be greater than 0".into(),
-            ));
-        }
-        if l.max_decoded_body_bytes < l.max_body_bytes {
-            return Err(from_file(
-                "limits.max_decoded_body_bytes",
-                format!(
-                    "must be at least limits.max_body_bytes ({})",
-                    l.max_body_bytes
-                ),
-            ));
-        }
-        let inspect = InspectConfig {
-            enabled: i.enabled,
-            unknown_routes,
-            options: crate::inspect::InspectOptions {
-                max_depth: i.max_json_depth,
-                opaque,
-                monitor,
-            },
-            max_body_bytes: l.max_body_bytes,
-            max_decoded_body_bytes: l.max_decoded_body_bytes,
-            max_response_bytes: l.max_response_bytes,
-            max_stream_hold: i.max_stream_hold_bytes,
-            fail_open: raw.policy.fail_open,
-        };
-
-        let a = &raw.auth;
-        let keys_file = match a.mode.as_str() {
-            "passthrough" => None,
-            "gateway_keys" => Some(a.keys_file.clone()),
-            other => {
-                return Err(from_file(
-                    "auth.mode",
-                    format!("{other:?}: expected \"passthrough\" or \"gateway_keys\""),
-                ))
-            }
-        };
-        if let Some(o) = a
-            .allowed_origins
-            .iter()
-            .find(|o| o.as_str() == "null" || o.ends_with('/'))
-        {
-            return Err(from_file(
-                "auth.allowed_origins",
-                format!("{o:?} is not an origin (scheme://host[:port], or \"*\")"),
-            ));
-        }
-        l.per_caller.validate().map_err(|m| {
-            let (field, message) = m.split_once(": ").unwrap_or(("", m.as_str()));
-            from_file(&format!("limits.per_caller.{field}"), message.to_string())
-        })?;
-        if !(1..=3600).contains(&l.window_seconds) {
-            return Err(from_file(
-                "limits.window_seconds",
-                format!("must be between 1 and 3600, got {}", l.window_seconds),
-            ));
-        }
-        let auth = AuthConfig {
-            keys_file,
-            watch: a.watch,
-            hash_key_env: a.caller_hash_key_env.clone(),
-            allowed_origins: a.allowed_origins.clone(),
-            caller_limits: l.per_caller,
-        };
-
-        let audit = audit_config(&raw.audit, &from_file)?;
-
+        let src = Source { name: source_name };
+        let (listen, admin, threads, grace_period) = server(&raw.server, overrides, &src)?;
+        let upstream = upstream(&raw.upstream, overrides, &src)?;
+        let rules = rules(&raw.rules, overrides, &src)?;
+        let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
+        let (auth, limit_window) = auth(&raw.auth, &raw.limits, &src)?;
+        let audit = audit(&raw.audit, &src)?;
         Ok(Config {
-            auth,
-            audit,
-            limit_window: Duration::from_secs(l.window_seconds),
             listen,
             admin,
-            threads: raw.server.threads,
-            grace_period: Duration::from_secs(raw.server.grace_period_seconds),
+            threads,
+            grace_period,
             upstream,
             rules,
             inspect,
+            auth,
+            audit,
+            limit_window,
         })
     }
 }
 
-fn audit_config(
-    a: &file::AuditSection,
-    from_file: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Option<AuditConfig>, ConfigError> {
+/// The file being validated: names its errors and holds the checks the sections share.
+struct Source<'a> {
+    name: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            source_name: self.name.to_string(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The flag's value when it is given, else the file's; an error names whichever was used.
+    fn flag_or_file<T>(
+        &self,
+        (flag, given): (&str, Option<&str>),
+        (field, in_file): (&str, &str),
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match given {
+            Some(v) => parse(v).map_err(|message| ConfigError {
+                source_name: "command line".to_string(),
+                field: flag.to_string(),
+                message,
+            }),
+            None => parse(in_file).map_err(|m| self.error(field, m)),
+        }
+    }
+
+    fn positive<T: Default + PartialEq>(&self, field: &str, v: T) -> Result<T, ConfigError> {
+        if v == T::default() {
+            return Err(self.error(field, "must be greater than 0"));
+        }
+        Ok(v)
+    }
+
+    /// A duration in milliseconds, which must be greater than 0.
+    fn millis(&self, field: &str, v: u64) -> Result<Duration, ConfigError> {
+        self.positive(field, v).map(Duration::from_millis)
+    }
+
+    fn at_least<T: PartialOrd + Display>(
+        &self,
+        field: &str,
+        v: T,
+        min: T,
+    ) -> Result<T, ConfigError> {
+        if v < min {
+            return Err(self.error(field, format!("must be at least {min}, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn between<T: PartialOrd + Display>(
+        &self,
+        field: &str,
+        v: T,
+        (min, max): (T, T),
+    ) -> Result<T, ConfigError> {
+        if v < min || v > max {
+            return Err(self.error(field, format!("must be between {min} and {max}, got {v}")));
+        }
+        Ok(v)
+    }
+
+    /// The value paired with the string the file gave; an error lists the strings allowed.
+    fn one_of<T: Copy>(
+        &self,
+        field: &str,
+        v: &str,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        if let Some(&(_, value)) = choices.iter().find(|(name, _)| *name == v) {
+            return Ok(value);
+        }
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.error(field, format!("{v:?}: expected {expected}")))
+    }
+}
+
+/// `[server]`: the two listeners (flags first), the worker threads, the grace period.
+fn server(
+    s: &file::ServerSection,
+    overrides: &Overrides,
+    src: &Source,
+) -> Result<(SocketAddr, SocketAddr, usize, Duration), ConfigError> {
+    let listen = src.flag_or_file(
+        ("--listen", overrides.listen.as_deref()),
+        ("server.listen", &s.listen),
+        parse_addr,
+    )?;
+    let admin = src.flag_or_file(
+        ("--admin", overrides.admin.as_deref()),
+        ("server.admin", &s.admin),
+        parse_addr,
+    )?;
+    if listen == admin {
+        return Err(src.error(
+            "server.admin",
+            format!("must differ from server.listen ({listen})"),
+        ));
+    }
+    let threads = src.between("server.threads", s.threads, (1, 256))?;
+    let grace_period = Duration::from_secs(s.grace_period_seconds);
+    Ok((listen, admin, threads, grace_period))
+}
+
+/// `[upstream]`: the URL (the flag first), the CA file, the timeouts.
+fn upstream(
+    u: &file::UpstreamSection,
+    overrides: &Overrides,
+    src: &Source,
+) -> Result<UpstreamConfig, ConfigError> {
+    let given = overrides.upstream.as_deref();
+    let target = src.flag_or_file(
+        ("--upstream", given),
+        ("upstream.url", &u.url),
+        parse_upstream_url,
+    )?;
+    if let Some(p) = u.ca_file.as_ref().filter(|p| !p.is_file()) {
+        return Err(src.error(
+            "upstream.ca_file",
+            format!("no such file {:?}", p.display().to_string()),
+        ));
+    }
+    Ok(UpstreamConfig {
+        url: given.unwrap_or(&u.url).to_string(),
+        tls: target.tls,
+        host: target.host,
+        port: target.port,
+        authority: target.authority,
+        base_path: target.base_path,
+        connect_timeout: src.millis("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
+        read_timeout: src.millis("upstream.read_timeout_ms", u.read_timeout_ms)?,
+        write_timeout: src.millis("upstream.write_timeout_ms", u.write_timeout_ms)?,
+        idle_timeout: src.millis("upstream.idle_timeout_ms", u.idle_timeout_ms)?,
+        ca_file: u.ca_file.clone(),
+    })
+}
+
+/// `[rules]`: where the rules live (the flag first), reloading, the budget of a rule set.
+fn rules(
+    r: &file::RulesSection,
+    overrides: &Overrides,
+    src: &Source,
+) -> Result<RulesConfig, ConfigError> {
+    Ok(RulesConfig {
+        dir: overrides.rules.clone().unwrap_or_else(|| r.dir.clone()),
+        watch: r.watch,
+        debounce: Duration::from_millis(r.reload_debounce_ms),
+        budget: crate::rules::Budget {
+            max_terms: r.max_terms,
+            max_regex_bytes: r.max_regex_bytes,
+            max_compile: src.millis("rules.max_compile_ms", r.max_compile_ms)?,
+        },
+    })
+}
+
+/// `[inspect]` and `[policy]`, with the `[limits]` on body and answer sizes that inspection works within.
+fn inspect(
+    i: &file::InspectSection,
+    policy: &file::PolicySection,
+    l: &file::LimitsSection,
+    src: &Source,
+) -> Result<InspectConfig, ConfigError> {
+    use crate::inspect::OpaquePolicy;
+    let unknown_routes = src.one_of(
+        "inspect.unknown_routes",
+        &i.unknown_routes,
+        &[
+            ("inspect", UnknownRoutes::Inspect),
+            ("pass", UnknownRoutes::Pass),
+            ("deny", UnknownRoutes::Deny),
+        ],
+    )?;
+    let opaque = src.one_of(
+        "inspect.opaque_inputs",
+        &i.opaque_inputs,
+        &[("pass", OpaquePolicy::Pass), ("deny", OpaquePolicy::Deny)],
+    )?;
+    let monitor = src.one_of(
+        "policy.mode",
+        &policy.mode,
+        &[("enforce", false), ("monitor", true)],
+    )?;
+    let max_depth = src.between("inspect.max_json_depth", i.max_json_depth, (2, 1024))?;
+    let max_stream_hold = src.between(
+        "inspect.max_stream_hold_bytes",
+        i.max_stream_hold_bytes,
+        (64, 1 << 20),
+    )?;
+    let max_response_bytes = src.positive("limits.max_response_bytes", l.max_response_bytes)?;
+    let max_body_bytes = src.positive("limits.max_body_bytes", l.max_body_bytes)?;
+    if l.max_decoded_body_bytes < max_body_bytes {
+        return Err(src.error(
+            "limits.max_decoded_body_bytes",
+            format!("must be at least limits.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    Ok(InspectConfig {
+        enabled: i.enabled,
+        unknown_routes,
+        options: crate::inspect::InspectOptions {
+            max_depth,
+            opaque,
+            monitor,
+        },
+        max_body_bytes,
+        max_decoded_body_bytes: l.max_decoded_body_bytes,
+        max_response_bytes,
+        max_stream_hold,
+        fail_open: policy.fail_open,
+    })
+}
+
+/// `[auth]`, with the `[limits]` of passthrough callers: the quotas and the window they are counted over.
+fn auth(
+    a: &file::AuthSection,
+    l: &file::LimitsSection,
+    src: &Source,
+) -> Result<(AuthConfig, Duration), ConfigError> {
+    let gateway_keys = src.one_of(
+        "auth.mode",
+        &a.mode,
+        &[("passthrough", false), ("gateway_keys", true)],
+    )?;
+    if let Some(o) = a
+        .allowed_origins
+        .iter()
+        .find(|o| o.as_str() == "null" || o.ends_with('/'))
+    {
+        return Err(src.error(
+            "auth.allowed_origins",
+            format!("{o:?} is not an origin (scheme://host[:port], or \"*\")"),
+        ));
+    }
+    l.per_caller.validate().map_err(|m| {
+        let (field, message) = m.split_once(": ").unwrap_or(("", m.as_str()));
+        src.error(&format!("limits.per_caller.{field}"), message)
+    })?;
+    let window = src.between("limits.window_seconds", l.window_seconds, (1, 3600))?;
+    let auth = AuthConfig {
+        keys_file: gateway_keys.then(|| a.keys_file.clone()),
+        watch: a.watch,
+        hash_key_env: a.caller_hash_key_env.clone(),
+        allowed_origins: a.allowed_origins.clone(),
+        caller_limits: l.per_caller,
+    };
+    Ok((auth, Duration::from_secs(window)))
+}
+
+/// `[audit]`: `None` when disabled.
+fn audit(a: &file::AuditSection, src: &Source) -> Result<Option<AuditConfig>, ConfigError> {
     if !a.enabled {
         return Ok(None);
     }
-    let fsync = match a.fsync.as_str() {
-        "always" => Fsync::Always,
-        "interval" if a.fsync_interval_ms > 0 => {
-            Fsync::Interval(Duration::from_millis(a.fsync_interval_ms))
-        }
-        "interval" => {
-            return Err(from_file(
-                "audit.fsync_interval_ms",
-                "must be greater than 0".into(),
-            ))
-        }
-        other => {
-            return Err(from_file(
-                "audit.fsync",
-                format!("{other:?}: expected \"always\" or \"interval\""),
-            ))
-        }
+    let interval = src.one_of(
+        "audit.fsync",
+        &a.fsync,
+        &[("always", false), ("interval", true)],
+    )?;
+    let fsync = match interval {
+        true => Fsync::Interval(src.millis("audit.fsync_interval_ms", a.fsync_interval_ms)?),
+        false => Fsync::Always,
     };
-    let choice = |field: &str, v: &str, yes: &str, no: &str| -> Result<bool, ConfigError> {
-        if v == yes {
-            Ok(true)
-        } else if v == no {
-            Ok(false)
-        } else {
-            Err(from_file(
-                field,
-                format!("{v:?}: expected \"{yes}\" or \"{no}\""),
-            ))
-        }
-    };
-    let block_when_full = choice("audit.on_full", &a.on_full, "block", "drop")?;
-    let fail_closed = choice(
+    let block_when_full = src.one_of(
+        "audit.on_full",
+        &a.on_full,
+        &[("block", true), ("drop", false)],
+    )?;
+    let fail_closed = src.one_of(
         "audit.on_failure",
         &a.on_failure,
-        "fail_closed",
-        "fail_open",
+        &[("fail_closed", true), ("fail_open", false)],
     )?;
-    if a.max_file_bytes < 4096 {
-        return Err(from_file(
-            "audit.max_file_bytes",
-            format!("must be at least 4096, got {}", a.max_file_bytes),
-        ));
-    }
-    if a.keep_files < 2 {
-        return Err(from_file(
-            "audit.keep_files",
-            format!("must be at least 2, got {}", a.keep_files),
-        ));
-    }
-    if a.queue == 0 {
-        return Err(from_file("audit.queue", "must be greater than 0".into()));
-    }
-    let w = &a.webhook;
-    let webhook = if w.url.is_empty() {
-        None
-    } else {
-        let t = parse_upstream_url(&w.url).map_err(|m| from_file("audit.webhook.url", m))?;
-        let secret = std::env::var(&w.secret_env).unwrap_or_default();
-        if secret.is_empty() {
-            return Err(from_file(
-                "audit.webhook.secret_env",
-                format!("${} must hold the webhook's signing secret", w.secret_env),
-            ));
-        }
-        const TYPES: [&str; 3] = ["chat.message", "chat.blocked", "chat.escalated"];
-        if let Some(bad) = w.events.iter().find(|e| !TYPES.contains(&e.as_str())) {
-            return Err(from_file(
-                "audit.webhook.events",
-                format!("{bad:?}: expected some of {TYPES:?}"),
-            ));
-        }
-        if w.timeout_ms == 0 || w.batch_max == 0 {
-            return Err(from_file(
-                "audit.webhook",
-                "timeout_ms and batch_max must be greater than 0".into(),
-            ));
-        }
-        let timeout = Duration::from_millis(w.timeout_ms);
-        Some(WebhookConfig {
-            target: UpstreamConfig {
-                url: w.url.clone(),
-                tls: t.tls,
-                host: t.host,
-                port: t.port,
-                authority: t.authority,
-                base_path: t.base_path,
-                connect_timeout: timeout,
-                read_timeout: timeout,
-                write_timeout: timeout,
-                idle_timeout: Duration::from_secs(60),
-                ca_file: None,
-            },
-            secret,
-            events: w.events.clone(),
-            batch_max: w.batch_max,
-            max_backoff: Duration::from_millis(w.max_backoff_ms.max(100)),
-        })
-    };
     Ok(Some(AuditConfig {
         dir: a.dir.clone(),
         fsync,
-        max_file_bytes: a.max_file_bytes,
-        keep_files: a.keep_files,
-        queue: a.queue,
+        max_file_bytes: src.at_least("audit.max_file_bytes", a.max_file_bytes, 4096)?,
+        keep_files: src.at_least("audit.keep_files", a.keep_files, 2)?,
+        queue: src.positive("audit.queue", a.queue)?,
         block_when_full,
         fail_closed,
         stdout: a.stdout,
-        webhook,
+        webhook: webhook(&a.webhook, src)?,
+    }))
+}
+
+/// `[audit.webhook]`: `None` when it has no URL.
+fn webhook(w: &file::WebhookSection, src: &Source) -> Result<Option<WebhookConfig>, ConfigError> {
+    if w.url.is_empty() {
+        return Ok(None);
+    }
+    let t = parse_upstream_url(&w.url).map_err(|m| src.error("audit.webhook.url", m))?;
+    let secret = std::env::var(&w.secret_env).unwrap_or_default();
+    if secret.is_empty() {
+        return Err(src.error(
+            "audit.webhook.secret_env",
+            format!("${} must hold the webhook's signing secret", w.secret_env),
+        ));
+    }
+    const TYPES: [&str; 3] = ["chat.message", "chat.blocked", "chat.escalated"];
+    if let Some(bad) = w.events.iter().find(|e| !TYPES.contains(&e.as_str())) {
+        return Err(src.error(
+            "audit.webhook.events",
+            format!("{bad:?}: expected some of {TYPES:?}"),
+        ));
+    }
+    if w.timeout_ms == 0 || w.batch_max == 0 {
+        return Err(src.error(
+            "audit.webhook",
+            "timeout_ms and batch_max must be greater than 0",
+        ));
+    }
+    let timeout = Duration::from_millis(w.timeout_ms);
+    Ok(Some(WebhookConfig {
+        target: UpstreamConfig {
+            url: w.url.clone(),
+            tls: t.tls,
+            host: t.host,
+            port: t.port,
+            authority: t.authority,
+            base_path: t.base_path,
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            write_timeout: timeout,
+            idle_timeout: Duration::from_secs(60),
+            ca_file: None,
+        },
+        secret,
+        events: w.events.clone(),
+        batch_max: w.batch_max,
+        max_backoff: Duration::from_millis(w.max_backoff_ms.max(100)),
     }))
 }
 
@@ -627,36 +664,179 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases = [
+        // (file, the error's start `x.toml: FIELD: WHAT`, the line named when the error is about the text)
+        let cases: &[(&str, &str, Option<usize>)] = &[
             (
                 "[upstream]\nurl = \"htp://x\"",
                 "x.toml: upstream.url: invalid URL \"htp://x\"",
+                None,
             ),
             (
                 "[server]\nlisten = \"nope\"",
                 "x.toml: server.listen: invalid address \"nope\"",
+                None,
             ),
             (
                 "[server]\nthreads = 0",
                 "x.toml: server.threads: must be between 1 and 256",
+                None,
             ),
             (
                 "[upstream]\nread_timeout_ms = 0",
                 "x.toml: upstream.read_timeout_ms: must be greater",
+                None,
             ),
             (
                 "[server]\nlisen = \"x\"",
                 "x.toml: server.lisen: unknown field",
+                Some(2),
             ),
-            ("[upstream]\nurl = 5", "x.toml: upstream.url: invalid type"),
+            (
+                "[upstream]\nurl = 5",
+                "x.toml: upstream.url: invalid type",
+                Some(2),
+            ),
+            // The file's shape: each top-level key is one of the sections, and a table.
+            (
+                "[audit]\nenabled = true\n[admin]\nx = 1",
+                "x.toml: admin: unknown section [admin] (line 3); expected one of server, upstream, rules, \
+                 inspect, policy, limits, auth, audit",
+                Some(3),
+            ),
+            (
+                "admin.x = 1\n[server]\nthreads = 2",
+                "x.toml: admin: unknown section [admin]",
+                Some(1),
+            ),
+            (
+                "[[upstream]]\nurl = \"http://x\"",
+                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                Some(1),
+            ),
+            (
+                "server = 5",
+                "x.toml: server: must be a table [server], found an integer",
+                Some(1),
+            ),
+            (
+                "[server]\nthreads = 2\n[rules]\nwatch = true\n[[upstream]]",
+                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                Some(5),
+            ),
+            (
+                "upstream = [\"http://x\"]",
+                "x.toml: upstream: must be a table [upstream], found an array",
+                Some(1),
+            ),
+            (
+                "\naudit = 1979-05-27",
+                "x.toml: audit: must be a table [audit], found a date-time",
+                Some(2),
+            ),
+            (
+                "[rules]\nwatch = true\n[audit]\nenabled = true\n[inspect]\n\npolicy = \"x\"\nrules = [1]",
+                "x.toml: inspect.policy: unknown field",
+                Some(7),
+            ),
+            // Nested tables, inline tables, dotted and quoted keys, values over several lines.
+            (
+                "[audit.webhook]\nurl = \"http://x\"\nsecert_env = \"S\"",
+                "x.toml: audit.webhook.secert_env: unknown field `secert_env`",
+                Some(3),
+            ),
+            (
+                "[limits.per_caller]\nrequests_per_min = 5",
+                "x.toml: limits.per_caller.requests_per_min: unknown field",
+                Some(2),
+            ),
+            (
+                "[audit.webhook]\nbatch_max = \"x\"",
+                "x.toml: audit.webhook.batch_max: invalid type",
+                Some(2),
+            ),
+            (
+                "audit = { webhook = { batch_max = \"x\" } }",
+                "x.toml: audit.webhook.batch_max: invalid type",
+                Some(1),
+            ),
+            (
+                "[limits]\nper_caller = { requests_per_minute = \"x\" }",
+                "x.toml: limits.per_caller.requests_per_minute: invalid type",
+                Some(2),
+            ),
+            (
+                "server.listen = 5",
+                "x.toml: server.listen: invalid type",
+                Some(1),
+            ),
+            (
+                "[audit]\nwebhook.url = 5",
+                "x.toml: audit.webhook.url: invalid type",
+                Some(2),
+            ),
+            (
+                "[server] # the listeners\nlisen = 1",
+                "x.toml: server.lisen: unknown field",
+                Some(2),
+            ),
+            (
+                "[server]\n\"lisen\" = 1",
+                "x.toml: server.lisen: unknown field",
+                Some(2),
+            ),
+            (
+                "[audit.webhook]\nevents = [\n  \"chat.message\",\n  5,\n]",
+                "x.toml: audit.webhook.events: invalid type",
+                Some(4),
+            ),
+            (
+                "[server.listen]\nx = 1",
+                "x.toml: server.listen: invalid type",
+                Some(1),
+            ),
+            (
+                "[server]\nthreads = 2\n[server.listen]\nx = 1",
+                "x.toml: server.listen: invalid type",
+                Some(3),
+            ),
+            (
+                "[server]\nthreads = 2\n\nadmin.x = 1",
+                "x.toml: server.admin: invalid type",
+                Some(4),
+            ),
+            (
+                "[audit]\nenabled = true\n\n[[audit.webhook]]\nurl = \"http://x\"",
+                "x.toml: audit.webhook: invalid type",
+                Some(4),
+            ),
+            (
+                "[server]\nlisten = 1979-05-27",
+                "x.toml: server.listen: invalid type",
+                Some(2),
+            ),
+            // Not TOML: no field to name, the line says where.
+            (
+                "[server]\nthreads = two",
+                "x.toml: (file): invalid string",
+                Some(2),
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"",
+                "x.toml: (file): duplicate key `listen`",
+                Some(3),
+            ),
         ];
-        for (text, want) in cases {
+        let mut wrong = Vec::new();
+        for &(text, want, line) in cases {
             let got = load_str(text, &Overrides::default()).expect_err(text);
-            assert!(
-                got.starts_with(want),
-                "{text:?}: got {got:?}, want prefix {want:?}"
-            );
+            let line_ok = line.is_none_or(|l| got.contains(&format!("(line {l})")));
+            if !got.starts_with(want) || !line_ok || got.contains('\n') {
+                wrong.push(format!(
+                    "{text:?}\n   got  {got:?}\n   want {want:?} at line {line:?}"
+                ));
+            }
         }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn run_with_config(toml: &str, extra: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn bad_config_exits_2_naming_the_field() {
-    let cases: [(&str, &[&str], &str); 6] = [
+    let cases: [(&str, &[&str], &str); 8] = [
         (
             "[upstream]\nurl = \"htp://x\"\n",
             &[],
@@ -47,6 +47,17 @@ fn bad_config_exits_2_naming_the_field() {
             "[server]\nthreads = \"two\"\n",
             &[],
             "server.threads: invalid type",
+        ),
+        (
+            "[audit]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:1\"\n",
+            &[],
+            ": admin: unknown section [admin] (line 3)",
+        ),
+        // A syntax error is reported on one line too (toml's message spans two).
+        (
+            "[server]\nthreads = two\n",
+            &[],
+            ": (file): invalid string; expected",
         ),
         (
             "[upstream]\nconnect_timeout_ms = 0\n",
