@@ -685,6 +685,12 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    // Metrics are recorded in the logging hook, just after the answer went out.
+    gw.metric_eventually(
+        r#"promptgate_requests_total{decision="redact",route="chat_completions",status="200"}"#,
+        1.0,
+    )
+    .await;
     let text = gw.metrics_text().await;
     let declared = std::fs::read_to_string(repo_root().join("src/metrics.rs")).expect("metrics.rs");
     let panels = dash["panels"].as_array().expect("panels");
