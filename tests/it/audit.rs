@@ -12,7 +12,10 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::support::{chat_body, copy_rules, post, repo_root, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{
+    chat_body, copy_rules, file_events, post, repo_root, wait_file_events, Gateway, GatewayOpts,
+    MockUpstream,
+};
 
 const SECRET: &str = "webhook-test-secret";
 const EMAIL: &str = "jane.doe@example.com";
@@ -136,37 +139,6 @@ fn webhook_opts(mock: &MockUpstream, audit: &Path, receiver: &Receiver) -> Gatew
     GatewayOpts::new(mock.url())
         .toml(&audit_toml(audit, Some(receiver), ""))
         .env("PG_TEST_WEBHOOK_SECRET", SECRET)
-}
-
-/// Every complete event line in the audit directory.
-fn file_events(dir: &Path) -> Vec<Value> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("audit dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    names.sort();
-    let mut out = Vec::new();
-    for p in names {
-        let text = std::fs::read(&p).expect("segment");
-        for line in text.split_inclusive(|b| *b == b'\n') {
-            if line.ends_with(b"\n") {
-                out.push(serde_json::from_slice(line).expect("event line is JSON"));
-            }
-        }
-    }
-    out
-}
-
-async fn wait_file_events(dir: &Path, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ev = file_events(dir);
-        if ev.len() >= n || Instant::now() > deadline {
-            return ev;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn verify_signatures(r: &Receiver) {

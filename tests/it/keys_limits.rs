@@ -1,46 +1,16 @@
 //! Identity, scope and limits, seen from a client: gateway keys from a hot-reloaded keys file, passthrough
 //! callers, 401 / 403 / 429 answers with their headers, concurrency permits released on every ending, CORS.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use promptgate::auth::keys::secret_sha256;
 use serde_json::Value;
 
 use crate::sdk::run_sdk_script;
-use crate::support::{chat_body, post, recorded_header, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{
+    chat_body, key_entry, post, recorded_header, Gateway, GatewayOpts, KeysFile, MockUpstream,
+};
 
 const PROVIDER_KEY: &str = "sk-provider-test-0123456789";
-
-/// A keys file in a temp directory, rewritable during a test.
-struct KeysFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl KeysFile {
-    fn new(text: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("keys.toml");
-        std::fs::write(&path, text).expect("write keys");
-        Self { _dir: dir, path }
-    }
-
-    /// Replaces the file the way editors do: a temporary, then a rename.
-    fn replace(&self, text: &str) {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, &self.path).expect("rename");
-    }
-}
-
-/// One `[[key]]` entry for `secret`, with extra TOML lines.
-fn key_entry(id: &str, secret: &str, extra: &str) -> String {
-    format!(
-        "[[key]]\nid = \"{id}\"\nsha256 = \"{}\"\ntenant = \"team-a\"\n{extra}\n",
-        secret_sha256(secret)
-    )
-}
 
 async fn keys_gateway(mock: &MockUpstream, keys: &KeysFile, extra: &str) -> Gateway {
     Gateway::start_with(

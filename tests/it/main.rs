@@ -9,6 +9,7 @@ mod audit;
 mod forwarding;
 mod keys_limits;
 mod lifecycle;
+mod paths;
 mod requests;
 mod rules_engine;
 mod rules_reload;

@@ -4,16 +4,18 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use promptgate::mock::{self, MockConfig};
 use serde_json::Value;
 
-/// The built `promptgate` executable.
+/// The built `promptgate` executable (`$PROMPTGATE_TEST_BIN` runs the suite against another build).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_promptgate"))
+    std::env::var_os("PROMPTGATE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_promptgate")))
 }
 
 /// The repository root (tests run with the package root as working directory, but be explicit).
@@ -358,4 +360,65 @@ pub async fn post(
         req = req.header(*k, *v);
     }
     req.send().await.expect("send")
+}
+
+/// A keys file in a temp directory, rewritable during a test.
+pub struct KeysFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl KeysFile {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, text).expect("write keys");
+        Self { _dir: dir, path }
+    }
+
+    /// Replaces the file the way editors do: a temporary, then a rename.
+    pub fn replace(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &self.path).expect("rename");
+    }
+}
+
+/// One `[[key]]` entry for `secret`, with extra TOML lines.
+pub fn key_entry(id: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "[[key]]\nid = \"{id}\"\nsha256 = \"{}\"\ntenant = \"team-a\"\n{extra}\n",
+        promptgate::auth::keys::secret_sha256(secret)
+    )
+}
+
+/// Every complete event line in the audit directory.
+pub fn file_events(dir: &Path) -> Vec<Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("audit dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for p in names {
+        let text = std::fs::read(&p).expect("segment");
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            if line.ends_with(b"\n") {
+                out.push(serde_json::from_slice(line).expect("event line is JSON"));
+            }
+        }
+    }
+    out
+}
+
+pub async fn wait_file_events(dir: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = file_events(dir);
+        if ev.len() >= n || Instant::now() > deadline {
+            return ev;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
