@@ -9,7 +9,8 @@
 //!   The client's credential never goes upstream. Missing, unknown, disabled and expired keys all get the
 //!   same 401.
 //!
-//! CORS preflights are answered here too, from the allowed origins, and never forwarded.
+//! This module says who a caller is and what its key allows; `admission` applies it to a request (with the
+//! limits and CORS).
 
 pub mod keys;
 

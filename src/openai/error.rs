@@ -211,19 +211,6 @@ impl Rejection {
             _ => None,
         }
     }
-
-    /// Whether this is about the answer rather than the request: the answer was blocked, or could not be
-    /// inspected and was withheld (the response side of the decision is then `block` or `error`).
-    pub fn is_about_the_answer(&self) -> bool {
-        matches!(
-            self,
-            Rejection::ResponseBlocked { .. }
-                | Rejection::UpstreamEncoding
-                | Rejection::UpstreamTooLarge { .. }
-                | Rejection::UpstreamUninspectable(_)
-                | Rejection::StreamUninspectable(_)
-        )
-    }
 }
 
 impl ErrorResponse {

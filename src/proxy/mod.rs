@@ -28,7 +28,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{RequestCtx, IN_FLIGHT};
-pub use path::{plan, BodyHeader, BodyPlan, Path};
+pub use path::Path;
 
 use crate::audit::Audit;
 use crate::auth::Auth;

@@ -596,6 +596,9 @@ async fn opaque_inputs_and_unknown_routes_follow_their_policy() {
     }
     let r = post(&gw, "/v1/files", b"{}".to_vec(), &[]).await;
     assert_eq!(r.status(), 403);
+    // Denied whatever the body: a request without one is refused too.
+    let r = reqwest::get(gw.url("/v1/files")).await.expect("get");
+    assert_eq!(r.status(), 403);
     drop(gw);
 
     let gw = Gateway::start_with(
