@@ -12,7 +12,9 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 bash .ci/setup >/dev/null
 cargo build --release --quiet
-BIN=target/release/promptgate
+# BIN: the gateway under test (default: this build); the mock is always this build's.
+MOCK_BIN=target/release/promptgate
+BIN=${BIN:-$MOCK_BIN}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -30,20 +32,20 @@ PIN_HELPER=()
 if [ "$PIN" = 1 ]; then PIN_GW=(taskset -c 0); PIN_HELPER=(taskset -c "1-$(( $(nproc) - 1 ))"); fi
 
 MOCK_PORT=$(port)
-"${PIN_HELPER[@]}" "$BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
+"${PIN_HELPER[@]}" "$MOCK_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
-# start_gateway NAME EXTRA_TOML → sets GW_URL. Each gateway gets its own audit directory unless EXTRA_TOML
-# configures [audit] (one gateway per directory).
+# start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL. Each gateway gets its own audit directory unless
+# EXTRA_TOML configures [audit] (one gateway per directory).
 start_gateway() {
-  local name=$1 extra=$2 gp ap
+  local name=$1 extra=$2 bin=${3:-$BIN} gp ap
   gp=$(port); ap=$(port)
   if [[ $extra != *"[audit]"* ]]; then extra="$extra
 [audit]
 dir = \"$WORK/$name-audit\""; fi
   printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
-  RUST_LOG=error "${PIN_GW[@]}" "$BIN" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
+  RUST_LOG=error "${PIN_GW[@]}" "$bin" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
     --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$ap/healthz"

@@ -3,7 +3,8 @@
 //! inter-delta gap p99, and the mean bytes held back (from the gateway's own metric). Every stream's text is
 //! checked: the gateway must deliver exactly what the mock sent (it contains nothing the rules match).
 //!
-//! `cargo bench --bench stream` (under `cargo test` it runs one short stream as a smoke test).
+//! `cargo bench --bench stream` (under `cargo test` it runs one short stream as a smoke test);
+//! `PROMPTGATE_BIN=path/to/promptgate cargo bench --bench stream` measures another build of the gateway.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,7 +104,9 @@ fn main() {
         let mock = mock::start("127.0.0.1:0".parse().expect("addr"), MockConfig::default()).await.expect("mock");
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
         let admin = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let mut gw = Command::new(env!("CARGO_BIN_EXE_promptgate"))
+        // `$PROMPTGATE_BIN` measures another build of the gateway (e.g. an earlier commit's).
+        let bin = std::env::var_os("PROMPTGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_promptgate").into());
+        let mut gw = Command::new(bin)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--admin", &format!("127.0.0.1:{admin}")])
             .args(["--upstream", &format!("http://{}", mock.addr)])

@@ -85,10 +85,7 @@ impl Admission {
     /// names, a token quota must count the prompt.
     pub fn needs_body(&self) -> bool {
         self.caller.as_ref().is_some_and(|c| {
-            c.key().is_some_and(|k| !k.allowed_models.is_empty())
-                || c.subjects()
-                    .iter()
-                    .any(|s| s.spec.tokens_per_minute.is_some())
+            c.key().is_some_and(|k| !k.allowed_models.is_empty()) || c.has_token_quota()
         })
     }
 
@@ -118,10 +115,10 @@ impl Admission {
         let model = facts.and_then(|f| f.model.as_deref());
         auth.check_model(caller, model, required).map_err(refused)?;
         early?;
-        let subjects = caller.subjects();
-        if !subjects.iter().any(|s| s.spec.tokens_per_minute.is_some()) {
+        if !caller.has_token_quota() {
             return Ok(());
         }
+        let subjects = caller.subjects();
         let estimate = facts.map_or(0, Facts::estimated_tokens);
         match limiter.admit_tokens(&subjects, estimate) {
             Ok(quota) => {

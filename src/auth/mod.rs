@@ -141,6 +141,18 @@ impl Caller {
         !own.is_empty() || self.tenant_limits.is_some()
     }
 
+    /// Whether a token quota applies (the caller's own or its tenant's): the prompt must then be counted.
+    pub fn has_token_quota(&self) -> bool {
+        let own = match &self.who {
+            Who::Key(k) => &k.limits,
+            Who::Passthrough { limits, .. } => limits,
+        };
+        own.tokens_per_minute.is_some()
+            || self
+                .tenant_limits
+                .is_some_and(|t| t.tokens_per_minute.is_some())
+    }
+
     /// Rules only record for this caller.
     pub fn monitor(&self) -> bool {
         self.key().is_some_and(|k| k.monitor)

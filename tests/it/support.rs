@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use promptgate::mock::{self, MockConfig};
 use serde_json::Value;
 
-/// The built `promptgate` executable (`$PROMPTGATE_TEST_BIN` runs the suite against another build).
+/// The built `promptgate` executable (`$PROMPTGATE_BIN` runs the suite against another build).
 pub fn binary() -> PathBuf {
-    std::env::var_os("PROMPTGATE_TEST_BIN")
+    std::env::var_os("PROMPTGATE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_promptgate")))
 }
