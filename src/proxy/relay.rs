@@ -70,9 +70,9 @@ async fn pass(
             None => {
                 ctx.timing.upstream_done = Some(Instant::now());
                 ctx.usage = tap.usage();
-                session.write_response_body(None, true).await?;
+                // Pooled before the client hears the end: its next request may want this connection.
                 up.finish().await;
-                return Ok(());
+                return session.write_response_body(None, true).await;
             }
         }
     }

@@ -49,26 +49,47 @@ pub async fn filter(
     session.write_response_header(Box::new(resp), false).await?;
     // The filter goes into the context on every ending: its hits, usage and ending feed the outcome.
     let result = drive(session, ctx, &mut up, &mut filter).await;
+    let ended = match result {
+        Ok(ended) => ended,
+        Err(e) => {
+            ctx.stream = Some(filter);
+            return Err(e);
+        }
+    };
     ctx.stream = Some(filter);
-    match result {
-        Ok(true) => {
+    match ended {
+        Ended::Finished(last) => {
+            // Pooled before the client hears the end: its next request may want this connection.
             up.finish().await;
-            Ok(())
+            if !last.is_empty() {
+                ctx.sent_answer_bytes();
+            }
+            session.write_response_body(Some(last), true).await
         }
         // Cut: dropping `up` closes its connection, which ends the upstream's generation.
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
+        Ended::Cut(last) => {
+            drop(up);
+            session.write_response_body(Some(last), true).await
+        }
     }
 }
 
-/// Relays the stream through its filter. `Ok(true)`: the upstream finished its answer; `Ok(false)`: the
-/// stream was cut (a block, or an answer that cannot be inspected).
+/// How the upstream's part of a stream ended, with the last bytes for the client.
+enum Ended {
+    /// The upstream finished its answer.
+    Finished(Bytes),
+    /// The stream was cut: a block, or an answer that cannot be inspected.
+    Cut(Bytes),
+}
+
+/// Relays the stream through its filter until the upstream finishes or the filter ends it; the last bytes are
+/// left for the caller to write once the upstream connection is dealt with.
 async fn drive(
     session: &mut Session,
     ctx: &mut RequestCtx,
     up: &mut Exchange<'_>,
     filter: &mut StreamFilter,
-) -> Result<bool> {
+) -> Result<Ended> {
     loop {
         let read = match unless_client_leaves(session, up.read()).await {
             Ok(read) => read,
@@ -84,23 +105,20 @@ async fn drive(
                 return Err(e);
             }
         };
-        let upstream_done = read.is_none();
-        let out = match read {
-            Some(chunk) => ctx.timed(|| filter.push(&chunk)),
-            None => {
-                ctx.timing.upstream_done = Some(Instant::now());
-                ctx.timed(|| filter.finish())
-            }
+        let Some(chunk) = read else {
+            ctx.timing.upstream_done = Some(Instant::now());
+            let out = ctx.timed(|| filter.finish());
+            return Ok(Ended::Finished(with_ending(out, filter)));
         };
-        let out = with_ending(out, filter);
+        let out = with_ending(ctx.timed(|| filter.push(&chunk)), filter);
+        if filter.is_ended() {
+            if !out.is_empty() {
+                ctx.sent_answer_bytes();
+            }
+            return Ok(Ended::Cut(out));
+        }
         if !out.is_empty() {
             ctx.sent_answer_bytes();
-        }
-        if upstream_done || filter.is_ended() {
-            session.write_response_body(Some(out), true).await?;
-            return Ok(upstream_done);
-        }
-        if !out.is_empty() {
             session.write_response_body(Some(out), false).await?;
         }
     }
