@@ -204,141 +204,188 @@ fn valid_id(id: &str) -> bool {
 /// Reads and checks every rule file of `dir`. Returns every error found, not only the first.
 pub fn load_dir(dir: &Path) -> Result<LoadedSet, Vec<RuleError>> {
     let files = rule_files(dir).map_err(|e| vec![e])?;
-    let mut errors = Vec::new();
-    let mut rules: Vec<LoadedRule> = Vec::new();
-    let mut hasher = Sha256::new();
-    let mut all_files = files.clone();
+    let mut loader = Loader {
+        dir,
+        hasher: Sha256::new(),
+        errors: Vec::new(),
+        rules: Vec::new(),
+        files: files.clone(),
+    };
     for file in &files {
+        loader.file(file);
+    }
+    loader.finish()
+}
+
+/// The state of one load: what was read (hashed into the version), the rules so far, the errors so far.
+struct Loader<'a> {
+    dir: &'a Path,
+    hasher: Sha256,
+    errors: Vec<RuleError>,
+    rules: Vec<LoadedRule>,
+    /// Every file the set was read from (rule files and terms files).
+    files: Vec<PathBuf>,
+}
+
+impl Loader<'_> {
+    /// Hashes `name` and `text` into the version (with separators, so moving bytes between them changes it).
+    fn hash(&mut self, name: &[u8], text: &str) {
+        self.hasher.update(name);
+        self.hasher.update([0]);
+        self.hasher.update(text.as_bytes());
+        self.hasher.update([0]);
+    }
+
+    /// One rule file: read, hashed, parsed, each rule checked.
+    fn file(&mut self, file: &Path) {
+        let error = |line: Option<usize>, message: String| RuleError {
+            file: file.to_path_buf(),
+            line,
+            rule: None,
+            message,
+        };
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
-            Err(e) => {
-                errors.push(RuleError {
-                    file: file.clone(),
-                    line: None,
-                    rule: None,
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
+            Err(e) => return self.errors.push(error(None, format!("cannot read: {e}"))),
         };
-        hasher.update(
-            file.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
+        let name = file
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default();
+        self.hash(name, &text);
         let parsed: RuleFile = match toml::from_str(&text) {
             Ok(p) => p,
             Err(e) => {
-                errors.push(RuleError {
-                    file: file.clone(),
-                    line: e.span().map(|s| line_of(&text, s.start)),
-                    rule: None,
-                    message: e.message().trim().to_string(),
-                });
-                continue;
+                let line = e.span().map(|s| line_of(&text, s.start));
+                return self
+                    .errors
+                    .push(error(line, e.message().trim().to_string()));
             }
         };
         for spanned in parsed.rule {
             let line = line_of(&text, spanned.span().start);
-            let spec = spanned.into_inner();
-            let at = |message: String| RuleError {
-                file: file.clone(),
-                line: Some(line),
-                rule: Some(spec.id.clone()),
-                message,
-            };
-            if !valid_id(&spec.id) {
-                errors.push(at(
-                    "invalid id: use lowercase dotted names like `pii.email` (a-z, 0-9, _, -)"
-                        .into(),
-                ));
-            }
-            if let Some(prev) = rules.iter().find(|r| r.spec.id == spec.id) {
-                errors.push(at(format!(
-                    "duplicate id: also defined at {}:{}",
-                    prev.file.display(),
-                    prev.line
-                )));
-            }
-            if spec.description.trim().is_empty() {
-                errors.push(at("description is empty".into()));
-            }
-            let mut terms = Vec::new();
-            match (&spec.keywords, &spec.regex) {
-                (Some(_), Some(_)) => errors.push(at("a rule has one matcher: `keywords` or `regex`, not both".into())),
-                (None, None) => errors.push(at("no matcher: add `keywords = { terms = [...] }` or `regex = { pattern = '...' }`".into())),
-                (Some(k), None) => {
-                    terms.extend(k.terms.iter().cloned());
-                    if let Some(tf) = &k.terms_file {
-                        let path = dir.join(tf);
-                        match std::fs::read_to_string(&path) {
-                            Ok(t) => {
-                                hasher.update(tf.as_bytes());
-                                hasher.update([0]);
-                                hasher.update(t.as_bytes());
-                                hasher.update([0]);
-                                all_files.push(path);
-                                terms.extend(
-                                    t.lines()
-                                        .map(|l| l.split('#').next().unwrap_or("").trim())
-                                        .filter(|l| !l.is_empty())
-                                        .map(str::to_string),
-                                );
-                            }
-                            Err(e) => errors.push(at(format!("terms_file {tf:?}: {e}"))),
-                        }
-                    }
-                    if let Some(empty) = terms.iter().position(|t| t.trim().is_empty()) {
-                        errors.push(at(format!("keyword term #{} is empty", empty + 1)));
-                    }
-                    if terms.is_empty() && errors.iter().all(|e| e.rule.as_deref() != Some(&spec.id)) {
-                        errors.push(at("keywords: no terms".into()));
-                    }
-                }
-                (None, Some(_)) => {}
-            }
-            if spec.validator == Some(Validator::FaultInjection)
-                && std::env::var("PROMPTGATE_ALLOW_FAULT_INJECTION").as_deref() != Ok("1")
-            {
-                errors.push(at("validator \"fault_injection\" is for tests only".into()));
-            }
-            if spec.keywords.is_some() && spec.validator.is_some() {
-                errors.push(at("validators apply to regex rules only".into()));
-            }
-            if let Some(r) = &spec.replacement {
-                if r.contains(['\n', '\r']) {
-                    errors.push(at("replacement must be one line".into()));
-                }
-            }
-            rules.push(LoadedRule {
-                spec,
-                file: file.clone(),
-                line,
-                terms,
-            });
+            self.rule(file, line, spanned.into_inner());
         }
     }
-    if rules.is_empty() && errors.is_empty() {
-        errors.push(RuleError {
-            file: dir.to_path_buf(),
-            line: None,
-            rule: None,
-            message: "no rules: the directory has no *.toml file with a [[rule]] (refusing to run with no rules)".into(),
+
+    /// One rule: its id, description, matcher, validator and replacement checked; its terms gathered.
+    fn rule(&mut self, file: &Path, line: usize, spec: RuleSpec) {
+        let at = |message: String| RuleError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            rule: Some(spec.id.clone()),
+            message,
+        };
+        let mut errors = Vec::new();
+        if !valid_id(&spec.id) {
+            errors.push(at(
+                "invalid id: use lowercase dotted names like `pii.email` (a-z, 0-9, _, -)".into(),
+            ));
+        }
+        if let Some(prev) = self.rules.iter().find(|r| r.spec.id == spec.id) {
+            errors.push(at(format!(
+                "duplicate id: also defined at {}:{}",
+                prev.file.display(),
+                prev.line
+            )));
+        }
+        if spec.description.trim().is_empty() {
+            errors.push(at("description is empty".into()));
+        }
+        let mut terms = Vec::new();
+        match (&spec.keywords, &spec.regex) {
+            (Some(_), Some(_)) => errors.push(at(
+                "a rule has one matcher: `keywords` or `regex`, not both".into(),
+            )),
+            (None, None) => errors.push(at(
+                "no matcher: add `keywords = { terms = [...] }` or `regex = { pattern = '...' }`"
+                    .into(),
+            )),
+            (Some(k), None) => {
+                terms = self.terms(k, &at, &mut errors);
+                if let Some(empty) = terms.iter().position(|t| t.trim().is_empty()) {
+                    errors.push(at(format!("keyword term #{} is empty", empty + 1)));
+                }
+                if terms.is_empty() && errors.is_empty() {
+                    errors.push(at("keywords: no terms".into()));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if spec.validator == Some(Validator::FaultInjection)
+            && std::env::var("PROMPTGATE_ALLOW_FAULT_INJECTION").as_deref() != Ok("1")
+        {
+            errors.push(at("validator \"fault_injection\" is for tests only".into()));
+        }
+        if spec.keywords.is_some() && spec.validator.is_some() {
+            errors.push(at("validators apply to regex rules only".into()));
+        }
+        if spec
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.contains(['\n', '\r']))
+        {
+            errors.push(at("replacement must be one line".into()));
+        }
+        self.errors.extend(errors);
+        self.rules.push(LoadedRule {
+            spec,
+            file: file.to_path_buf(),
+            line,
+            terms,
         });
     }
-    if !errors.is_empty() {
-        return Err(errors);
+
+    /// A keyword rule's terms: the inline ones, then those of its `terms_file` (one per line, `#` comments),
+    /// which is hashed into the version and listed with the set's files.
+    fn terms(
+        &mut self,
+        k: &KeywordSpec,
+        at: &impl Fn(String) -> RuleError,
+        errors: &mut Vec<RuleError>,
+    ) -> Vec<String> {
+        let mut terms = k.terms.clone();
+        let Some(tf) = &k.terms_file else {
+            return terms;
+        };
+        let path = self.dir.join(tf);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                self.hash(tf.as_bytes(), &t);
+                self.files.push(path);
+                terms.extend(
+                    t.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            Err(e) => errors.push(at(format!("terms_file {tf:?}: {e}"))),
+        }
+        terms
     }
-    let digest = hasher.finalize();
-    let version = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    Ok(LoadedSet {
-        rules,
-        version,
-        files: all_files,
-    })
+
+    /// The set, or every error found.
+    fn finish(mut self) -> Result<LoadedSet, Vec<RuleError>> {
+        if self.rules.is_empty() && self.errors.is_empty() {
+            self.errors.push(RuleError {
+                file: self.dir.to_path_buf(),
+                line: None,
+                rule: None,
+                message: "no rules: the directory has no *.toml file with a [[rule]] (refusing to run with no rules)".into(),
+            });
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        let digest = self.hasher.finalize();
+        let version = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        Ok(LoadedSet {
+            rules: self.rules,
+            version,
+            files: self.files,
+        })
+    }
 }
 
 /// The default replacement: `[KIND]` from the last segment of the id (`pii.email` → `[EMAIL]`).
