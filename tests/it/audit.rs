@@ -462,6 +462,64 @@ async fn a_gateway_killed_under_load_loses_no_written_event() {
     );
 }
 
+#[tokio::test]
+async fn a_graceful_stop_writes_every_finished_requests_event_before_the_process_ends() {
+    use futures_util::StreamExt;
+    let mock = MockUpstream::start().await;
+    let audit = tempfile::tempdir().expect("tempdir");
+    // Nothing is flushed on a timer during the test: the stop itself must write what is queued.
+    let mut gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&audit_toml(
+        audit.path(),
+        None,
+        "fsync = \"interval\"\nfsync_interval_ms = 60000",
+    )))
+    .await;
+    for i in 0..20 {
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            chat_body(&format!("request {i}")).into_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    // A stream still in flight when the stop begins: its event is recorded when it ends, during the drain.
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-hold", "drain-stream")
+        .header("x-mock-content", "one two three")
+        .header("x-mock-chunks", "3")
+        .body(r#"{"model":"m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    let mut stream = resp.bytes_stream();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("one") {
+        seen.extend_from_slice(&stream.next().await.expect("chunk").expect("chunk"));
+    }
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mock.release("drain-stream").await;
+    while let Some(chunk) = stream.next().await {
+        chunk.expect("the stream finishes");
+    }
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "{}",
+        gw.stderr()
+    );
+    let events = file_events(audit.path());
+    assert_eq!(events.len(), 21, "every finished request left its event");
+    assert_eq!(
+        events[20]["stream"], true,
+        "the drained stream's event is last"
+    );
+}
+
 /// A gateway whose audit disk will fail: the next segment's name is taken by a directory, so the rotation
 /// after 4 KiB of events cannot create it (until the returned path is removed).
 async fn failing_disk(extra: &str) -> (MockUpstream, tempfile::TempDir, PathBuf, Gateway) {

@@ -341,7 +341,12 @@ async fn admin_serves_health_and_metrics() {
 #[tokio::test]
 async fn upstream_connections_are_pooled() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&mock.url()).await;
+    // One worker thread: Pingora's pool can lose a reuse when a connection is taken on one thread while its
+    // idle watcher lets go of it on another (pingora#998, open): a lost reuse, not what this test is about.
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url()).toml("[server]\nthreads = 1\ngrace_period_seconds = 10"),
+    )
+    .await;
     // Sequential requests on separate client connections: the gateway reuses one upstream connection.
     for _ in 0..5 {
         let client = reqwest::Client::builder()

@@ -293,7 +293,12 @@ async fn upstream_time_ends_at_the_last_upstream_byte_on_every_path() {
 #[tokio::test]
 async fn relayed_exchanges_of_every_kind_share_one_pooled_upstream_connection() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&mock.url()).await;
+    // One worker thread: Pingora's pool can lose a reuse when a connection is taken on one thread while its
+    // idle watcher lets go of it on another (pingora#998, open): a lost reuse, not what this test is about.
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url()).toml("[server]\nthreads = 1\ngrace_period_seconds = 10"),
+    )
+    .await;
     // Held, filtered, passed through, and a body-less relayed request — each on a fresh client connection.
     let requests: [(&str, &str, Option<Vec<u8>>); 5] = [
         (
