@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Audit benchmark: requests/s and latency of the gateway with the audit sinks on — the JSONL file with
-# fsync after every batch, and the signed webhook fed from it (a local Python receiver) — versus audit off.
+# Audit benchmark: requests/s, latency and CPU per request (the gateway process, all threads) with the audit
+# sinks on — the JSONL file with fsync after every batch, and the signed webhook fed from it (a local Python
+# receiver) — versus audit off.
 # Same run, same machine, alternating rounds; the ratio is the result. At the end it reports how many events
 # the file holds and how many the webhook has received.
 #
@@ -23,6 +24,7 @@ make_body 4096 "" >"$WORK/body4k.json"
 start_gateway off "[audit]
 enabled = false"
 OFF_URL=$GW_URL
+PID_A=$GW_PID
 FSYNC=${FSYNC:-always}
 FSYNC_MS=${FSYNC_MS:-1000}
 WEBHOOK=${WEBHOOK:-1}
@@ -35,6 +37,7 @@ if [ "$WEBHOOK" = 1 ]; then ON_TOML="$ON_TOML
 url = \"http://127.0.0.1:$HOOK_PORT/events\""; fi
 start_gateway on "$ON_TOML"
 ON_URL=$GW_URL
+PID_B=$GW_PID
 
 echo "# promptgate audit benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, gateway threads=$GW_THREADS, $ROUNDS rounds; on = JSONL file, fsync=$FSYNC$([ "$FSYNC" = interval ] && echo " ${FSYNC_MS}ms"), webhook=$WEBHOOK)"
 echo

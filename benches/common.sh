@@ -36,8 +36,8 @@ MOCK_PORT=$(port)
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
-# start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL. Each gateway gets its own audit directory unless
-# EXTRA_TOML configures [audit] (one gateway per directory).
+# start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL and GW_PID. Each gateway gets its own audit directory
+# unless EXTRA_TOML configures [audit] (one gateway per directory).
 start_gateway() {
   local name=$1 extra=$2 bin=${3:-$BIN} gp ap
   gp=$(port); ap=$(port)
@@ -47,10 +47,15 @@ dir = \"$WORK/$name-audit\""; fi
   printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
   RUST_LOG=error "${PIN_GW[@]}" "$bin" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
     --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
-  PIDS+=($!)
+  GW_PID=$!
+  PIDS+=($GW_PID)
   wait_http "http://127.0.0.1:$ap/healthz"
   GW_URL="http://127.0.0.1:$gp"
 }
+
+# cpu_ticks PID → the process's user + system CPU time so far, in clock ticks (all its threads: workers, the
+# audit writer, the webhook).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # make_body SIZE PLANT: a chat body of about SIZE bytes of prose, with PLANT (if any) in the middle.
 make_body() {
@@ -67,10 +72,11 @@ print(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "conte
 PY
 }
 
-# run_wrk NAME URL BODYFILE [LUA] → prints "rps p50_ms p99_ms". LUA: extra script text (e.g. a `request`
-# function that varies headers).
+# run_wrk NAME URL BODYFILE [LUA] [PID] → prints "rps p50_ms p99_ms", and with PID a fourth field: the CPU
+# time process PID spent per request over the measured run (µs; warm-up excluded). LUA: extra script text
+# (e.g. a `request` function that varies headers).
 run_wrk() {
-  local name=$1 url=$2 body=$3 extra=${4:-}
+  local name=$1 url=$2 body=$3 extra=${4:-} pid=${5:-}
   cat >"$WORK/$name.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
@@ -85,31 +91,52 @@ $extra
 LUA
   # A short warm-up fills connection pools and caches.
   "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
-  local out
+  local out before=0 after=0
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   read -r _ rps p50 p99 errors total <<<"$out"
   if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi
-  echo "$rps $p50 $p99"
+  if [ -n "$pid" ]; then
+    echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $total:.1f}')")"
+  else
+    echo "$rps $p50 $p99"
+  fi
 }
 
 
 # compare_rounds LABEL_A URL_A LABEL_B URL_B BODYFILE [LUA]: ROUNDS alternating rounds of A and B (the order
 # flips each round, so neither side always gets the warmer slot); prints a table and the overall B ÷ A ratio.
+# With PID_A and PID_B set (the two gateways' processes), also each side's CPU time per request.
 compare_rounds() {
-  local la=$1 ua=$2 lb=$3 ub=$4 body=$5 lua=${6:-} sum_a=0 sum_b=0 r
-  echo "| round | $la req/s | p50 ms | p99 ms | $lb req/s | p50 ms | p99 ms | req/s ratio ($lb ÷ $la) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  local la=$1 ua=$2 lb=$3 ub=$4 body=$5 lua=${6:-} sum_a=0 sum_b=0 cpu_a=0 cpu_b=0 r
+  local pa=${PID_A:-} pb=${PID_B:-}
+  if [ -n "$pa" ]; then
+    echo "| round | $la req/s | p50 ms | p99 ms | CPU µs/req | $lb req/s | p50 ms | p99 ms | CPU µs/req | req/s ratio ($lb ÷ $la) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  else
+    echo "| round | $la req/s | p50 ms | p99 ms | $lb req/s | p50 ms | p99 ms | req/s ratio ($lb ÷ $la) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  fi
   for r in $(seq 1 "${ROUNDS:-2}"); do
     if (( r % 2 )); then
-      read -r a_rps a_p50 a_p99 < <(run_wrk "a-$r" "$ua" "$body" "$lua")
-      read -r b_rps b_p50 b_p99 < <(run_wrk "b-$r" "$ub" "$body" "$lua")
+      read -r a_rps a_p50 a_p99 a_cpu < <(run_wrk "a-$r" "$ua" "$body" "$lua" "$pa")
+      read -r b_rps b_p50 b_p99 b_cpu < <(run_wrk "b-$r" "$ub" "$body" "$lua" "$pb")
     else
-      read -r b_rps b_p50 b_p99 < <(run_wrk "b-$r" "$ub" "$body" "$lua")
-      read -r a_rps a_p50 a_p99 < <(run_wrk "a-$r" "$ua" "$body" "$lua")
+      read -r b_rps b_p50 b_p99 b_cpu < <(run_wrk "b-$r" "$ub" "$body" "$lua" "$pb")
+      read -r a_rps a_p50 a_p99 a_cpu < <(run_wrk "a-$r" "$ua" "$body" "$lua" "$pa")
     fi
-    echo "| $r | $a_rps | $a_p50 | $a_p99 | $b_rps | $b_p50 | $b_p99 | $(python3 -c "print(f'{$b_rps/$a_rps:.3f}')") |"
+    if [ -n "$pa" ]; then
+      echo "| $r | $a_rps | $a_p50 | $a_p99 | $a_cpu | $b_rps | $b_p50 | $b_p99 | $b_cpu | $(python3 -c "print(f'{$b_rps/$a_rps:.3f}')") |"
+      cpu_a=$(python3 -c "print($cpu_a + $a_cpu)"); cpu_b=$(python3 -c "print($cpu_b + $b_cpu)")
+    else
+      echo "| $r | $a_rps | $a_p50 | $a_p99 | $b_rps | $b_p50 | $b_p99 | $(python3 -c "print(f'{$b_rps/$a_rps:.3f}')") |"
+    fi
     sum_a=$(python3 -c "print($sum_a + $a_rps)"); sum_b=$(python3 -c "print($sum_b + $b_rps)")
   done
   echo
   echo "overall req/s ratio, $lb ÷ $la: $(python3 -c "print(f'{$sum_b/$sum_a:.3f}')")"
+  if [ -n "$pa" ]; then
+    echo "mean CPU per request: $la $(python3 -c "print(f'{$cpu_a/${ROUNDS:-2}:.1f}')") µs, $lb $(python3 -c "print(f'{$cpu_b/${ROUNDS:-2}:.1f}')") µs, ratio $lb ÷ $la: $(python3 -c "print(f'{$cpu_b/$cpu_a:.3f}')")"
+  fi
 }

@@ -41,10 +41,12 @@ start_gateway off "[auth]
 mode = \"gateway_keys\"
 keys_file = \"$WORK/keys-off.toml\""
 OFF_URL=$GW_URL
+PID_A=$GW_PID
 start_gateway on "[auth]
 mode = \"gateway_keys\"
 keys_file = \"$WORK/keys-on.toml\""
 ON_URL=$GW_URL
+PID_B=$GW_PID
 
 echo "# promptgate limits benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, gateway threads=$GW_THREADS, 1,000 keys rotated per request, $ROUNDS rounds)"
 echo

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of the gateway side by side, same run, same mock, same config: BASE_BIN (e.g. a build of an
 # earlier commit) against this build, in alternating rounds (the order flips each round). Reports each
-# round and the overall req/s ratio this ÷ base, with inspection on (default pack) and off, 4 KB chat body.
+# round, the overall req/s ratio this ÷ base and each gateway's CPU time per request (its process, all
+# threads, from /proc), with inspection on (default pack) and off, 4 KB chat body.
 #
 #   BASE_BIN=/path/to/old/promptgate PIN=1 ROUNDS=4 DURATION=6s bash benches/versus.sh
 set -euo pipefail
@@ -19,8 +20,10 @@ for mode in on off; do
 enabled = false"; fi
   start_gateway "base-$mode" "$extra" "$BASE_BIN"
   BASE_URL=$GW_URL
+  PID_A=$GW_PID
   start_gateway "this-$mode" "$extra"
   THIS_URL=$GW_URL
+  PID_B=$GW_PID
   echo
   echo "## inspection $mode"
   echo
