@@ -774,10 +774,31 @@ async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_
         .await
         .expect("dropped metric");
     assert!(dropped > 0.0, "nothing was dropped");
-    assert!(gw
-        .metric(r#"promptgate_fail_open_total{component="audit"}"#)
-        .await
-        .is_some_and(|n| n > 0.0));
+    // Requests served while the writer knows the disk is failing are counted as served under fail-open (the
+    // writer may reach the failing rotation only after the requests above: keep serving until it has).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = gw
+            .metric(r#"promptgate_fail_open_total{component="audit"}"#)
+            .await
+            .is_some_and(|n| n > 0.0);
+        if counted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request counted as served fail-open"
+        );
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            chat_body("more").into_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     std::fs::remove_dir(&blocker).expect("rmdir");
     // One more event after recovery carries the gap record along with it.
     let deadline = Instant::now() + Duration::from_secs(10);
