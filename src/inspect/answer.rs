@@ -1,21 +1,25 @@
 //! Answers: which ones a route's policy inspects, how each is handled once its header is in, and the verdict on
 //! one held whole. Pure: the relay (`proxy/relay.rs`) reads the upstream and acts on what is decided here.
 //!
-//! How an answer is handled depends on the route (and the inspection settings) and on what the answer is —
-//! never on the size of the request:
-//! - **hold**: a successful JSON answer on a route that carries text is read whole (bounded by
-//!   `limits.max_response_bytes`), inspected, and only then given a status line (200, 409 or 502);
-//! - **filter**: a successful stream (`text/event-stream`) on a route that may stream text goes through the
-//!   stream filter event by event;
-//! - **pass**: everything else (embeddings, moderations, files, audio, upstream errors) goes to the client as
-//!   it arrives, unbuffered and uncapped.
+//! How an answer is handled depends on the route (and the inspection settings) and on the answer's own bytes —
+//! never on the size of the request, and never on the `Content-Type` or status the upstream chooses to send:
+//! - **filter**: an answer whose first bytes are server-sent-event framing, on a route that may stream text,
+//!   goes through the stream filter event by event;
+//! - **hold**: any other answer on a route that carries text — JSON, plain text, an error page, an error of
+//!   any status — is read whole (bounded by `limits.max_response_bytes`), inspected (JSON walked, text
+//!   scanned), and only then given its status line; what cannot be inspected as text is withheld (502);
+//! - **pass**: everything else (embeddings, moderations, files, audio, answers of unknown routes that are not
+//!   streams) goes to the client as it arrives, unbuffered and uncapped.
 
 use bytes::Bytes;
 
-use super::{decode_body, inspect_json, ContentEncoding, InspectOptions, OpaquePolicy, Verdict};
+use super::{
+    decode_body, inspect_json, judge as judge_hits, ContentEncoding, Decision, InspectOptions,
+    OpaquePolicy, RuleHit, Verdict,
+};
 use crate::config::{InspectConfig, UnknownRoutes};
 use crate::openai::{Rejection, Route};
-use crate::rules::{Direction, RuleSet};
+use crate::rules::{redact, Action, Direction, Mode, RuleSet};
 
 /// What the relay does with one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +56,46 @@ impl AnswerPolicy {
         self.hold_json || self.filter_sse
     }
 
-    /// How an answer with this status and `Content-Type` is handled.
-    pub fn handling(self, status: u16, content_type: Option<&str>) -> Handling {
-        if !(200..300).contains(&status) {
-            return Handling::Pass;
-        }
-        let ct = content_type.unwrap_or("").trim_start().to_ascii_lowercase();
-        if self.filter_sse && ct.starts_with("text/event-stream") {
+    /// How an answer starting with `first` (at least [`SNIFF_BYTES`] past any leading whitespace, unless the
+    /// answer is shorter) is handled.
+    pub fn handling(self, first: &[u8]) -> Handling {
+        if self.filter_sse && sniff(first) == Sniffed::Events {
             Handling::Filter
-        } else if self.hold_json && ct.contains("json") {
+        } else if self.hold_json {
             Handling::Hold
         } else {
             Handling::Pass
         }
+    }
+}
+
+/// How many bytes past leading whitespace decide what an answer is.
+pub const SNIFF_BYTES: usize = 8;
+
+/// What an answer's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Server-sent events: the first line is a field (`data:`, `event:`, `id:`, `retry:`) or a comment (`:`).
+    Events,
+    /// A JSON object or array.
+    Json,
+    Other,
+}
+
+/// Reads what an answer is from its first bytes (a UTF-8 BOM and whitespace skipped).
+pub fn sniff(first: &[u8]) -> Sniffed {
+    let b = first.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(first);
+    let b = &b[b.iter().take_while(|c| c.is_ascii_whitespace()).count()..];
+    match b.first() {
+        Some(b'{' | b'[') => Sniffed::Json,
+        Some(b':') => Sniffed::Events,
+        _ if [&b"data:"[..], b"event:", b"id:", b"retry:"]
+            .iter()
+            .any(|f| b.starts_with(f)) =>
+        {
+            Sniffed::Events
+        }
+        _ => Sniffed::Other,
     }
 }
 
@@ -76,7 +107,8 @@ pub struct Released {
     pub decoded: bool,
 }
 
-/// Judges a held answer (`raw`, as received, `encoding` its `Content-Encoding`). Returns what to send, or the
+/// Judges a held answer (`raw`, as received, `encoding` its `Content-Encoding`) by what it is: a JSON body is
+/// walked string by string, a text body scanned whole, anything else withheld. Returns what to send, or the
 /// rejection to answer with instead, and the verdict when inspection got that far.
 pub fn judge(
     rules: &RuleSet,
@@ -98,7 +130,14 @@ pub fn judge(
     };
     let verdict = match inspect_json(rules, &decoded, &opts, Direction::Response) {
         Ok(v) => v,
-        Err(e) => return (Err(Rejection::UpstreamUninspectable(e.to_string())), None),
+        // Not JSON (a text answer, an error page, or JSON that does not parse): scanned as text.
+        Err(_) => match std::str::from_utf8(&decoded) {
+            Ok(text) => judge_text(rules, text, opts.monitor),
+            Err(_) => {
+                let why = "not JSON and not UTF-8 text".to_string();
+                return (Err(Rejection::UpstreamUninspectable(why)), None);
+            }
+        },
     };
     let released = match (verdict.blocked_by, &verdict.rewritten) {
         (Some(rule), _) => {
@@ -122,6 +161,43 @@ pub fn judge(
         }),
     };
     (released, Some(verdict))
+}
+
+/// The verdict on an answer that is text but not JSON: every match counts, enforced redactions rewrite it.
+fn judge_text(rules: &RuleSet, text: &str, monitor: bool) -> Verdict {
+    let matches = rules.scan(text, Direction::Response);
+    let mut counts: std::collections::BTreeMap<usize, u32> = std::collections::BTreeMap::new();
+    for m in &matches {
+        *counts.entry(m.rule).or_default() += 1;
+    }
+    let enforced = |rule: usize| rules.rule(rule).mode == Mode::Enforce && !monitor;
+    let hits: Vec<RuleHit> = counts
+        .into_iter()
+        .map(|(rule, count)| RuleHit {
+            rule,
+            count,
+            enforced: enforced(rule),
+        })
+        .collect();
+    let judged = judge_hits(rules, &hits);
+    let rewritten = (judged.decision == Decision::Redact).then(|| {
+        let spans = matches.iter().filter_map(|m| {
+            let r = rules.rule(m.rule);
+            (enforced(m.rule) && r.action == Action::Redact)
+                .then(|| (m.range(), r.replacement.as_str()))
+        });
+        redact(text, spans).into_bytes()
+    });
+    Verdict {
+        decision: judged.decision,
+        would_be: judged.would_be,
+        hits,
+        blocked_by: judged.blocked_by,
+        rewritten,
+        opaque_inputs: 0,
+        opaque_denied: false,
+        facts: Default::default(),
+    }
 }
 
 /// A redacted answer's `logprobs` would carry the redacted text again, token by token and byte by byte:
@@ -167,37 +243,47 @@ mod tests {
             max_response_bytes: 1 << 20,
             max_stream_hold: 8192,
             fail_open: false,
+            upgrades: crate::config::Upgrades::Deny,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 
     #[test]
-    fn handling_depends_on_route_and_answer_never_on_size() {
+    fn handling_depends_on_the_route_and_the_bytes_never_on_labels_or_size() {
         use Handling::*;
         let on = cfg(true, UnknownRoutes::Inspect);
-        let sse = Some("text/event-stream; charset=utf-8");
-        let json = Some("application/json");
-        // (route, status, content type, handling)
-        let cases = [
-            (Route::ChatCompletions, 200, json, Hold),
-            (Route::ChatCompletions, 200, sse, Filter),
-            (Route::Responses, 200, Some(" Text/Event-Stream"), Filter),
+        let sse = b"data: {\"choices\":[]}\n\n".as_slice();
+        let json = b"  {\"id\": \"x\"}".as_slice();
+        let html = b"<html><body>upstream error</body></html>".as_slice();
+        // (route, first bytes, handling)
+        let cases: [(Route, &[u8], Handling); 14] = [
+            (Route::ChatCompletions, json, Hold),
+            (Route::ChatCompletions, sse, Filter),
+            (Route::ChatCompletions, b": ping\n\ndata: x", Filter),
             (
-                Route::Completions,
-                200,
-                Some("application/octet-stream"),
-                Pass,
+                Route::Responses,
+                b"\xEF\xBB\xBFevent: response.created\n",
+                Filter,
             ),
-            (Route::ChatCompletions, 500, json, Pass),
-            (Route::Embeddings, 200, json, Pass),
-            (Route::Embeddings, 200, sse, Pass),
-            (Route::Moderations, 200, json, Pass),
-            (Route::OtherV1, 200, sse, Filter),
-            (Route::OtherV1, 200, json, Pass),
-            (Route::Models, 200, json, Pass),
+            (Route::Completions, html, Hold),
+            (Route::Completions, b"", Hold),
+            (Route::ChatCompletions, b"\x00\x01binary", Hold),
+            (Route::Embeddings, json, Pass),
+            (Route::Embeddings, sse, Pass),
+            (Route::Moderations, json, Pass),
+            (Route::OtherV1, sse, Filter),
+            (Route::OtherV1, b"retry: 100\ndata: x\n\n", Filter),
+            (Route::OtherV1, json, Pass),
+            (Route::Models, json, Pass),
         ];
-        for (route, status, ct, want) in cases {
+        for (route, first, want) in cases {
             let p = AnswerPolicy::for_route(route, &on);
-            assert_eq!(p.handling(status, ct), want, "{route:?} {status} {ct:?}");
+            assert_eq!(
+                p.handling(first),
+                want,
+                "{route:?} {:?}",
+                String::from_utf8_lossy(first)
+            );
         }
         assert!(!AnswerPolicy::for_route(
             Route::ChatCompletions,
@@ -209,5 +295,22 @@ mod tests {
         );
         assert!(!AnswerPolicy::for_route(Route::Embeddings, &on).inspects());
         assert!(AnswerPolicy::for_route(Route::OtherV1, &on).inspects());
+    }
+
+    #[test]
+    fn sniffing() {
+        let cases: [(&[u8], Sniffed); 8] = [
+            (b"{}", Sniffed::Json),
+            (b"\r\n [1]", Sniffed::Json),
+            (b"data: x", Sniffed::Events),
+            (b"event: e", Sniffed::Events),
+            (b"id: 1", Sniffed::Events),
+            (b": comment", Sniffed::Events),
+            (b"database", Sniffed::Other),
+            (b"<!doctype html>", Sniffed::Other),
+        ];
+        for (b, want) in cases {
+            assert_eq!(sniff(b), want, "{:?}", String::from_utf8_lossy(b));
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! A held answer: a successful JSON answer on a route that carries text, read whole (bounded by
-//! `limits.max_response_bytes`), judged, and only then given a status line — 200 with the original or redacted
-//! body, 409 when a rule blocks, 502 when it is too large or cannot be inspected. Pingora writes a proxied
-//! answer's header as soon as `response_filter` returns, so this needs the gateway's own exchange.
+//! A held answer: any answer on a route that carries text that is not a stream — JSON, text, an error of any
+//! status — read whole (bounded by `limits.max_response_bytes`), judged, and only then given its status line:
+//! the upstream's with the original or redacted body, 409 when a rule blocks, 502 when it is too large or
+//! cannot be inspected. Pingora writes a proxied answer's header as soon as `response_filter` returns, so this
+//! needs the gateway's own exchange.
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -25,9 +27,10 @@ pub async fn hold(
     ctx: &mut RequestCtx,
     mut up: Exchange<'_>,
     header: &ResponseHeader,
+    first: Bytes,
 ) -> Result<()> {
     let cap = gw.inspect.max_response_bytes;
-    let read = unless_client_leaves(session, up.read_all(cap)).await;
+    let read = unless_client_leaves(session, up.read_all(&first, cap)).await;
     ctx.timing.upstream_done = Some(Instant::now());
     let Some(raw) = read? else {
         // Dropping `up` unread closes its connection.

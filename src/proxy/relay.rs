@@ -11,13 +11,14 @@
 
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::headers::{self, Framing};
 use super::{answer, stream, Gateway, RequestCtx};
-use crate::inspect::answer::Handling;
+use crate::inspect::answer::{Handling, SNIFF_BYTES};
 use crate::openai::usage::Usage;
 use crate::upstream::Exchange;
 
@@ -34,16 +35,34 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> R
     ctx.forwarded = true;
     ctx.timing.upstream_sent = Some(Instant::now());
     let sent = unless_client_leaves(session, gw.upstream.send(&req, &body)).await;
-    let up = sent.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))?;
+    let mut up = sent.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))?;
     let header = up.header()?.clone();
-    let handling = ctx
-        .answers
-        .handling(header.status.as_u16(), headers::content_type(&header));
-    match handling {
-        Handling::Hold => answer::hold(gw, session, ctx, up, &header).await,
-        Handling::Filter => stream::filter(gw, session, ctx, up, &header).await,
-        Handling::Pass => pass(session, ctx, up, &header).await,
+    // What an inspected route's answer is, its first bytes say (not the label the upstream put on it).
+    let first = if ctx.answers.inspects() {
+        let read = unless_client_leaves(session, first_bytes(&mut up)).await;
+        read.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))?
+    } else {
+        Bytes::new()
+    };
+    match ctx.answers.handling(&first) {
+        Handling::Hold => answer::hold(gw, session, ctx, up, &header, first).await,
+        Handling::Filter => stream::filter(gw, session, ctx, up, &header, first).await,
+        Handling::Pass => pass(session, ctx, up, &header, first).await,
     }
+}
+
+/// The first bytes of an answer: enough past leading whitespace to tell what it is (or all of it, when it is
+/// shorter; at most 1 KiB of whitespace is read waiting).
+async fn first_bytes(up: &mut Exchange<'_>) -> Result<Bytes> {
+    let mut first = BytesMut::new();
+    while let Some(chunk) = up.read().await? {
+        first.extend_from_slice(&chunk);
+        let lead = first.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if first.len() - lead >= SNIFF_BYTES || first.len() >= 1024 {
+            break;
+        }
+    }
+    Ok(first.freeze())
 }
 
 /// An answer nothing inspects, to the client as it arrives. When the caller's token quota needs the reported
@@ -53,12 +72,18 @@ async fn pass(
     ctx: &mut RequestCtx,
     mut up: Exchange<'_>,
     header: &ResponseHeader,
+    first: Bytes,
 ) -> Result<()> {
     let resp = headers::from_upstream(header, ctx, Framing::AsUpstream, false)?;
     let wants_usage = ctx.admission.tokens_counted.is_some()
         && headers::content_type(header).is_some_and(|ct| ct.contains("json"));
     let mut tap = UsageTap::new(wants_usage);
     session.write_response_header(Box::new(resp), false).await?;
+    if !first.is_empty() {
+        tap.push(&first);
+        ctx.sent_answer_bytes();
+        session.write_response_body(Some(first), false).await?;
+    }
     loop {
         let read = unless_client_leaves(session, up.read()).await;
         match read.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))? {

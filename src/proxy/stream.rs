@@ -34,6 +34,7 @@ pub async fn filter(
     ctx: &mut RequestCtx,
     mut up: Exchange<'_>,
     header: &ResponseHeader,
+    first: Bytes,
 ) -> Result<()> {
     if encoded(header) {
         // Asked for identity and got something else: never pass what cannot be inspected.
@@ -45,10 +46,12 @@ pub async fn filter(
         .clone()
         .ok_or_else(|| Rejection::InspectionFailed.into_error())?;
     let mut filter = StreamFilter::new(rules, ctx.admission.monitor, gw.inspect.max_stream_hold);
-    let resp = headers::from_upstream(header, ctx, Framing::Chunked, false)?;
+    let mut resp = headers::from_upstream(header, ctx, Framing::Chunked, false)?;
+    // It is a stream whatever the upstream called it: the client is told so.
+    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
     session.write_response_header(Box::new(resp), false).await?;
     // The filter goes into the context on every ending: its hits, usage and ending feed the outcome.
-    let result = drive(session, ctx, &mut up, &mut filter).await;
+    let result = drive(session, ctx, &mut up, &mut filter, first).await;
     let ended = match result {
         Ok(ended) => ended,
         Err(e) => {
@@ -89,8 +92,22 @@ async fn drive(
     ctx: &mut RequestCtx,
     up: &mut Exchange<'_>,
     filter: &mut StreamFilter,
+    first: Bytes,
 ) -> Result<Ended> {
+    let mut first = (!first.is_empty()).then_some(first);
     loop {
+        // The bytes read to tell what the answer is come first.
+        if let Some(chunk) = first.take() {
+            let out = with_ending(ctx.timed(|| filter.push(&chunk)), filter);
+            if filter.is_ended() {
+                return Ok(Ended::Cut(out));
+            }
+            if !out.is_empty() {
+                ctx.sent_answer_bytes();
+                session.write_response_body(Some(out), false).await?;
+            }
+            continue;
+        }
         let read = match unless_client_leaves(session, up.read()).await {
             Ok(read) => read,
             // The client left: nothing more to write; dropping the upstream cancels the generation.

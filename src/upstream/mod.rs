@@ -184,9 +184,13 @@ impl Exchange<'_> {
             .map_err(|e| e.into_up())
     }
 
-    /// The whole answer, if it is at most `cap` bytes (`Ok(None)` as soon as it is known to be larger).
-    pub async fn read_all(&mut self, cap: usize) -> Result<Option<Vec<u8>>> {
-        let mut all = Vec::new();
+    /// The whole answer, `first` (what was read of it already) included, if it is at most `cap` bytes
+    /// (`Ok(None)` as soon as it is known to be larger).
+    pub async fn read_all(&mut self, first: &[u8], cap: usize) -> Result<Option<Vec<u8>>> {
+        if first.len() > cap {
+            return Ok(None);
+        }
+        let mut all = first.to_vec();
         while let Some(chunk) = self.read().await? {
             if all.len() + chunk.len() > cap {
                 return Ok(None);
