@@ -276,6 +276,36 @@ pub static KEYS_COUNT: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Client connections refused at the edge, before their request was parsed, by reason (`connection_limit`,
+/// `header_timeout`, `header_too_large`, `too_many_headers`, `framing`).
+pub static EDGE_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_edge_refused_total",
+        "Client connections or request heads refused before the request was parsed, by reason.",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Client connections open now.
+pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_connections_open",
+        "Client connections open now."
+    )
+    .expect("metric registers once")
+});
+
+/// Requests asking to upgrade their connection (WebSocket), by outcome (`refused`, `passed`).
+pub static UPGRADES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upgrades_total",
+        "Requests asking to upgrade their connection (WebSocket), by outcome (refused, passed).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Records a newly live rule-set version.
 pub fn set_rules_version(version: &str, rules: usize) {
     RULES_INFO.reset();
@@ -313,6 +343,9 @@ pub fn init() {
     LazyLock::force(&AUDIT_QUEUE_DEPTH);
     LazyLock::force(&AUDIT_SINK_UP);
     LazyLock::force(&AUDIT_WEBHOOK_LAG);
+    LazyLock::force(&EDGE_REFUSED);
+    LazyLock::force(&CONNECTIONS);
+    LazyLock::force(&UPGRADES);
 }
 
 /// The Prometheus text exposition of every registered metric.

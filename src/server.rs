@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::limits::LocalLimiter;
 use crate::live::{self, Live, Source};
 use crate::metrics;
-use crate::proxy::{Gateway, IN_FLIGHT};
+use crate::proxy::{Edge, Gateway, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore, RulesDir};
 use crate::upstream::{retry, Upstream};
 
@@ -130,11 +130,13 @@ fn build(config: &Config) -> Result<Server, StartError> {
         Arc::new(LocalLimiter::new(config.limit_window)),
         audit.clone(),
     );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "promptgate");
+    let mut proxy = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    proxy.handle_init_modules();
+    // The edge reads each request head (bounded in time and size) before Pingora's loop parses it.
+    let mut service = Service::new("promptgate".to_string(), Edge::new(proxy, config.edge));
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.
-    proxy.add_tcp(&config.listen.to_string());
-    server.add_service(proxy);
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service);
 
     let mut admin = Service::new(
         "promptgate admin".to_string(),

@@ -112,6 +112,7 @@ pub struct InspectSection {
     pub opaque_inputs: String,
     pub max_json_depth: usize,
     pub max_stream_hold_bytes: usize,
+    pub websocket: String,
 }
 
 impl Default for InspectSection {
@@ -122,6 +123,7 @@ impl Default for InspectSection {
             opaque_inputs: "pass".into(),
             max_json_depth: 64,
             max_stream_hold_bytes: 8192,
+            websocket: "deny".into(),
         }
     }
 }
@@ -148,6 +150,9 @@ pub struct LimitsSection {
     pub max_body_bytes: usize,
     pub max_decoded_body_bytes: usize,
     pub max_response_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub body_timeout_ms: u64,
     pub window_seconds: u64,
     pub per_caller: crate::limits::LimitSpec,
 }
@@ -158,6 +163,9 @@ impl Default for LimitsSection {
             max_body_bytes: 8 << 20,
             max_decoded_body_bytes: 32 << 20,
             max_response_bytes: 32 << 20,
+            max_header_bytes: 60 << 10,
+            max_headers: 100,
+            body_timeout_ms: 30_000,
             window_seconds: 60,
             per_caller: crate::limits::LimitSpec::default(),
         }
@@ -171,6 +179,9 @@ pub struct ServerSection {
     pub admin: String,
     pub threads: usize,
     pub grace_period_seconds: u64,
+    pub header_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerSection {
@@ -180,6 +191,9 @@ impl Default for ServerSection {
             admin: "127.0.0.1:9901".into(),
             threads: 2,
             grace_period_seconds: 30,
+            header_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }

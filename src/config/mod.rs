@@ -50,6 +50,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// What a client connection may cost before its request is admitted.
+    pub edge: EdgeConfig,
     /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
     pub grace_period: Duration,
     pub upstream: UpstreamConfig,
@@ -60,6 +62,30 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The span over which per-minute quotas are counted (a minute unless shortened, e.g. for tests).
     pub limit_window: Duration,
+}
+
+/// Bounds on client connections and request heads, enforced before a request is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// The whole request head (request line and headers) must arrive within this, from its first byte.
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Client connections open at once, over all clients.
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+}
+
+/// What happens to a request asking to upgrade its connection (a WebSocket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrades {
+    /// Refused with 403: the gateway cannot inspect what would flow through the upgraded connection.
+    Deny,
+    /// Proxied as a tunnel, uninspected.
+    Pass,
 }
 
 /// When the audit file is flushed to disk.
@@ -138,6 +164,10 @@ pub struct InspectConfig {
     pub max_stream_hold: usize,
     /// Forward uninspected (and count it) when inspection itself fails, instead of answering 503.
     pub fail_open: bool,
+    /// Requests asking to upgrade to a WebSocket.
+    pub upgrades: Upgrades,
+    /// A request body must have arrived whole within this, from the request head.
+    pub body_timeout: Duration,
 }
 
 /// Where the rules live and the limits a rule set must respect.
@@ -220,6 +250,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let src = Source { name: source_name };
         let (listen, admin, threads, grace_period) = server(&raw.server, overrides, &src)?;
+        let edge = edge(&raw.server, &raw.limits, &src)?;
         let upstream = upstream(&raw.upstream, overrides, &src)?;
         let rules = rules(&raw.rules, overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
@@ -229,6 +260,7 @@ impl Config {
             listen,
             admin,
             threads,
+            edge,
             grace_period,
             upstream,
             rules,
@@ -328,6 +360,27 @@ impl Source<'_> {
         };
         Err(self.error(field, format!("{v:?}: expected {expected}")))
     }
+}
+
+/// The edge bounds: `server.header_timeout_ms`, the connection caps, `limits.max_header_bytes` and
+/// `limits.max_headers`.
+fn edge(
+    s: &file::ServerSection,
+    l: &file::LimitsSection,
+    src: &Source,
+) -> Result<EdgeConfig, ConfigError> {
+    Ok(EdgeConfig {
+        header_timeout: src.millis("server.header_timeout_ms", s.header_timeout_ms)?,
+        max_header_bytes: src.between(
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+            (1024, 1 << 20),
+        )?,
+        max_headers: src.between("limits.max_headers", l.max_headers, (8, 256))?,
+        max_connections: src.positive("server.max_connections", s.max_connections)?,
+        max_connections_per_ip: src
+            .positive("server.max_connections_per_ip", s.max_connections_per_ip)?,
+    })
 }
 
 /// `[server]`: the two listeners (flags first), the worker threads, the grace period.
@@ -449,8 +502,16 @@ fn inspect(
             format!("must be at least limits.max_body_bytes ({max_body_bytes})"),
         ));
     }
+    let upgrades = src.one_of(
+        "inspect.websocket",
+        &i.websocket,
+        &[("deny", Upgrades::Deny), ("pass", Upgrades::Pass)],
+    )?;
+    let body_timeout = src.millis("limits.body_timeout_ms", l.body_timeout_ms)?;
     Ok(InspectConfig {
         enabled: i.enabled,
+        upgrades,
+        body_timeout,
         unknown_routes,
         options: crate::inspect::InspectOptions {
             max_depth,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::config::InspectConfig;
 use crate::inspect::{self, ContentEncoding, Decision, Verdict};
 use crate::metrics;
-use crate::openai::Rejection;
+use crate::openai::{multipart, Rejection};
 use crate::rules::RuleSet;
 
 /// Request-body inspection state of one request.
@@ -36,6 +36,8 @@ pub struct BodyInspection {
     pub failed_open: bool,
     /// Model, stream flag and text size of the body (default when it could not be read as JSON).
     pub facts: inspect::Facts,
+    /// The boundary of a `multipart/form-data` body (its `model` field is read for the key's scope).
+    pub multipart: Option<String>,
 }
 
 impl BodyInspection {
@@ -52,6 +54,7 @@ impl BodyInspection {
             inspect_us: 0,
             failed_open: false,
             facts: inspect::Facts::default(),
+            multipart: None,
         }
     }
 }
@@ -78,7 +81,14 @@ pub fn decide(
     if !insp.inspect {
         let decoded = inspect::decode_body(insp.encoding, &raw, cfg.max_decoded_body_bytes)
             .map_err(|e| Rejection::InvalidBody(e.to_string()))?;
-        insp.facts = inspect::Facts::read(&decoded, opts.max_depth).unwrap_or_default();
+        insp.facts = match &insp.multipart {
+            Some(boundary) => inspect::Facts {
+                model: multipart::field(&decoded, boundary, "model"),
+                text_bytes: decoded.len() as u64,
+                ..Default::default()
+            },
+            None => inspect::Facts::read(&decoded, opts.max_depth).unwrap_or_default(),
+        };
         insp.forward = Some(Bytes::from(raw));
         return Ok(());
     }
@@ -111,6 +121,13 @@ pub fn decide(
         }
     };
     insp.facts = verdict.facts.clone();
+    if let (Some(boundary), None) = (&insp.multipart, &insp.facts.model) {
+        // A form upload names its model in a field; a key's model scope applies to it as to a JSON body. (An
+        // encoded upload is inspected decoded, but only a plain one is searched for the field.)
+        if insp.encoding == ContentEncoding::Identity {
+            insp.facts.model = multipart::field(&raw, boundary, "model");
+        }
+    }
     let result = if verdict.opaque_denied {
         Err(Rejection::OpaqueInputDenied)
     } else if let (Decision::Block, Some(rule)) = (verdict.decision, verdict.blocked_by) {

@@ -58,6 +58,18 @@ pub enum Rejection {
     RateLimited(crate::limits::Limited),
     #[error("The gateway cannot record decisions right now (audit sink failing); the request was not forwarded")]
     AuditUnavailable,
+    #[error("The request head did not arrive in time")]
+    HeaderTimeout,
+    #[error("The request body did not arrive in time")]
+    BodyTimeout,
+    #[error("The request's header fields are too large or too many")]
+    HeadersTooLarge,
+    #[error("The request is malformed: {0}")]
+    MalformedRequest(String),
+    #[error("The gateway has too many open connections; try again shortly")]
+    TooManyConnections,
+    #[error("Connection upgrades (WebSocket) are not allowed through the gateway: what flows through an upgraded connection cannot be inspected (inspect.websocket = \"deny\")")]
+    UpgradeDenied,
 }
 
 /// Everything needed to write one error response.
@@ -121,6 +133,17 @@ impl Rejection {
             Rejection::OriginNotAllowed => (403, "permission_error", "origin_not_allowed"),
             Rejection::RateLimited(_) => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
             Rejection::AuditUnavailable => (503, "server_error", "audit_unavailable"),
+            Rejection::HeaderTimeout | Rejection::BodyTimeout => {
+                (408, "invalid_request_error", "request_timeout")
+            }
+            Rejection::HeadersTooLarge => (
+                431,
+                "invalid_request_error",
+                "request_header_fields_too_large",
+            ),
+            Rejection::MalformedRequest(_) => (400, "invalid_request_error", "malformed_request"),
+            Rejection::TooManyConnections => (503, "server_error", "too_many_connections"),
+            Rejection::UpgradeDenied => (403, "permission_error", "upgrade_not_allowed"),
         }
     }
 
@@ -165,6 +188,7 @@ impl Rejection {
                         Some(rule.as_str())
                     }
                     Rejection::OpaqueInputDenied => Some("inspect.opaque_inputs"),
+                    Rejection::UpgradeDenied => Some("inspect.websocket"),
                     _ => None,
                 },
             },
@@ -191,11 +215,15 @@ impl Rejection {
                 | Rejection::Unauthenticated
                 | Rejection::ModelNotAllowed(_)
                 | Rejection::ModelRequired
-                | Rejection::OriginNotAllowed => Some(false),
+                | Rejection::OriginNotAllowed
+                | Rejection::HeadersTooLarge
+                | Rejection::MalformedRequest(_)
+                | Rejection::UpgradeDenied => Some(false),
                 _ => None,
             },
             retry_after: match self {
                 Rejection::RateLimited(l) => Some(l.retry_after),
+                Rejection::TooManyConnections => Some(std::time::Duration::from_secs(1)),
                 _ => None,
             },
             code,

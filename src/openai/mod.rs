@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod json;
+pub mod multipart;
 mod route;
 pub mod sse;
 pub mod usage;

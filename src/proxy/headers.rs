@@ -45,12 +45,25 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// Fields that carry a client's credentials: none of them reaches the upstream when the client authenticated
+/// with a gateway key (the provider key goes instead).
+const CREDENTIALS: [&str; 5] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "openai-insecure-api-key",
+];
+
 /// The gateway's edits of a request going upstream, on either path.
 pub fn to_upstream(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // Credentials for a proxy are for this hop, never for the upstream.
+    req.remove_header(&http::header::PROXY_AUTHORIZATION);
     if let Some(key) = ctx.admission.caller.as_ref().and_then(|c| c.key()) {
         // Gateway keys stay here; the upstream sees the provider key the entry names, if any.
-        req.remove_header(&http::header::AUTHORIZATION);
-        req.remove_header("api-key");
+        for name in CREDENTIALS {
+            req.remove_header(name);
+        }
         if let Some(credential) = &key.upstream {
             req.insert_header(http::header::AUTHORIZATION, credential.0.clone())?;
         }

@@ -11,6 +11,7 @@
 
 mod answer;
 mod ctx;
+mod edge;
 mod error;
 mod finish;
 mod headers;
@@ -28,6 +29,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{RequestCtx, IN_FLIGHT};
+pub use edge::Edge;
 pub use path::Path;
 
 use crate::audit::Audit;
@@ -122,8 +124,28 @@ impl ProxyHttp for Gateway {
         match path::choose(self, session, ctx).await {
             Path::Respond(reply) => self.respond(session, ctx, reply).await.map(|()| true),
             Path::Relay => relay::run(self, session, ctx).await.map(|()| true),
-            Path::Proxy => Ok(false),
+            Path::Proxy => {
+                // Pingora reads the body as it forwards it: no read may stall longer than the body timeout,
+                // and `request_body_filter` holds the whole body to it.
+                session
+                    .as_mut()
+                    .set_read_timeout(Some(self.inspect.body_timeout));
+                Ok(false)
+            }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.started.elapsed() > self.inspect.body_timeout {
+            return Err(Rejection::BodyTimeout.into_error());
+        }
+        Ok(())
     }
 
     // The `Proxy` path from here on: Pingora makes the exchange with the body untouched.

@@ -20,10 +20,11 @@ use pingora::proxy::Session;
 
 use super::{Gateway, RequestCtx};
 use crate::admission::cors::{self, Preflight};
-use crate::config::{InspectConfig, UnknownRoutes};
+use crate::config::{InspectConfig, UnknownRoutes, Upgrades};
 use crate::inspect::answer::AnswerPolicy;
 use crate::inspect::body::{self, BodyInspection};
 use crate::inspect::{ContentEncoding, InspectOptions, Side};
+use crate::metrics;
 use crate::openai::{Rejection, Route};
 
 /// The way of one request.
@@ -59,6 +60,7 @@ pub struct BodyHeader<'a> {
     pub content_length: Option<usize>,
     pub chunked: bool,
     pub encoding: Option<&'a str>,
+    pub content_type: Option<&'a str>,
 }
 
 impl<'a> BodyHeader<'a> {
@@ -78,6 +80,7 @@ impl<'a> BodyHeader<'a> {
             content_length,
             chunked: headers.contains_key(http::header::TRANSFER_ENCODING),
             encoding: field(http::header::CONTENT_ENCODING),
+            content_type: field(http::header::CONTENT_TYPE),
         })
     }
 
@@ -114,11 +117,12 @@ pub fn plan(
     let encoding = ContentEncoding::parse(body.encoding).ok_or_else(|| {
         Rejection::UnsupportedEncoding(body.encoding.unwrap_or("").chars().take(32).collect())
     })?;
-    Ok(BodyPlan::Consume(Box::new(BodyInspection::new(
-        inspect,
-        encoding,
-        route.has_json_body(),
-    ))))
+    let mut insp = BodyInspection::new(inspect, encoding, route.has_json_body());
+    insp.multipart = body
+        .content_type
+        .and_then(crate::openai::multipart::boundary)
+        .map(str::to_string);
+    Ok(BodyPlan::Consume(Box::new(insp)))
 }
 
 /// Admits the request and reads its body if the plan says so, and returns its path.
@@ -140,6 +144,16 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             Err(r) => refuse(r),
         };
     }
+    if is_upgrade(&req.headers) {
+        match gw.inspect.upgrades {
+            Upgrades::Deny => {
+                metrics::UPGRADES.with_label_values(&["refused"]).inc();
+                return refuse(Rejection::UpgradeDenied);
+            }
+            // A tunnel the gateway cannot see into: Pingora proxies it (inspect.websocket = "pass").
+            Upgrades::Pass => metrics::UPGRADES.with_label_values(&["passed"]).inc(),
+        }
+    }
     let admitted = ctx.admission.admit_caller(
         &gw.auth,
         &*gw.limiter,
@@ -150,9 +164,19 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     if let Err(r) = admitted {
         return refuse(r);
     }
+    if is_upgrade(&req.headers) {
+        return Path::Proxy;
+    }
     ctx.answers = AnswerPolicy::for_route(ctx.route, &gw.inspect);
     let method = req.method.clone();
     let planned = BodyHeader::of(&req.headers).and_then(|h| {
+        if gw.inspect.enabled
+            && method == http::Method::POST
+            && ctx.route.has_json_body()
+            && !h.present()
+        {
+            return Err(Rejection::InvalidBody("the request has no body".into()));
+        }
         plan(&gw.inspect, ctx.route, &h, ctx.admission.needs_body()).map(|p| (p, h.present()))
     });
     let (consumed, early) = match planned {
@@ -177,6 +201,11 @@ fn refuse(r: Rejection) -> Path {
     Path::Respond(Reply::Refuse(r))
 }
 
+/// Whether a request asks to upgrade its connection (a WebSocket handshake, or any other protocol).
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+}
+
 /// Reads the body whole (bounded) and judges it; the request side of the outcome is set here, once.
 async fn consume(
     gw: &Gateway,
@@ -190,11 +219,16 @@ async fn consume(
         ctx.body = Some(insp);
         return Ok(());
     }
+    // The whole body within the body timeout, counted from the request's start: a client dribbling it holds
+    // nothing for longer (408).
+    let deadline = tokio::time::Instant::from_std(ctx.started + gw.inspect.body_timeout);
     loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => body::hold(&mut insp, &chunk, gw.inspect.max_body_bytes)?,
-            Ok(None) => break,
-            Err(e) => {
+        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        match read {
+            Err(_) => return Err(Rejection::BodyTimeout),
+            Ok(Ok(Some(chunk))) => body::hold(&mut insp, &chunk, gw.inspect.max_body_bytes)?,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 return Err(Rejection::InvalidBody(format!(
                     "reading the body failed ({})",
                     e.etype().as_str()
@@ -236,6 +270,8 @@ mod tests {
             max_response_bytes: 1 << 20,
             max_stream_hold: 8192,
             fail_open: false,
+            upgrades: crate::config::Upgrades::Deny,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 
