@@ -30,7 +30,9 @@ pub struct Event {
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub route: &'static str,
-    pub method: http::Method,
+    pub method: &'static str,
+    /// The model the request named, as it named it: written only if it has the shape of a model name and no
+    /// rule matches it.
     pub model: Option<String>,
     pub stream: bool,
     pub decision: Decisions,
@@ -101,7 +103,7 @@ struct Line<'a> {
     key_id: Option<&'a str>,
     tenant: Option<&'a str>,
     route: &'static str,
-    method: &'a str,
+    method: &'static str,
     model: Option<&'a str>,
     stream: bool,
     decision: &'a Decisions,
@@ -142,10 +144,16 @@ impl Event {
                 }
             })
             .collect();
-        let session_id = self.session_id.as_deref().filter(|id| {
-            crate::openai::is_safe_id(id.as_bytes())
-                && self.rules.scan(id, Direction::Request).is_empty()
-        });
+        // Client text goes into the record only in a safe shape and when no rule matches it.
+        let clean = |v: &str| self.rules.scan(v, Direction::Request).is_empty();
+        let session_id = self
+            .session_id
+            .as_deref()
+            .filter(|id| crate::openai::is_safe_id(id.as_bytes()) && clean(id));
+        let model = self
+            .model
+            .as_deref()
+            .filter(|m| crate::openai::is_safe_name(m) && clean(m));
         let line = Line {
             kind: self.kind,
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -154,8 +162,8 @@ impl Event {
             key_id: self.key_id.as_deref(),
             tenant: self.tenant.as_deref(),
             route: self.route,
-            method: self.method.as_str(),
-            model: self.model.as_deref(),
+            method: self.method,
+            model,
             stream: self.stream,
             decision: &self.decision,
             rules,

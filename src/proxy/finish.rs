@@ -141,7 +141,7 @@ fn event(session: &Session, ctx: &mut RequestCtx, status: u16, latency: Latency)
         key_id: caller.map(|c| c.id().to_string()),
         tenant: caller.and_then(|c| c.tenant()).map(str::to_string),
         route: ctx.route.label(),
-        method: req.method.clone(),
+        method: method_label(&req.method),
         stream: facts.as_ref().is_some_and(|f| f.stream) || ctx.stream.is_some(),
         model: facts.and_then(|f| f.model),
         decision: Decisions {
@@ -161,6 +161,23 @@ fn event(session: &Session, ctx: &mut RequestCtx, status: u16, latency: Latency)
         },
         session_id,
     })
+}
+
+/// A request method as events and logs name it: the standard ones, else `OTHER` (an extension method is client
+/// text and could carry anything).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 /// Status codes as static labels: a closed set, whatever the upstream sends.

@@ -38,7 +38,7 @@ use crate::config::InspectConfig;
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::openai::{Rejection, Route};
-use crate::rules::RuleStore;
+use crate::rules::{Direction, RuleStore};
 use crate::upstream::{retry, Upstream};
 use path::Reply;
 
@@ -111,9 +111,21 @@ impl ProxyHttp for Gateway {
         ctx.rules = Some(self.rules.snapshot());
         let req = session.req_header();
         ctx.route = Route::classify(req.uri.path());
-        ctx.request_id = match req.headers.get(headers::REQUEST_ID) {
-            Some(v) if crate::openai::is_safe_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
+        // The client's request id is kept when it is a safe shape that no rule matches: it goes into events,
+        // logs and the upstream request.
+        ctx.request_id = match req
+            .headers
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v)
+                if crate::openai::is_safe_id(v.as_bytes())
+                    && ctx
+                        .rules
+                        .as_ref()
+                        .is_some_and(|r| r.scan(v, Direction::Request).is_empty()) =>
+            {
+                v.to_string()
             }
             _ => ctx::new_request_id(),
         };
@@ -241,6 +253,13 @@ impl ProxyHttp for Gateway {
         }
         let resp = rejection.render();
         ctx.error_code = Some(resp.code);
+        // The connection stays usable only when the gateway read the whole request itself and answers it
+        // whole now (a relayed request refused on its answer); otherwise the answer says it closes.
+        let reusable =
+            ctx.body.is_some() && session.is_body_done() && session.response_written().is_none();
+        if !reusable {
+            session.set_keepalive(None);
+        }
         if session.response_written().is_none() {
             if let Err(write_err) = error::write(session, ctx, &resp).await {
                 tracing::debug!("could not write the error response: {write_err}");
@@ -248,8 +267,19 @@ impl ProxyHttp for Gateway {
         }
         FailToProxy {
             error_code: resp.status,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable,
         }
+    }
+
+    /// What Pingora's own log lines say about a request: never its path, query or headers (client input that
+    /// may carry a secret), only the method, the route and the request id.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "{} {} request_id={}",
+            finish::method_label(&session.req_header().method),
+            ctx.route.label(),
+            ctx.request_id
+        )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
