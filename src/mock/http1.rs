@@ -194,6 +194,8 @@ pub struct Responder<'a> {
     keep_alive: bool,
     /// Write streamed bytes this many at a time (with a pause between writes).
     write_bytes: Option<usize>,
+    /// The `Content-Type` to claim instead of the right one (`Some(None)`: none at all).
+    content_type: Option<Option<String>>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -217,11 +219,26 @@ impl<'a> Responder<'a> {
             stream,
             keep_alive,
             write_bytes: None,
+            content_type: None,
         }
     }
 
     pub fn set_write_bytes(&mut self, n: Option<usize>) {
         self.write_bytes = n;
+    }
+
+    /// Labels every answer with this `Content-Type` (`"none"`: no `Content-Type` at all), whatever it is.
+    pub fn set_content_type(&mut self, v: Option<&str>) {
+        self.content_type = v.map(|v| (v != "none").then(|| v.to_string()));
+    }
+
+    /// The `content-type` line for an answer that really is `real`.
+    fn content_type_line(&self, real: &str) -> String {
+        match &self.content_type {
+            None => format!("content-type: {real}\r\n"),
+            Some(Some(ct)) => format!("content-type: {ct}\r\n"),
+            Some(None) => String::new(),
+        }
     }
 
     fn connection(&self) -> &'static str {
@@ -235,8 +252,9 @@ impl<'a> Responder<'a> {
     /// A whole JSON response.
     pub async fn json(&mut self, status: u16, body: &[u8]) -> std::io::Result<()> {
         let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\nx-mock: 1\r\n\r\n",
+            "HTTP/1.1 {status} {}\r\n{}content-length: {}\r\nconnection: {}\r\nx-mock: 1\r\n\r\n",
             reason(status),
+            self.content_type_line("application/json"),
             body.len(),
             self.connection()
         );
@@ -249,7 +267,8 @@ impl<'a> Responder<'a> {
     /// Starts an SSE response (chunked).
     pub async fn sse_start(&mut self) -> std::io::Result<()> {
         let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nconnection: {}\r\nx-mock: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n{}cache-control: no-cache\r\ntransfer-encoding: chunked\r\nconnection: {}\r\nx-mock: 1\r\n\r\n",
+            self.content_type_line("text/event-stream; charset=utf-8"),
             self.connection()
         );
         self.stream.write_all(head.as_bytes()).await

@@ -57,7 +57,8 @@ pub struct Behaviour {
     pub delay: Duration,
     /// `x-mock-latency-ms`: before the response header.
     pub latency: Duration,
-    /// `x-mock-status`: answer with this status and an OpenAI-shaped error.
+    /// `x-mock-status`: answer with this status and an OpenAI-shaped error (its message `x-mock-content`, if
+    /// given).
     pub status: Option<u16>,
     /// `x-mock-echo: 1`
     pub echo: bool,
@@ -78,6 +79,8 @@ pub struct Behaviour {
     pub write_bytes: Option<usize>,
     /// `x-mock-embedding-dims: N`: embeddings of N numbers (default 8).
     pub embedding_dims: Option<usize>,
+    /// `x-mock-content-type: VALUE`: label every answer so, whatever it is (`none`: no `Content-Type`).
+    pub content_type: Option<String>,
 }
 
 /// A request as the mock received it.
@@ -189,6 +192,7 @@ impl MockState {
                 .and_then(|v| serde_json::from_str(v).ok()),
             write_bytes: num("x-mock-write-bytes").map(|n| n.max(1) as usize),
             embedding_dims: num("x-mock-embedding-dims").map(|n| n.min(1 << 22) as usize),
+            content_type: req.header("x-mock-content-type").map(str::to_string),
         }
     }
 }
@@ -265,6 +269,7 @@ async fn route(
         tokio::time::sleep(b.latency).await;
     }
     out.set_write_bytes(b.write_bytes);
+    out.set_content_type(b.content_type.as_deref());
     let finished = openai::answer(req, &b, state, out).await?;
     state.complete(seq);
     Ok(finished)

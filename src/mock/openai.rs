@@ -39,7 +39,11 @@ pub async fn answer(
     out: &mut Responder<'_>,
 ) -> std::io::Result<bool> {
     if let Some(status) = b.status {
-        let body = json!({"error": {"message": format!("mock error {status}"), "type": "server_error", "param": null, "code": "mock_error"}});
+        let message = b
+            .content
+            .clone()
+            .unwrap_or_else(|| format!("mock error {status}"));
+        let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": "mock_error"}});
         out.json(status, body.to_string().as_bytes()).await?;
         return Ok(true);
     }
