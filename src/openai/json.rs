@@ -77,6 +77,16 @@ pub fn parse(src: &[u8], max_depth: usize) -> Result<Node, JsonError> {
     Ok(v)
 }
 
+/// The value of four hex digits — exactly four: `u32::from_str_radix` alone would also take a sign
+/// (`\u+041`), which a strict reader upstream refuses.
+fn hex4(h: &[u8]) -> Option<u32> {
+    if h.len() != 4 || !h.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    h.iter()
+        .try_fold(0u32, |v, &b| Some((v << 4) | char::from(b).to_digit(16)?))
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -162,8 +172,7 @@ impl Parser<'_> {
             .s
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.err("truncated \\u escape"))?;
-        let h = std::str::from_utf8(h).map_err(|_| self.err("invalid \\u escape"))?;
-        let v = u32::from_str_radix(h, 16).map_err(|_| self.err("invalid \\u escape"))?;
+        let v = hex4(h).ok_or_else(|| self.err("invalid \\u escape"))?;
         self.i += 4;
         Ok(v)
     }
@@ -361,6 +370,9 @@ mod tests {
             (br#"{"a":1} x"#, "trailing"),
             (b"\"\xff\"", "UTF-8"),
             (br#""\ud800""#, "surrogate"),
+            (br#""\u+041""#, "invalid \\u escape"),
+            (br#""\u-041""#, "invalid \\u escape"),
+            (br#""\u00g1""#, "invalid \\u escape"),
             (b"\"a\nb\"", "control character"),
             (b"01", "trailing"),
             (b"", "end of input"),
