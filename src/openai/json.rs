@@ -1,5 +1,6 @@
 //! A strict JSON reader that remembers where every string came from, so an inspected body can be rewritten
-//! by splicing only the strings that change — everything else stays byte for byte as the client sent it.
+//! by splicing only the raw bytes that encode each changed span of a string — everything else, escapes of
+//! the same string included, stays byte for byte as the client sent it.
 //!
 //! Stricter than serde_json where a gateway must be: duplicate keys and nesting deeper than a bound are
 //! errors (two parsers disagreeing on which duplicate wins is a classic way to smuggle a value past a check).
@@ -75,6 +76,16 @@ pub fn parse(src: &[u8], max_depth: usize) -> Result<Node, JsonError> {
         ));
     }
     Ok(v)
+}
+
+/// The value of four hex digits — exactly four: `u32::from_str_radix` alone would also take a sign
+/// (`\u+041`), which a strict reader upstream refuses.
+fn hex4(h: &[u8]) -> Option<u32> {
+    if h.len() != 4 || !h.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    h.iter()
+        .try_fold(0u32, |v, &b| Some((v << 4) | char::from(b).to_digit(16)?))
 }
 
 struct Parser<'a> {
@@ -162,8 +173,7 @@ impl Parser<'_> {
             .s
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.err("truncated \\u escape"))?;
-        let h = std::str::from_utf8(h).map_err(|_| self.err("invalid \\u escape"))?;
-        let v = u32::from_str_radix(h, 16).map_err(|_| self.err("invalid \\u escape"))?;
+        let v = hex4(h).ok_or_else(|| self.err("invalid \\u escape"))?;
         self.i += 4;
         Ok(v)
     }
@@ -308,23 +318,182 @@ impl Parser<'_> {
     }
 }
 
+/// One change to a text: the byte range it replaces and what goes there.
+pub type Edit = (Range<usize>, String);
+
 /// Replaces byte ranges of `src` (sorted, non-overlapping) with new bytes; keeps everything else.
-pub fn splice(src: &[u8], edits: &[(Range<usize>, String)]) -> Vec<u8> {
+pub fn splice(src: &[u8], edits: &[Edit]) -> Vec<u8> {
     let extra: usize = edits.iter().map(|(_, s)| s.len()).sum();
     let mut out = Vec::with_capacity(src.len() + extra);
     let mut last = 0;
     for (r, text) in edits {
-        out.extend_from_slice(&src[last..r.start]);
+        // Clamped rather than trusted: an edit that overlapped the one before would still have the union of
+        // both replaced (never less), and a bad range cannot panic the data path.
+        let start = r.start.clamp(last, src.len());
+        let end = r.end.clamp(start, src.len());
+        out.extend_from_slice(&src[last..start]);
         out.extend_from_slice(text.as_bytes());
-        last = r.end;
+        last = end;
     }
     out.extend_from_slice(&src[last..]);
     out
 }
 
+impl Str {
+    /// Turns edits of the decoded `value` (byte ranges of it, sorted and non-overlapping, each with its new
+    /// decoded text) into edits of `src`, the text this string was parsed from, appended to `out` in order.
+    ///
+    /// Each edit replaces only the raw bytes that encode its range, with the new text JSON-escaped; every
+    /// other raw byte of the string stays as sent (`\u00e9` stays `\u00e9`, `\/` stays `\/`). The walk over
+    /// the raw bytes is linear and only done for strings that change.
+    pub fn source_edits(&self, src: &[u8], edits: &[Edit], out: &mut Vec<Edit>) {
+        let mark = out.len();
+        if self.map_edits(src, edits, out).is_none() {
+            // Not reachable for a string parsed from `src` (its escapes were checked by the parser); kept so a
+            // misuse rewrites the whole string — still every span replaced — instead of cutting wrong bytes.
+            out.truncate(mark);
+            let new = splice(self.value.as_bytes(), edits);
+            out.push((
+                self.range.clone(),
+                encode_str(&String::from_utf8_lossy(&new)),
+            ));
+        }
+    }
+
+    fn map_edits(&self, src: &[u8], edits: &[Edit], out: &mut Vec<Edit>) -> Option<()> {
+        let body = self.range.start + 1..self.range.end.checked_sub(1)?;
+        if src.get(self.range.start) != Some(&b'"') || src.get(body.end) != Some(&b'"') {
+            return None;
+        }
+        let mut at = RawCursor {
+            raw: src.get(body.clone())?,
+            raw_at: 0,
+            decoded_at: 0,
+        };
+        for (span, text) in edits {
+            let start = at.seek(span.start, Round::Down)?;
+            let end = at.seek(span.end, Round::Up)?;
+            let mut escaped = String::with_capacity(text.len());
+            escape_into(&mut escaped, text);
+            out.push((body.start + start..body.start + end, escaped));
+        }
+        Some(())
+    }
+}
+
+/// Which raw boundary a decoded offset inside an escape maps to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// The escape's start (a span's start: the whole escape is taken into the span).
+    Down,
+    /// The escape's end (a span's end: likewise).
+    Up,
+}
+
+/// Walks the raw bytes of one string literal (between its quotes) alongside its decoded text. Plain bytes
+/// decode to themselves; each escape decodes to exactly one character from 2 raw bytes (`\n`), 6 (`\u00e9`)
+/// or 12 (`\ud83d\ude00`, a surrogate pair).
+struct RawCursor<'a> {
+    raw: &'a [u8],
+    raw_at: usize,
+    decoded_at: usize,
+}
+
+impl RawCursor<'_> {
+    /// The raw offset of decoded offset `target`, moving forward only: a target behind the cursor maps to the
+    /// cursor, so the ranges built from successive calls never overlap. `None` if the literal ends first.
+    ///
+    /// Matches are cut on character boundaries (the rule engine never splits a character) and an escape
+    /// decodes to one character, so a target never falls inside the decoded bytes of an escape. Were that
+    /// ever violated, `round` widens the span to the whole escape: the character is replaced whole, never cut
+    /// in two and never left out.
+    fn seek(&mut self, target: usize, round: Round) -> Option<usize> {
+        while self.decoded_at < target {
+            let rest = self.raw.get(self.raw_at..)?;
+            let (raw_len, decoded_len) = if rest.first() == Some(&b'\\') {
+                escape_len(rest)?
+            } else {
+                // A run of plain bytes maps one to one; only look as far as the target, so that many
+                // spans in one long string cost one pass over it.
+                let want = target - self.decoded_at;
+                let run = rest
+                    .iter()
+                    .take(want)
+                    .position(|&b| b == b'\\')
+                    .unwrap_or(want.min(rest.len()));
+                if run == 0 {
+                    return None;
+                }
+                (run, run)
+            };
+            if self.decoded_at + decoded_len > target && round == Round::Down {
+                break;
+            }
+            self.raw_at += raw_len;
+            self.decoded_at += decoded_len;
+        }
+        Some(self.raw_at)
+    }
+}
+
+/// Raw and decoded lengths of the escape that `raw` starts with.
+fn escape_len(raw: &[u8]) -> Option<(usize, usize)> {
+    match raw.get(1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some((2, 1)),
+        b'u' => {
+            let hi = hex4(raw.get(2..6)?)?;
+            if (0xD800..0xDC00).contains(&hi) {
+                if raw.get(6..8)? != b"\\u" {
+                    return None;
+                }
+                let lo = hex4(raw.get(8..12)?)?;
+                (0xDC00..0xE000).contains(&lo).then_some((12, 4))
+            } else {
+                Some((6, char::from_u32(hi)?.len_utf8()))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Appends `s` JSON-escaped (without quotes): `"`, `\` and control characters, nothing else — the form
+/// serde_json writes.
+pub fn escape_into(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        // `i` is at an ASCII byte: a character boundary.
+        out.push_str(&s[last..i]);
+        match short {
+            Some(e) => out.push_str(e),
+            // Writing to a String cannot fail.
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
 /// A string as a JSON token (quoted, escaped).
 pub fn encode_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    escape_into(&mut out, s);
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -361,6 +530,9 @@ mod tests {
             (br#"{"a":1} x"#, "trailing"),
             (b"\"\xff\"", "UTF-8"),
             (br#""\ud800""#, "surrogate"),
+            (br#""\u+041""#, "invalid \\u escape"),
+            (br#""\u-041""#, "invalid \\u escape"),
+            (br#""\u00g1""#, "invalid \\u escape"),
             (b"\"a\nb\"", "control character"),
             (b"01", "trailing"),
             (b"", "end of input"),
@@ -382,5 +554,123 @@ mod tests {
         };
         let out = splice(src, &[(s.range.clone(), encode_str("[X]"))]);
         assert_eq!(out, br#"{"a": "[X]",  "b" : 1}"#);
+    }
+    /// The string token of a one-string document, with its source.
+    fn token(src: &str) -> Str {
+        match parse(src.as_bytes(), 4) {
+            Ok(Node::String(s)) => s,
+            other => panic!("{src}: {other:?}"),
+        }
+    }
+
+    /// Applies decoded edits through `source_edits`.
+    fn rewrite(src: &str, edits: &[(Range<usize>, &str)]) -> String {
+        let s = token(src);
+        let edits: Vec<Edit> = edits
+            .iter()
+            .map(|(r, t)| (r.clone(), t.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        s.source_edits(src.as_bytes(), &edits, &mut out);
+        String::from_utf8(splice(src.as_bytes(), &out)).expect("utf-8")
+    }
+
+    /// `(source token, decoded span, replacement, expected token)`: only the raw bytes of the span change.
+    #[test]
+    fn source_edits_replace_only_the_raw_bytes_of_each_span() {
+        let cases: &[(&str, Range<usize>, &str, &str)] = &[
+            // Escapes before and after the span stay as sent.
+            (
+                r#""caf\u00e9 \/ x@y.io \u0041\t""#,
+                8..14,
+                "[E]",
+                r#""caf\u00e9 \/ [E] \u0041\t""#,
+            ),
+            // An escape at the span's first or last character goes with the span, whole.
+            (r#""\u006Aane@y.io!""#, 0..9, "[E]", r#""[E]!""#),
+            (r#""ab\u0063""#, 1..3, "[E]", r#""a[E]""#),
+            // A surrogate pair is one character from twelve raw bytes.
+            (
+                r#""\ud83d\ude00 key \uD83D\uDE00""#,
+                5..8,
+                "K",
+                r#""\ud83d\ude00 K \uD83D\uDE00""#,
+            ),
+            (r#""\ud83d\ude00 key""#, 0..4, "", r#"" key""#),
+            // Multi-byte characters written raw map one to one.
+            (r#""é€😀 key ü""#, 10..13, "[K]", r#""é€😀 [K] ü""#),
+            // The replacement is escaped the way serde_json would.
+            (
+                r#""a\/b secret c""#,
+                4..10,
+                "q\"\\\t\u{1}é",
+                r#""a\/b q\"\\\t\u0001é c""#,
+            ),
+            // The whole string, and an empty one at its end.
+            (r#""\u0073ecret""#, 0..6, "[S]", r#""[S]""#),
+            (r#""x""#, 1..1, "+", r#""x+""#),
+        ];
+        for (src, span, new, want) in cases {
+            assert_eq!(
+                &rewrite(src, &[(span.clone(), new)]),
+                want,
+                "{src} {span:?}"
+            );
+        }
+        // Many spans in one string, each mapped past the escapes between them.
+        let src = r#""a\u0062c \"d\" ef\u00e9 gh""#;
+        assert_eq!(token(src).value, "abc \"d\" efé gh");
+        let got = rewrite(
+            src,
+            &[(0..3, "1"), (5..6, "2"), (8..12, "3"), (13..15, "4")],
+        );
+        assert_eq!(got, r#""1 \"2\" 3 4""#);
+    }
+
+    /// The engine never cuts a character, so a span boundary inside an escape's decoded bytes cannot happen;
+    /// if it did, the whole escape goes with the span: nothing of the character is left, nothing is split.
+    #[test]
+    fn a_span_that_would_split_an_escaped_character_takes_the_whole_escape() {
+        // "é" is two decoded bytes from six raw ones.
+        assert_eq!(rewrite(r#""a\u00e9b""#, &[(2..3, "X")]), r#""aXb""#);
+        assert_eq!(rewrite(r#""a\u00e9b""#, &[(1..2, "X")]), r#""aXb""#);
+        // Two spans inside one surrogate pair: the first takes it whole, the second starts after it.
+        let got = rewrite(r#""<\ud83d\ude00>""#, &[(1..2, "X"), (3..4, "Y")]);
+        assert_eq!(got, r#""<XY>""#);
+    }
+
+    #[test]
+    fn source_edits_of_a_foreign_token_rewrite_the_whole_string() {
+        // A `Str` whose range is not a string of `src`: the misuse still replaces every span, never cuts
+        // wrong bytes.
+        let s = Str {
+            value: "key secret".into(),
+            range: 2..14,
+        };
+        let src = br#"[1, "key \u0073ecret"]"#;
+        let mut out = Vec::new();
+        s.source_edits(src, &[(4..10, "[S]".into())], &mut out);
+        assert_eq!(out, vec![(2..14, r#""key [S]""#.to_string())]);
+    }
+
+    #[test]
+    fn encode_str_writes_what_serde_json_writes() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€😀\u{2028}\u{7f}");
+        for s in [all.as_str(), "", "plain", "\"\\/", "\u{1f}x\u{0}"] {
+            assert_eq!(
+                encode_str(s),
+                serde_json::to_string(s).expect("serde"),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn splice_never_keeps_bytes_an_overlapping_edit_covers() {
+        let src = b"0123456789";
+        let edits = vec![(2..6, "a".to_string()), (4..8, "b".to_string())];
+        assert_eq!(splice(src, &edits), b"01ab89");
+        assert_eq!(splice(src, &[(8..99, "z".to_string())]), b"01234567z");
     }
 }

@@ -2,6 +2,7 @@
 //! redacted body, 409 for a block (the body withheld), 502 when too large to inspect.
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sdk::run_sdk_script;
 use crate::support::{post, recorded_header, Gateway, GatewayOpts, MockUpstream};
@@ -164,4 +165,85 @@ async fn logprobs_of_a_redacted_answer_do_not_carry_the_value() {
         clean["choices"][0]["logprobs"]["content"][1]["token"],
         "clear "
     );
+}
+
+/// An upstream that answers every request with `body`, byte for byte. The mock writes its answers with
+/// serde_json, which never writes `\u00e9` or `\/`; other upstreams do (Python's `json.dumps` escapes every
+/// non-ASCII character).
+async fn verbatim_upstream(body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the whole request (head, then a Content-Length or chunked body) before answering.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let Some(head_end) = text.find("\r\n\r\n").map(|i| i + 4) else {
+                        continue;
+                    };
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    let done = match length {
+                        Some(n) => buf.len() >= head_end + n,
+                        None => {
+                            !text.contains("transfer-encoding: chunked")
+                                || text.ends_with("0\r\n\r\n")
+                        }
+                    };
+                    if done {
+                        break;
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A redacted answer was re-encoded whole: escapes outside the matched span (`\u00e9`, `\/`, a surrogate
+/// pair, `\u2014`) reached the client rewritten. Only the raw bytes of the span may change.
+#[tokio::test]
+async fn answer_redaction_keeps_escapes_outside_the_matched_span() {
+    const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Caf\u00e9 \/ write to \u006aane.doe@example.com \u2014 \ud83d\ude00\n","tool_calls":[{"id":"c","type":"function","function":{"name":"send","arguments":"{\"to\":\"jane.doe@example.com\",\"note\":\"\\u00e9\"}"}}]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    let upstream = verbatim_upstream(ANSWER).await;
+    let gw = Gateway::start(&upstream).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-promptgate-decision"], "redact");
+    let len = resp.headers()["content-length"]
+        .to_str()
+        .expect("a")
+        .to_string();
+    let text = resp.text().await.expect("text");
+    let want = ANSWER
+        .replace(r"\u006aane.doe@example.com", "[EMAIL]")
+        .replace("jane.doe@example.com", "[EMAIL]");
+    assert_eq!(text, want);
+    assert_eq!(len, want.len().to_string());
 }

@@ -280,7 +280,7 @@ async fn redaction_rewrites_only_the_matched_span_and_the_length_is_right() {
         Some(want.len().to_string().as_str())
     );
 
-    // Tool arguments: redacted inside the nested document and re-encoded.
+    // Tool arguments: redacted inside the nested document, the edit spliced into the outer string.
     let args = json!({"to": "jane@example.com", "n": 1}).to_string();
     let body = json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "send", "arguments": args}}]}]}).to_string();
     post(&gw, "/v1/chat/completions", body.into_bytes(), &[]).await;
@@ -293,6 +293,45 @@ async fn redaction_rewrites_only_the_matched_span_and_the_length_is_right() {
     )
     .expect("args json");
     assert_eq!(args, json!({"to": "[EMAIL]", "n": 1}));
+}
+
+/// A redacted string was re-encoded whole: escapes outside the matched span (`\u00e9`, `\/`, `\u0041`, a
+/// surrogate pair) reached the upstream rewritten. Only the raw bytes of the span may change — in keys, in
+/// values and inside tool-call arguments (a JSON document in a string, whose own escapes stay too).
+#[tokio::test]
+async fn redaction_keeps_escapes_outside_the_matched_span() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 \/ mail jane@example.com \u0041\u00E9 \ud83d\ude00\t\u001f"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 \/ mail [EMAIL] \u0041\u00E9 \ud83d\ude00\t\u001f"}]}"#,
+        ),
+        // An escape inside the span goes with it; the ones around it stay.
+        (
+            r#"{"model":"m","input":"\u004dail \u006aane@example.co\u006d\/x","metadata":{"k\u00e9y jane@example.com":"v"}}"#,
+            r#"{"model":"m","input":"\u004dail [EMAIL]\/x","metadata":{"k\u00e9y [EMAIL]":"v"}}"#,
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"send","arguments":"{\"to\": \"jane@example.com\", \"note\": \"caf\\u00e9 \\/ \u00e9\"}"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"send","arguments":"{\"to\": \"[EMAIL]\", \"note\": \"caf\\u00e9 \\/ \u00e9\"}"}}]}]}"#,
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"{\u0022to\u0022:\u0022jane@example.com\u0022}"}]}"#,
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"{\u0022to\u0022:\u0022[EMAIL]\u0022}"}]}"#,
+        ),
+    ];
+    for (i, (body, want)) in cases.iter().enumerate() {
+        let resp = post(&gw, "/v1/chat/completions", body.as_bytes().to_vec(), &[]).await;
+        assert_eq!(resp.status(), 200, "{body}");
+        assert_eq!(resp.headers()["x-promptgate-decision"], "redact", "{body}");
+        let got = mock.received().await;
+        assert_eq!(got[i]["body"], *want);
+        assert_eq!(
+            recorded_header(&got[i], "content-length"),
+            Some(want.len().to_string().as_str())
+        );
+    }
 }
 
 #[tokio::test]
