@@ -129,6 +129,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
         auth.clone(),
         Arc::new(LocalLimiter::new(config.limit_window)),
         audit.clone(),
+        config.threads,
     );
     let mut proxy = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();

@@ -47,9 +47,20 @@ pub async fn hold(
         monitor: ctx.admission.monitor,
         ..gw.inspect.options.clone()
     };
-    let encoding = headers::content_encoding(header);
-    let (released, verdict) =
-        ctx.timed(|| inspect::answer::judge(&rules, raw, encoding, &opts, cap));
+    let encoding = headers::content_encoding(header).map(str::to_string);
+    let started = std::time::Instant::now();
+    let size = raw.len();
+    let judged = gw
+        .offload
+        .run(size, move || {
+            inspect::answer::judge(&rules, raw, encoding.as_deref(), &opts, cap)
+        })
+        .await;
+    ctx.timing.response_inspect_us += started.elapsed().as_micros() as u64;
+    let Some((released, verdict)) = judged else {
+        ctx.outcome.response = Side::failed();
+        return Err(Rejection::InspectionFailed.into_error());
+    };
     ctx.outcome.response = verdict.as_ref().map_or_else(Side::failed, Side::of);
     let released = released.map_err(Rejection::into_error)?;
     let resp = headers::from_upstream(

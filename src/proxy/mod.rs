@@ -15,6 +15,7 @@ mod edge;
 mod error;
 mod finish;
 mod headers;
+mod offload;
 mod path;
 mod relay;
 mod stream;
@@ -50,9 +51,12 @@ pub struct Gateway {
     auth: Arc<Auth>,
     limiter: Arc<dyn Limiter>,
     audit: Arc<Audit>,
+    /// Where large inspections run (off the I/O workers).
+    offload: offload::Offload,
 }
 
 impl Gateway {
+    /// `threads`: the proxy's worker threads (as many large inspections may run at once).
     pub fn new(
         upstream: Upstream,
         rules: Arc<RuleStore>,
@@ -60,6 +64,7 @@ impl Gateway {
         auth: Arc<Auth>,
         limiter: Arc<dyn Limiter>,
         audit: Arc<Audit>,
+        threads: usize,
     ) -> Self {
         Self {
             upstream,
@@ -68,6 +73,7 @@ impl Gateway {
             auth,
             limiter,
             audit,
+            offload: offload::Offload::new(threads),
         }
     }
 

@@ -241,7 +241,19 @@ async fn consume(
         monitor: ctx.admission.monitor,
         ..gw.inspect.options.clone()
     };
-    let decided = body::decide(&mut insp, &rules, &gw.inspect, &opts);
+    let cfg = gw.inspect.clone();
+    let size = insp.held.len();
+    let judged = gw
+        .offload
+        .run(size, move || {
+            let decided = body::decide(&mut insp, &rules, &cfg, &opts);
+            (insp, decided)
+        })
+        .await;
+    let Some((insp, decided)) = judged else {
+        ctx.outcome.request = Side::failed();
+        return Err(Rejection::InspectionFailed);
+    };
     if let Some(v) = &insp.verdict {
         ctx.outcome.request = Side::of(v);
     } else if insp.failed_open || matches!(decided, Err(Rejection::InspectionFailed)) {

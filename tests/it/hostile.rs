@@ -407,7 +407,11 @@ async fn a_multipart_upload_naming_a_model_outside_the_keys_scope_is_403() {
     // The model it may use goes through (the mock reads only JSON bodies: its 400 shows it got the request).
     let r = send("whisper-1").await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.expect("text").contains("mock: invalid JSON body"));
+    assert!(r
+        .text()
+        .await
+        .expect("text")
+        .contains("mock: invalid JSON body"));
     assert_eq!(mock.received().await.len(), 1);
 }
 
@@ -427,4 +431,108 @@ async fn an_empty_body_on_a_json_route_is_400_and_never_forwarded() {
         .expect("get");
     assert_ne!(r.status(), 400);
     assert_eq!(mock.received().await.len(), 1);
+}
+
+#[tokio::test]
+async fn secrets_in_free_text_fields_never_reach_an_event_a_log_or_a_metric() {
+    const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    const EMAIL: &str = "jane.doe@example.com";
+    let mock = MockUpstream::start().await;
+    let audit = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
+        "[upstream]\nread_timeout_ms = 300\n[audit]\ndir = {:?}\nstdout = true\n",
+        audit.path().display().to_string()
+    )))
+    .await;
+    let client = reqwest::Client::new();
+    // 1. Secrets in the query, the request id, the session id and the user agent (a clean body, so the
+    //    request goes on); the upstream times out, so the failure is logged too.
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let r = client
+        .post(gw.url(&format!("/v1/chat/completions?api_key={KEY}")))
+        .header("content-type", "application/json")
+        .header("x-request-id", KEY)
+        .header("x-session-id", KEY)
+        .header("user-agent", format!("app/{KEY}"))
+        .header("x-mock-latency-ms", "1000")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 504);
+    let id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    assert_ne!(id, KEY, "a request id a rule matches is replaced");
+    // 2. A secret as the model (the request is blocked; the event must not name the model).
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        serde_json::json!({"model": KEY, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .into_bytes(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    // 3. An email as the model: the shape of a name, but a rule matches it.
+    let r = post(
+        &gw,
+        "/v1/embeddings",
+        serde_json::json!({"model": EMAIL, "input": "hi"})
+            .to_string()
+            .into_bytes(),
+        &[],
+    )
+    .await;
+    assert!(
+        r.status().is_success() || r.status() == 409,
+        "{}",
+        r.status()
+    );
+    // 4. A secret as an extension method.
+    let raw = raw_exchange(
+        &gw,
+        &[(
+            format!("{KEY} /v1/models HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+            Duration::ZERO,
+        )],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!raw.is_empty());
+
+    let events = wait_file_events(audit.path(), 4).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[0]["request_id"], id.as_str());
+    assert!(events[0]["session_id"].is_null());
+    assert!(events[1]["model"].is_null());
+    assert!(events[2]["model"].is_null());
+    assert_eq!(events[3]["method"], "OTHER");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gw.stderr();
+    assert!(
+        log.contains(&format!("request_id={id}")),
+        "the failure was logged: {log}"
+    );
+    let sinks = [
+        (
+            "the audit file",
+            std::fs::read_dir(audit.path())
+                .expect("dir")
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect::<String>(),
+        ),
+        ("stdout", gw.stdout()),
+        ("the log", log),
+        ("the metrics", gw.metrics_text().await),
+    ];
+    for (sink, text) in sinks {
+        for secret in [KEY, EMAIL] {
+            assert!(!text.contains(secret), "{secret} reached {sink}");
+        }
+    }
 }
