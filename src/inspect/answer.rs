@@ -18,6 +18,7 @@ use super::{
     OpaquePolicy, RuleHit, Verdict,
 };
 use crate::config::{InspectConfig, UnknownRoutes};
+use crate::openai::json::{self, Node};
 use crate::openai::{Rejection, Route};
 use crate::rules::{redact, Action, Direction, Mode, RuleSet};
 
@@ -148,7 +149,7 @@ pub fn judge(
             })
         }
         (None, Some(body)) => Ok(Released {
-            body: Bytes::from(without_logprobs(body)),
+            body: Bytes::from(without_logprobs(body, opts.max_depth)),
             decoded: true,
         }),
         (None, None) if encoding != ContentEncoding::Identity => Ok(Released {
@@ -201,28 +202,26 @@ fn judge_text(rules: &RuleSet, text: &str, monitor: bool) -> Verdict {
 }
 
 /// A redacted answer's `logprobs` would carry the redacted text again, token by token and byte by byte:
-/// they are dropped (`null`) from every choice.
-fn without_logprobs(body: &[u8]) -> Vec<u8> {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+/// they are replaced by `null` in every choice — only those values' bytes change, the rest stays as written.
+fn without_logprobs(body: &[u8], max_depth: usize) -> Vec<u8> {
+    let Ok(root) = json::parse(body, max_depth) else {
         return body.to_vec();
     };
-    let mut changed = false;
-    for choice in v
-        .get_mut("choices")
-        .and_then(|c| c.as_array_mut())
-        .into_iter()
-        .flatten()
-    {
-        if let Some(lp) = choice.get_mut("logprobs").filter(|lp| !lp.is_null()) {
-            *lp = serde_json::Value::Null;
-            changed = true;
-        }
-    }
-    if changed {
-        serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
-    } else {
-        body.to_vec()
-    }
+    let Some(Node::Array(choices)) = root.get("choices") else {
+        return body.to_vec();
+    };
+    let edits: Vec<json::Edit> = choices
+        .iter()
+        .filter_map(|choice| match choice {
+            Node::Object(members) => members
+                .iter()
+                .find(|(k, v)| k.value == "logprobs" && *v != Node::Null),
+            _ => None,
+        })
+        .filter_map(|(k, _)| json::member_value(body, k.range.end, max_depth))
+        .map(|range| (range, "null".to_string()))
+        .collect();
+    json::splice(body, &edits)
 }
 
 #[cfg(test)]
@@ -312,5 +311,19 @@ mod tests {
         for (b, want) in cases {
             assert_eq!(sniff(b), want, "{:?}", String::from_utf8_lossy(b));
         }
+    }
+
+    #[test]
+    fn dropping_logprobs_changes_only_their_values() {
+        let body = br#"{"choices":[{"index":0,"message":{"content":"Caf\u00e9 \/ [EMAIL]"},"logprobs" : {"content":[{"token":"x","bytes":[120]}]},"finish_reason":"stop"},{"index":1,"logprobs":null},{"index":2,"logprobs":[1, {"a":"}"}]}],"usage":{}}"#;
+        let out = without_logprobs(body, 64);
+        let want = br#"{"choices":[{"index":0,"message":{"content":"Caf\u00e9 \/ [EMAIL]"},"logprobs" : null,"finish_reason":"stop"},{"index":1,"logprobs":null},{"index":2,"logprobs":null}],"usage":{}}"#;
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+        // Not JSON, or no choices: unchanged.
+        assert_eq!(without_logprobs(b"{\"x\":1", 64), b"{\"x\":1");
+        assert_eq!(
+            without_logprobs(b"{\"logprobs\":{}}", 64),
+            b"{\"logprobs\":{}}"
+        );
     }
 }

@@ -78,6 +78,26 @@ pub fn parse(src: &[u8], max_depth: usize) -> Result<Node, JsonError> {
     Ok(v)
 }
 
+/// The byte range of the value of the object member whose key token ends at `key_end` (a key's
+/// [`Str::range`] end in `src`, a document [`parse`] accepted): lets a caller replace one whole value — an
+/// object or array included — without re-encoding anything around it.
+pub fn member_value(src: &[u8], key_end: usize, max_depth: usize) -> Option<Range<usize>> {
+    let mut p = Parser {
+        s: src,
+        i: key_end,
+        max_depth,
+    };
+    p.ws();
+    if p.s.get(p.i) != Some(&b':') {
+        return None;
+    }
+    p.i += 1;
+    p.ws();
+    let start = p.i;
+    p.value(0).ok()?;
+    Some(start..p.i)
+}
+
 /// The value of four hex digits — exactly four: `u32::from_str_radix` alone would also take a sign
 /// (`\u+041`), which a strict reader upstream refuses.
 fn hex4(h: &[u8]) -> Option<u32> {

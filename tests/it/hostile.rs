@@ -536,3 +536,126 @@ async fn secrets_in_free_text_fields_never_reach_an_event_a_log_or_a_metric() {
         }
     }
 }
+
+/// One HTTP/1.1 answer read off a kept-alive connection: framed by `Content-Length` or chunked, never by the
+/// connection closing (a close-delimited answer has no end a pooled client can wait for).
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+fn read_answer(r: &mut impl std::io::BufRead) -> Answer {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).expect("head") > 0,
+            "closed mid-head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let mut body = Vec::new();
+    if let Some(len) = field("content-length") {
+        body.resize(len.parse().expect("length"), 0);
+        r.read_exact(&mut body).expect("body");
+    } else {
+        assert_eq!(
+            field("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "unframed answer: {head}"
+        );
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            body.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Answer {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn answers_refused_or_streamed_are_framed_so_a_kept_alive_connection_goes_on() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let addr = gw.addr;
+    const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    // (stream?, what the upstream answers, the status the client must see, what the body must hold)
+    let cases = [
+        (false, format!("the key is {KEY}"), 409, "policy_blocked"),
+        (
+            true,
+            format!("the key is {KEY} indeed"),
+            200,
+            "policy_blocked",
+        ),
+        (true, "a clean streamed answer".to_string(), 200, "[DONE]"),
+        (false, "a clean answer".to_string(), 200, "a clean answer"),
+    ];
+    let answers = tokio::task::spawn_blocking(move || {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = std::io::BufReader::new(s);
+        let mut answers = Vec::new();
+        for (stream, content, ..) in &cases {
+            let body = serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nx-mock-content: {content}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            w.write_all(format!("{head}{body}").as_bytes()).expect("write");
+            let a = read_answer(&mut r);
+            let closes = a.head.contains("connection: close");
+            answers.push(a);
+            if closes {
+                break;
+            }
+        }
+        (cases, answers)
+    })
+    .await
+    .expect("exchange");
+    let (cases, answers) = answers;
+    assert_eq!(
+        answers.len(),
+        cases.len(),
+        "the connection ended early: {}",
+        answers.last().map_or("", |a| &a.head)
+    );
+    for ((stream, _, status, holds), a) in cases.iter().zip(&answers) {
+        assert_eq!(a.status, *status, "{}", a.head);
+        assert!(a.body.contains(holds), "{}", a.body);
+        assert!(!a.body.contains(KEY));
+        if *stream {
+            assert!(a.head.contains("transfer-encoding: chunked"), "{}", a.head);
+        }
+    }
+    assert_eq!(mock.received().await.len(), cases.len());
+}
