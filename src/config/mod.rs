@@ -716,6 +716,18 @@ mod tests {
         Config::from_file(raw, "x.toml", o).map_err(|e| e.to_string())
     }
 
+    /// The shipped file documents every key with its default: parsed, it must equal no file at all.
+    #[test]
+    fn the_shipped_config_states_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/promptgate.toml");
+        let text = std::fs::read_to_string(path).expect("conf/promptgate.toml");
+        let shipped = FileConfig::parse(&text).map_err(|(f, m)| format!("{f}: {m}"));
+        assert_eq!(
+            format!("{:?}", shipped.expect("parses")),
+            format!("{:?}", FileConfig::default())
+        );
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = load_str("", &Overrides::default()).expect("defaults");
