@@ -1,10 +1,13 @@
 //! The normalised views the matchers see, and the map from a view's byte offsets back to the original text.
 //!
-//! Two views exist. The *normalised* view (regexes and case-sensitive keywords): Unicode NFKC applied per
+//! Two views exist. The *normalised* view (regexes and case-sensitive keywords): every default-ignorable code
+//! point removed (Unicode's `Default_Ignorable_Code_Point`: zero-width characters, soft hyphen, bidi controls,
+//! tag characters, variation selectors, Hangul fillers, …: characters that render as nothing and would
+//! otherwise split a value in two for the matchers while the reader sees it whole), Unicode NFKC applied per
 //! character (full-width digits become ASCII digits, ligatures split, compatibility spaces become U+0020),
-//! zero-width characters and soft hyphens removed, Unicode dashes unified to `-` and Unicode spaces to ` `. The
-//! *folded* view (case-insensitive keywords) adds full case folding (`ß` → `ss`, `Σ`/`ς` → `σ`) and maps common
-//! Cyrillic and Greek look-alikes to their Latin twins.
+//! Unicode dashes unified to `-` and Unicode spaces to ` `. The *folded* view (case-insensitive keywords) adds
+//! full case folding (`ß` → `ss`, `Σ`/`ς` → `σ`) and maps common Cyrillic and Greek look-alikes to their Latin
+//! twins.
 //!
 //! ASCII text is its own normalised view (no copy, no map) and its lowercase copy is its folded view, which
 //! keeps the common case fast.
@@ -99,20 +102,51 @@ impl<'a> View<'a> {
     }
 }
 
-/// Characters removed from the view: zero-width space / joiners, word joiner, BOM, soft hyphen, Mongolian
-/// vowel separator, and the invisible math operators.
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200B}'
-            | '\u{200C}'
-            | '\u{200D}'
-            | '\u{2060}'
-            | '\u{FEFF}'
-            | '\u{00AD}'
-            | '\u{180E}'
-            | '\u{2061}'..='\u{2064}'
-    )
+/// Unicode's `Default_Ignorable_Code_Point` property, from DerivedCoreProperties.txt of Unicode 16.0.0 (the
+/// same ranges as 15.1; `the_table_is_the_unicode_property` checks it against the regex crate's own table).
+/// These code points render as nothing, or change only how their neighbours render, so a reader sees a value
+/// whole while a matcher would see it cut: the views remove them all.
+const DEFAULT_IGNORABLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{034F}', '\u{034F}'),   // combining grapheme joiner
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark
+    ('\u{115F}', '\u{1160}'),   // Hangul choseong and jungseong fillers
+    ('\u{17B4}', '\u{17B5}'),   // Khmer inherent vowels
+    ('\u{180B}', '\u{180F}'),   // Mongolian free variation selectors, vowel separator
+    ('\u{200B}', '\u{200F}'), // zero-width space, non-joiner, joiner; left-to-right and right-to-left marks
+    ('\u{202A}', '\u{202E}'), // bidi embeddings, pop, overrides
+    ('\u{2060}', '\u{206F}'), // word joiner, invisible operators, bidi isolates, deprecated format controls
+    ('\u{3164}', '\u{3164}'), // Hangul filler
+    ('\u{FE00}', '\u{FE0F}'), // variation selectors 1-16
+    ('\u{FEFF}', '\u{FEFF}'), // zero-width no-break space (byte order mark)
+    ('\u{FFA0}', '\u{FFA0}'), // halfwidth Hangul filler
+    ('\u{FFF0}', '\u{FFF8}'), // unassigned, reserved as ignorable
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical beam and phrase controls
+    ('\u{E0000}', '\u{E0FFF}'), // tag characters, variation selectors 17-256, reserved
+];
+
+/// Whether the views remove `c` (see [`DEFAULT_IGNORABLE`]).
+fn is_default_ignorable(c: char) -> bool {
+    // The scripts most text is in (Latin, Greek, Cyrillic, Hebrew, Arabic; CJK, kana, Hangul syllables) sit
+    // below or between the ranges: answer them without the search.
+    if c < '\u{115F}' {
+        return matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}');
+    }
+    if ('\u{3165}'..'\u{FE00}').contains(&c) {
+        return false;
+    }
+    DEFAULT_IGNORABLE
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
 }
 
 fn is_dash(c: char) -> bool {
@@ -142,7 +176,7 @@ fn normalize_char(c: char, fold: bool, out: &mut String) {
         out.push(if fold { c.to_ascii_lowercase() } else { c });
         return;
     }
-    if is_invisible(c) {
+    if is_default_ignorable(c) {
         return;
     }
     if is_dash(c) {
@@ -166,7 +200,7 @@ fn normalize_char(c: char, fold: bool, out: &mut String) {
     let mut decomposed = String::new();
     decompose_compatible(c, |d| decomposed.push(d));
     for n in decomposed.nfc() {
-        if is_invisible(n) {
+        if is_default_ignorable(n) {
             continue;
         }
         let n = if is_dash(n) {
@@ -353,6 +387,136 @@ mod tests {
                     "{c:?} U+{:04X}",
                     c as u32
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_default_ignorable_range_is_removed_and_its_neighbours_are_not() {
+        // First, last and a middle code point of each range.
+        for &(lo, hi) in DEFAULT_IGNORABLE {
+            let mid = char::from_u32((lo as u32 + hi as u32) / 2).expect("inside a range");
+            for c in [lo, mid, hi] {
+                for f in [false, true] {
+                    let text = format!("a{c}b");
+                    assert_eq!(
+                        View::new(&text, f).text(),
+                        "ab",
+                        "U+{:04X} fold={f}",
+                        c as u32
+                    );
+                }
+            }
+        }
+        // The code points just outside each range stay (as themselves or their NFKC form).
+        let neighbours = [
+            '\u{00AC}',
+            '\u{00AE}',
+            '\u{034E}',
+            '\u{0350}',
+            '\u{061B}',
+            '\u{061D}',
+            '\u{115E}',
+            '\u{1161}',
+            '\u{17B3}',
+            '\u{17B6}',
+            '\u{180A}',
+            '\u{1810}',
+            '\u{200A}',
+            '\u{2010}',
+            '\u{2029}',
+            '\u{202F}',
+            '\u{205F}',
+            '\u{2070}',
+            '\u{3163}',
+            '\u{3165}',
+            '\u{FDFF}',
+            '\u{FE10}',
+            '\u{FEFE}',
+            '\u{FF00}',
+            '\u{FF9F}',
+            '\u{FFA1}',
+            '\u{FFEF}',
+            '\u{FFF9}',
+            '\u{1BC9F}',
+            '\u{1BCA4}',
+            '\u{1D172}',
+            '\u{1D17B}',
+            '\u{DFFFF}',
+            '\u{E1000}',
+        ];
+        for c in neighbours {
+            assert!(!is_default_ignorable(c), "U+{:04X}", c as u32);
+            let text = format!("a{c}b");
+            assert_ne!(norm(&text), "ab", "U+{:04X} was removed", c as u32);
+        }
+    }
+
+    #[test]
+    fn the_table_is_the_unicode_property() {
+        // The regex crate carries Unicode's own table of the property: both must agree range for range.
+        let hir = regex_syntax::parse(r"\p{Default_Ignorable_Code_Point}").expect("parses");
+        let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) =
+            hir.kind()
+        else {
+            panic!("a Unicode class: {hir:?}");
+        };
+        let theirs: Vec<(char, char)> = class
+            .ranges()
+            .iter()
+            .map(|r| (r.start(), r.end()))
+            .collect();
+        assert_eq!(DEFAULT_IGNORABLE, theirs.as_slice());
+        // And the fast exits of `is_default_ignorable` agree with the table everywhere.
+        for u in 0..=0x10FFFFu32 {
+            let Some(c) = char::from_u32(u) else { continue };
+            let listed = DEFAULT_IGNORABLE.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+            assert_eq!(is_default_ignorable(c), listed, "U+{u:04X}");
+        }
+    }
+
+    #[test]
+    fn invisible_characters_inside_a_value_map_back_with_it() {
+        let cases = [
+            // tag characters inside an AWS key id
+            (
+                "key AKIA\u{E0041}IOSFODNN7\u{E007F}EXAMPLE!",
+                "AKIAIOSFODNN7EXAMPLE",
+            ),
+            // bidi controls and isolates inside an email
+            (
+                "to \u{202E}jane\u{200E}.doe@\u{2066}example\u{2069}.com\u{200F} now",
+                "jane.doe@example.com",
+            ),
+            // variation selectors, a grapheme joiner and Hangul fillers inside a card number
+            (
+                "card 4111\u{FE0F}1111\u{E0100}1111\u{034F}11\u{3164}11\u{FFA0}\u{115F} end",
+                "4111111111111111",
+            ),
+        ];
+        for (original, value) in cases {
+            for f in [false, true] {
+                let v = View::new(original, f);
+                let want = if f {
+                    value.to_ascii_lowercase()
+                } else {
+                    value.to_string()
+                };
+                let at = v
+                    .text()
+                    .find(&want)
+                    .expect("the value is whole in the view");
+                let back = v.to_original(at..at + want.len());
+                let covered = &original[back.clone()];
+                // The span starts at the value's first character and ends with its last: every invisible
+                // character inside is in it, none outside.
+                assert!(covered.starts_with(&value[..1]), "{covered:?}");
+                assert!(covered.ends_with(&value[value.len() - 1..]), "{covered:?}");
+                let seen: String = covered
+                    .chars()
+                    .filter(|c| !is_default_ignorable(*c))
+                    .collect();
+                assert_eq!(seen, value, "fold={f}");
             }
         }
     }
