@@ -512,3 +512,72 @@ fn a_growing_text_holds_a_value_with_ignorables_from_its_first_character() {
         }
     }
 }
+
+#[test]
+fn characters_that_expand_under_nfkc_cannot_inflate_the_view() {
+    // U+FDFA is one code point and 18 under NFKC; 1.8 MB of it made views of 20 MB for every matcher.
+    for c in [
+        '\u{FDFA}',
+        '\u{FDFB}',
+        '㌖',
+        '㍿',
+        '½',
+        '⑽',
+        'ﬃ',
+        '\u{1F12A}',
+    ] {
+        let text: String = std::iter::repeat_n(c, 1_800_000 / c.len_utf8()).collect();
+        for fold in [false, true] {
+            let view = rules::View::new(&text, fold);
+            assert!(
+                view.text().len() <= 4 * text.len(),
+                "U+{:04X} fold={fold}: {} bytes of view for {}",
+                c as u32,
+                view.text().len(),
+                text.len()
+            );
+        }
+    }
+    // Values among them are still found, and their spans are exact.
+    let set = default_pack();
+    let filler = "\u{FDFA}".repeat(100_000);
+    let text = format!("{filler}jane.doe@example.com{filler} 078-05-1120 {filler}");
+    assert_eq!(
+        found(&set, &text),
+        vec![
+            ("pii.email".to_string(), "jane.doe@example.com".to_string()),
+            ("pii.us_ssn".to_string(), "078-05-1120".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn keyword_terms_and_text_meet_on_either_side_of_the_expansion_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "x.toml",
+        r#"
+[[rule]]
+id = "t.ligature"
+description = "a term written with a character past the bound"
+keywords = { terms = ["\uFDFA"] }
+action = "redact"
+
+[[rule]]
+id = "t.apartment"
+description = "a term a squared word within the bound normalises to"
+keywords = { terms = ["アパート"] }
+action = "redact"
+"#,
+    );
+    let set = load(dir.path(), &Budget::default()).expect("loads");
+    let text = "a \u{FDFA} b ㌀ c";
+    assert_eq!(
+        found(&set, text),
+        vec![
+            ("t.ligature".to_string(), "\u{FDFA}".to_string()),
+            ("t.apartment".to_string(), "㌀".to_string()),
+        ]
+    );
+}
