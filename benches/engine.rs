@@ -1,6 +1,7 @@
-//! Rule-engine throughput: the default pack on 1 KB, 16 KB and 256 KB of prose (ASCII and accented), 10k and
-//! 100k keyword terms, and compiling 100k terms — each next to a `memchr` pass over the same text, measured
-//! in the same run (the floor). Every scanned text has a known number of planted matches, checked before
+//! Rule-engine throughput: the default pack on 1 KB, 16 KB and 256 KB of prose (ASCII and accented), on
+//! 1.8 MB bodies (ASCII prose, accented prose, and U+FDFA, one code point that NFKC makes 18: the cost of
+//! the normalised views must stay linear whatever the text), 10k and 100k keyword terms, and compiling 100k
+//! terms — each next to a `memchr` pass over the same text, measured in the same run (the floor). Every scanned text has a known number of planted matches, checked before
 //! timing: a fast but wrong engine fails here.
 //!
 //! `cargo bench --bench engine` (results and ratios: BENCHMARKS.md).
@@ -8,7 +9,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
+    Throughput,
+};
 use promptgate::rules::{load, Budget, Direction, RuleSet};
 
 const WORDS: &[&str] = &[
@@ -106,6 +111,29 @@ fn prose(size: usize, accented: bool, plant: &str, every: usize) -> (String, usi
     (s, planted)
 }
 
+/// `unit` repeated to exactly `size` bytes (spaces pad the end), with ` plant ` inserted every `every` bytes.
+/// Returns the text and how many plants it holds.
+fn repeated(size: usize, unit: &str, plant: &str, every: usize) -> (String, usize) {
+    let mut s = String::with_capacity(size + 64);
+    let mut planted = 0;
+    let mut next_plant = every / 2;
+    while s.len() + unit.len() <= size {
+        if s.len() >= next_plant && s.len() + plant.len() + 2 < size {
+            s.push(' ');
+            s.push_str(plant);
+            s.push(' ');
+            planted += 1;
+            next_plant += every;
+            continue;
+        }
+        s.push_str(unit);
+    }
+    while s.len() < size {
+        s.push(' ');
+    }
+    (s, planted)
+}
+
 fn default_pack() -> RuleSet {
     load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
@@ -135,6 +163,16 @@ fn bench_scan(c: &mut Criterion, group: &str, set: &RuleSet, cases: &[(String, S
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    scan_cases(&mut g, group, set, cases);
+    g.finish();
+}
+
+fn scan_cases(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    group: &str,
+    set: &RuleSet,
+    cases: &[(String, String, usize)],
+) {
     for (name, text, planted) in cases {
         let found = set.scan(text, Direction::Request).len();
         assert_eq!(
@@ -149,7 +187,6 @@ fn bench_scan(c: &mut Criterion, group: &str, set: &RuleSet, cases: &[(String, S
             b.iter(|| set.scan(t, Direction::Request).len())
         });
     }
-    g.finish();
 }
 
 fn engine(c: &mut Criterion) {
@@ -163,6 +200,25 @@ fn engine(c: &mut Criterion) {
     let (t, n) = prose(16 << 10, true, email, 4096);
     cases.push(("16KB-accented".to_string(), t, n));
     bench_scan(c, "default_pack", &pack, &cases);
+
+    // Request bodies of 1.8 MB: one scan takes milliseconds, so a few samples of one iteration each.
+    let size = 1_800_000;
+    let every = 64 << 10;
+    let (ascii, n_ascii) = prose(size, false, email, every);
+    let (accented, n_accented) = prose(size, true, email, every);
+    let (fdfa, n_fdfa) = repeated(size, "\u{FDFA}", email, every);
+    let large = [
+        ("ascii".to_string(), ascii, n_ascii),
+        ("accented".to_string(), accented, n_accented),
+        ("U+FDFA".to_string(), fdfa, n_fdfa),
+    ];
+    let mut g = c.benchmark_group("default_pack_1.8MB");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    scan_cases(&mut g, "default_pack_1.8MB", &pack, &large);
+    g.finish();
 
     for n in [10_000usize, 100_000] {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -263,6 +263,65 @@ async fn evasions_are_caught() {
 }
 
 #[tokio::test]
+async fn default_ignorable_characters_inside_a_key_are_seen_through() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    // Tag characters, bidi controls, variation selectors, the grapheme joiner, Hangul fillers: each renders as
+    // nothing, so the reader (and the model) sees the key whole.
+    let hide = |z: &str| format!("key AKIA{z}IOSF{z}ODNN7{z}EXAMPLE{z}");
+    let mut bodies: Vec<(String, Vec<u8>)> = [
+        "\u{E0041}",
+        "\u{E007F}",
+        "\u{200E}\u{200F}",
+        "\u{202E}",
+        "\u{2066}",
+        "\u{FE0F}",
+        "\u{E0100}",
+        "\u{034F}",
+        "\u{115F}\u{1160}",
+        "\u{3164}",
+        "\u{FFA0}",
+    ]
+    .iter()
+    .map(|z| {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": hide(z)}]});
+        (
+            format!("U+{:04X}", z.chars().next().map_or(0, u32::from)),
+            body.to_string().into_bytes(),
+        )
+    })
+    .collect();
+    // A tag character written as a JSON escape (a surrogate pair).
+    bodies.push((
+        "escaped tag".into(),
+        br#"{"model":"m","messages":[{"role":"user","content":"AKIA\uDB40\uDC41IOSFODNN7EXAMPLE"}]}"#
+            .to_vec(),
+    ));
+    for (what, body) in bodies {
+        let resp = post(&gw, "/v1/chat/completions", body, &[]).await;
+        assert_eq!(resp.status(), 409, "{what}");
+        assert_blocked(resp, "secret.aws_access_key_id").await;
+    }
+    assert!(
+        mock.received().await.is_empty(),
+        "the upstream saw none of them"
+    );
+
+    // A redacted value takes the invisible characters inside it along; those around it stay.
+    let text = "mail \u{E0020}jane\u{E0041}.doe@\u{202E}example.com\u{200F} now";
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]}).to_string();
+    let resp = post(&gw, "/v1/chat/completions", body.into_bytes(), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-promptgate-decision"], "redact");
+    let got = mock.received().await;
+    let sent: Value = serde_json::from_str(got[0]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "mail \u{E0020}[EMAIL]\u{200F} now"
+    );
+}
+
+#[tokio::test]
 async fn redaction_rewrites_only_the_matched_span_and_the_length_is_right() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock.url()).await;

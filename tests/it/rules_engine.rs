@@ -399,3 +399,185 @@ action = "block"
         .collect();
     assert_eq!(got, ["t.narrow"]);
 }
+
+/// One code point of every kind of `Default_Ignorable_Code_Point`: tag characters, bidi marks, embeddings,
+/// overrides and isolates, variation selectors, the grapheme joiner, Hangul fillers, and the rarer controls.
+const IGNORABLES: &[char] = &[
+    '\u{E0001}',
+    '\u{E0041}',
+    '\u{E007F}', // tag characters
+    '\u{200E}',
+    '\u{200F}',
+    '\u{061C}', // bidi marks
+    '\u{202A}',
+    '\u{202E}',
+    '\u{2066}',
+    '\u{2069}', // bidi embeddings, overrides, isolates
+    '\u{FE00}',
+    '\u{FE0F}',
+    '\u{E0100}',
+    '\u{E01EF}', // variation selectors
+    '\u{180B}',
+    '\u{180F}', // Mongolian free variation selectors
+    '\u{034F}', // combining grapheme joiner
+    '\u{115F}',
+    '\u{1160}',
+    '\u{3164}',
+    '\u{FFA0}', // Hangul fillers
+    '\u{17B4}',
+    '\u{206A}',
+    '\u{1BCA0}',
+    '\u{1D173}',
+    '\u{FFF0}',
+    '\u{E0FFF}', // the rest
+];
+
+/// `(value, rule, replacement)`: a regex, regexes with validators (Luhn, SSN ranges), a folded keyword.
+const VALUES: &[(&str, &str, &str)] = &[
+    (
+        "AKIAIOSFODNN7EXAMPLE",
+        "secret.aws_access_key_id",
+        "[AWS_ACCESS_KEY_ID]",
+    ),
+    ("jane.doe@example.com", "pii.email", "[EMAIL]"),
+    ("4111 1111 1111 1111", "pii.payment_card", "[CARD]"),
+    ("078-05-1120", "pii.us_ssn", "[SSN]"),
+    (
+        "Project Bluebird",
+        "confidential.codename",
+        "[CONFIDENTIAL]",
+    ),
+];
+
+/// `value` with `z` between every two of its characters.
+fn interleaved(value: &str, z: char) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i > 0 {
+            out.push(z);
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn default_ignorables_inside_a_value_hide_nothing_and_are_cut_with_it() {
+    let set = default_pack();
+    for &z in IGNORABLES {
+        for &(value, rule, replacement) in VALUES {
+            let hidden = interleaved(value, z);
+            // Invisible characters just outside the value belong to the text around it.
+            let text = format!("say {z}{hidden}{z} ok");
+            let got = found(&set, &text);
+            assert_eq!(
+                got,
+                vec![(rule.to_string(), hidden.clone())],
+                "U+{:04X} in {value:?}",
+                z as u32
+            );
+            let m = set.scan(&text, Direction::Request);
+            let out = redact(
+                &text,
+                m.iter()
+                    .map(|m| (m.range(), set.rule(m.rule).replacement.as_str())),
+            );
+            assert_eq!(out, format!("say {z}{replacement}{z} ok"));
+        }
+    }
+}
+
+#[test]
+fn a_growing_text_holds_a_value_with_ignorables_from_its_first_character() {
+    let set = default_pack();
+    for &z in IGNORABLES {
+        for &(value, _, _) in VALUES {
+            let hidden = interleaved(value, z);
+            let text = format!("Before {z}{hidden}{z} after.");
+            let start = text.find(&hidden).expect("placed");
+            // Every cut inside the value (the invisible characters' own bytes included): what arrived of the
+            // value is held, from its first character, not from the invisible one before it.
+            for cut in start + 1..start + hidden.len() {
+                if !text.is_char_boundary(cut) {
+                    continue;
+                }
+                let mut cache = rules::PrefixCache::default();
+                assert_eq!(
+                    set.hold_from(&text[..cut], &mut cache),
+                    start,
+                    "U+{:04X} in {value:?}, cut at {cut}",
+                    z as u32
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn characters_that_expand_under_nfkc_cannot_inflate_the_view() {
+    // U+FDFA is one code point and 18 under NFKC; 1.8 MB of it made views of 20 MB for every matcher.
+    for c in [
+        '\u{FDFA}',
+        '\u{FDFB}',
+        '㌖',
+        '㍿',
+        '½',
+        '⑽',
+        'ﬃ',
+        '\u{1F12A}',
+    ] {
+        let text: String = std::iter::repeat_n(c, 1_800_000 / c.len_utf8()).collect();
+        for fold in [false, true] {
+            let view = rules::View::new(&text, fold);
+            assert!(
+                view.text().len() <= 4 * text.len(),
+                "U+{:04X} fold={fold}: {} bytes of view for {}",
+                c as u32,
+                view.text().len(),
+                text.len()
+            );
+        }
+    }
+    // Values among them are still found, and their spans are exact.
+    let set = default_pack();
+    let filler = "\u{FDFA}".repeat(100_000);
+    let text = format!("{filler}jane.doe@example.com{filler} 078-05-1120 {filler}");
+    assert_eq!(
+        found(&set, &text),
+        vec![
+            ("pii.email".to_string(), "jane.doe@example.com".to_string()),
+            ("pii.us_ssn".to_string(), "078-05-1120".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn keyword_terms_and_text_meet_on_either_side_of_the_expansion_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "x.toml",
+        r#"
+[[rule]]
+id = "t.ligature"
+description = "a term written with a character past the bound"
+keywords = { terms = ["\uFDFA"] }
+action = "redact"
+
+[[rule]]
+id = "t.apartment"
+description = "a term a squared word within the bound normalises to"
+keywords = { terms = ["アパート"] }
+action = "redact"
+"#,
+    );
+    let set = load(dir.path(), &Budget::default()).expect("loads");
+    let text = "a \u{FDFA} b ㌀ c";
+    assert_eq!(
+        found(&set, text),
+        vec![
+            ("t.ligature".to_string(), "\u{FDFA}".to_string()),
+            ("t.apartment".to_string(), "㌀".to_string()),
+        ]
+    );
+}
