@@ -800,9 +800,11 @@ async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::remove_dir(&blocker).expect("rmdir");
-    // One more event after recovery carries the gap record along with it.
+    // Events after recovery carry the gap records along with them. The writer may still be draining what it
+    // queued while stuck (and drop more under a full queue): wait until what the file accounts for meets the
+    // count, both read again each round.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let gap = loop {
+    let (gap, dropped_now) = loop {
         let r = post(
             &gw,
             "/v1/chat/completions",
@@ -811,20 +813,21 @@ async fn fail_open_serves_through_a_failing_disk_and_dropped_events_leave_a_gap_
         )
         .await;
         assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let dropped_now = gw
+            .metric("promptgate_audit_events_dropped_total")
+            .await
+            .expect("metric");
         let gaps: f64 = file_events(audit.path())
             .iter()
             .filter(|e| e["type"] == "audit.gap")
             .filter_map(|e| e["dropped"].as_f64())
             .sum();
-        if gaps >= dropped || Instant::now() > deadline {
-            break gaps;
+        if gaps == dropped_now || Instant::now() > deadline {
+            break (gaps, dropped_now);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let dropped_now = gw
-        .metric("promptgate_audit_events_dropped_total")
-        .await
-        .expect("metric");
+    assert!(dropped_now >= dropped);
     assert_eq!(
         gap, dropped_now,
         "gap records must account for every dropped event"
