@@ -401,17 +401,21 @@ def slowloris(a):
 
 
 def rss(a):
-    """Appends `seconds_since_start rss_kib` to a.out every a.every seconds while a.pid lives."""
+    """Appends `seconds_since_start vmrss_kib rssanon_kib rssfile_kib open_fds` to a.out every a.every seconds
+    while a.pid lives. RssAnon is the heap and stacks; RssFile mostly the binary's pages as code paths are
+    first run: the split tells allocation growth from pages touched once."""
     start = time.monotonic()
     nxt = start
     with open(a.out, "a") as out:
         while True:
             try:
                 with open(f"/proc/{a.pid}/status") as f:
-                    kib = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-            except (OSError, StopIteration):
+                    fields = dict(l.split(":", 1) for l in f if ":" in l)
+                kib = [int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")]
+                fds = len(os.listdir(f"/proc/{a.pid}/fd"))
+            except (OSError, KeyError, ValueError):
                 return
-            out.write(f"{time.monotonic() - start:.0f} {kib}\n")
+            out.write(f"{time.monotonic() - start:.0f} {kib[0]} {kib[1]} {kib[2]} {fds}\n")
             out.flush()
             nxt += a.every
             time.sleep(max(0.0, nxt - time.monotonic()))
@@ -421,10 +425,12 @@ def rss_report(a):
     """Reads the samples; the property: every sample after the warm-up within ±a.band of the first one after
     it. Prints a table of at most ~16 rows and the min / max / first / last."""
     samples = []
+    extra = {}
     with open(a.samples) as f:
         for line in f:
-            t, kib = line.split()
+            t, kib, anon, file_, fds = line.split()
             samples.append((float(t), int(kib)))
+            extra[float(t)] = (int(anon), int(file_), int(fds))
     after = [(t, k) for t, k in samples if t >= a.warmup]
     if not after:
         print("no samples after the warm-up")
@@ -432,12 +438,13 @@ def rss_report(a):
     ref = after[0][1]
     lo, hi = ref * (1 - a.band), ref * (1 + a.band)
     step = max(1, len(samples) // 15)
-    print("| t (s) | RSS MiB | vs first after warm-up |")
-    print("|---:|---:|---:|")
+    print("| t (s) | RSS MiB | vs first after warm-up | anon MiB | file MiB | open fds |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for i, (t, k) in enumerate(samples):
         if i % step == 0 or i == len(samples) - 1:
             mark = " (warm-up)" if t < a.warmup else ""
-            print(f"| {t:.0f} | {k / 1024:.1f} | {k / ref:.3f}{mark} |")
+            anon, file_, fds = extra[t]
+            print(f"| {t:.0f} | {k / 1024:.1f} | {k / ref:.3f}{mark} | {anon / 1024:.1f} | {file_ / 1024:.1f} | {fds} |")
     ks = [k for _, k in after]
     within = all(lo <= k <= hi for k in ks)
     print()
