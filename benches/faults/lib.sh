@@ -51,7 +51,9 @@ start_mock() {
 }
 
 # gateway_config FILE TOML: writes a gateway config with fresh listen/admin ports (→ GW_URL, ADMIN_URL),
-# the mock as upstream, and TOML appended (whole sections; it must not repeat [server]).
+# the mock as upstream, and TOML appended (whole sections; it must not repeat [server] or [upstream]).
+# SERVER_EXTRA and UPSTREAM_EXTRA (environment): lines added to those two sections, e.g.
+# UPSTREAM_EXTRA="read_timeout_ms = 30000".
 gateway_config() {
   local file=$1 extra=$2 gp ap
   gp=$(port); ap=$(port)
@@ -67,6 +69,7 @@ ${SERVER_EXTRA:-}
 
 [upstream]
 url = "$MOCK_URL"
+${UPSTREAM_EXTRA:-}
 
 $extra
 TOML

@@ -14,7 +14,8 @@
 #   bash benches/faults/soak.sh                  # 30 minutes
 #   DURATION=5m bash benches/faults/soak.sh       # a short validation run
 #
-# Knobs: DURATION (wrk's form: 30s, 5m, 1h; default 30m), WARMUP (seconds excluded from the band, default 60),
+# Knobs: DURATION (wrk's form: 30s, 5m, 1h; default 30m), WARMUP (seconds excluded from the band; default a
+# third of DURATION, at least 60),
 # SAMPLE (seconds between samples, default 10), BAND (default 0.10), CONNECTIONS (default 12) and DELAY_MS
 # (each connection waits this long before each request, default 20: at most CONNECTIONS × 1000 / DELAY_MS
 # requests a second — about 300 with the streams' own time, moderate on purpose: a soak looks for growth
@@ -28,7 +29,10 @@ source benches/faults/lib.sh
 need_wrk
 
 DURATION=${DURATION:-30m}
-WARMUP=${WARMUP:-60}
+# The warm-up: the first third of the run, at least 60 s. The gateway's RSS climbs for several minutes under
+# load before it levels off (RELIABILITY.md §4), so a fixed minute would measure the climb, not a leak.
+DURATION_S=$(python3 -c "import sys; d = sys.argv[1]; print(int(float(d[:-1]) * {'s': 1, 'm': 60, 'h': 3600}[d[-1]]) if d[-1] in 'smh' else int(d))" "$DURATION")
+WARMUP=${WARMUP:-$(( DURATION_S / 3 > 60 ? DURATION_S / 3 : 60 ))}
 SAMPLE=${SAMPLE:-10}
 BAND=${BAND:-0.10}
 CONNECTIONS=${CONNECTIONS:-12}
@@ -111,7 +115,7 @@ wait "$SAMPLER" 2>/dev/null || true
 decisions=$(curl -sf "$ADMIN_URL/metrics" | awk '/^promptgate_requests_total/ { split($1, a, "decision=\""); split(a[2], b, "\""); n[b[1]] += $2 } END { for (k in n) printf "%s %d, ", k, n[k] }')
 
 read -r _ requests rps s200 s409 sother sent_block redacted sockerr p50 p99 < <(grep '^SOAK' "$WORK/wrk.out" || echo "SOAK 0 0 0 0 0 0 0 0 0 0")
-echo "# soak ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $DURATION, wrk -c$CONNECTIONS with ${DELAY_MS} ms between requests per connection, gateway threads=${GW_THREADS:-2}, mix $MIX, audit $([ "$AUDIT" = 1 ] && echo on || echo off))"
+echo "# soak ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $DURATION (warm-up ${WARMUP}s), wrk -c$CONNECTIONS with ${DELAY_MS} ms between requests per connection, gateway threads=${GW_THREADS:-2}, mix $MIX, audit $([ "$AUDIT" = 1 ] && echo on || echo off))"
 echo
 echo "$requests requests, $rps req/s, p50 $p50 ms, p99 $p99 ms; gateway CPU $(python3 -c "print(f'{($cpu1 - $cpu0) / $(getconf CLK_TCK):.0f}')") s;" \
   "open fds $fds_before → $fds_after; decisions (gateway metrics): ${decisions%, }"
