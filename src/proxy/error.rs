@@ -39,6 +39,9 @@ impl Rejection {
                 _ => Some(Rejection::BadRequest),
             },
             ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                // Pingora's session leaves its own write failures unlabelled; the upstream layer labels every
+                // error of its own, so an unlabelled failed write is the client's connection: it left.
+                WriteError | ConnectionClosed => None,
                 HTTPStatus(404) => Some(Rejection::NotFound {
                     method: String::new(),
                     path: String::new(),
@@ -106,6 +109,9 @@ mod tests {
         ));
         let mut e = Error::new(ErrorType::ReadError);
         e.esource = ErrorSource::Downstream;
+        assert!(Rejection::from_error(&e).is_none());
+        // A write to a client that left, as Pingora's session reports it (unlabelled).
+        let e = Error::explain(ErrorType::WriteError, "flushing body");
         assert!(Rejection::from_error(&e).is_none());
     }
 }

@@ -277,6 +277,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Pingora logs every failed exchange at ERROR. Only failures an operator must look at stay there — the
+    /// gateway's own 5xx (an upstream down, inspection impossible); a client that hangs up and the refusals
+    /// policy makes (4xx: blocked, over a limit, a malformed request) are the normal course of traffic, counted
+    /// in metrics and recorded in the decision event, and logged at debug.
+    fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        let routine = Rejection::from_error(e).is_none_or(|r| r.status() < 500);
+        if routine {
+            tracing::debug!("{e}, {}", self.request_summary(session, ctx));
+        }
+        routine
+    }
+
     /// What Pingora's own log lines say about a request: never its path, query or headers (client input that
     /// may carry a secret), only the method, the route and the request id.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {

@@ -659,3 +659,58 @@ async fn answers_refused_or_streamed_are_framed_so_a_kept_alive_connection_goes_
     }
     assert_eq!(mock.received().await.len(), cases.len());
 }
+
+#[tokio::test]
+async fn refusals_and_clients_that_leave_are_not_error_lines_but_upstream_failures_are() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let client = reqwest::Client::new();
+    let chat = |content: &str, stream: bool| {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-mock-content", content.to_string())
+            .body(
+                serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+            )
+    };
+    // Refused by policy, on the request and on the answer.
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        chat_body("my key AKIAIOSFODNN7EXAMPLE").into_bytes(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    let r = chat("the key is AKIAIOSFODNN7EXAMPLE", false)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 409);
+    // A client that leaves in the middle of a slow stream.
+    let r = chat("a long and slow answer", true)
+        .header("x-mock-chunks", "50")
+        .header("x-mock-delay-ms", "50")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!gw.stderr().contains("ERROR"), "{}", gw.stderr());
+    // An upstream failure is an error line.
+    let dead = Gateway::start("http://127.0.0.1:9").await;
+    let r = post(
+        &dead,
+        "/v1/chat/completions",
+        chat_body("hi").into_bytes(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(dead.stderr().contains("ERROR"), "{}", dead.stderr());
+}
