@@ -23,7 +23,7 @@
 
 use std::borrow::Cow;
 
-use crate::rules::{redact, Action, Direction, Growing, Match, Mode, PrefixCache, RuleSet};
+use crate::rules::{redact, Action, Direction, Growing, Match, Mode, PrefixCache, RuleSet, View};
 
 /// The default for the most bytes held for one text (`inspect.max_stream_hold_bytes`). A value longer than
 /// the cap (an unbounded pattern fed without end) is released in part: the bound keeps memory and latency
@@ -76,11 +76,14 @@ pub struct Holding<'a> {
 #[derive(Debug, Default)]
 pub struct HeldText {
     form: Form,
-    /// The decoded text from `origin`. The part before `released` has left; one character of it is kept as
-    /// the look-behind of the next scan, the rest is dropped from time to time.
+    /// The decoded text from `origin`. The part before `released` has left and is dropped from time to time.
     text: String,
     origin: usize,
     released: usize,
+    /// The last character before `released` that the matchers see (whose views are not empty), and where it
+    /// starts: the look-behind of the next scan (a word boundary, a `\b`). Characters the views drop (a
+    /// zero-width space) between it and `released` must not hide it.
+    behind: Option<(usize, char)>,
     /// `Form::Json`: the raw text from `raw_origin`, and for each byte of `text` where its raw bytes start
     /// (relative to `raw_origin`) and whether it stands inside a string literal ([`RawPos`]).
     raw: String,
@@ -236,13 +239,28 @@ impl HeldText {
                 return matches.clone();
             }
         }
-        let ctx = self.context_start();
-        let slice = &self.text[ctx - self.origin..end - self.origin];
+        let at = self.released - self.origin;
+        let tail = &self.text[at..end - self.origin];
+        // The look-behind character and the text from `released`: borrowed when they touch, else joined (the
+        // characters between them are invisible to the matchers, so the join is what they see).
+        let (ctx, slice): (usize, Cow<'_, str>) = match self.behind {
+            Some((p, c)) if p + c.len_utf8() == self.released && p >= self.origin => (
+                p,
+                Cow::Borrowed(&self.text[p - self.origin..end - self.origin]),
+            ),
+            Some((_, c)) => {
+                let mut joined = String::with_capacity(c.len_utf8() + tail.len());
+                joined.push(c);
+                joined.push_str(tail);
+                (self.released - c.len_utf8(), Cow::Owned(joined))
+            }
+            None => (self.released, Cow::Borrowed(tail)),
+        };
         // Two views of the slice are built and searched.
         self.work += 2 * slice.len() as u64;
         let released = self.released;
         let matches: Vec<Match> = rules
-            .scan(slice, Direction::Response)
+            .scan(&slice, Direction::Response)
             .into_iter()
             .map(|m| Match {
                 rule: m.rule,
@@ -270,6 +288,7 @@ impl HeldText {
             }
             Form::Json => self.raw_release(redactions, cut),
         };
+        self.note_behind(cut);
         self.released = cut;
         Release::Text {
             text,
@@ -315,13 +334,25 @@ impl HeldText {
         }
     }
 
-    /// The start of the character before `released` (the look-behind of a scan), or `released` at the start.
-    fn context_start(&self) -> usize {
-        let at = self.released - self.origin;
-        self.text[..at]
-            .chars()
-            .next_back()
-            .map_or(self.released, |c| self.released - c.len_utf8())
+    /// Notes the last visible character of `[released, cut)` as the look-behind of later scans. Walks back
+    /// from `cut` only over what the views drop, so each byte is looked at once.
+    fn note_behind(&mut self, cut: usize) {
+        let from = self.released - self.origin;
+        let released = &self.text[from..cut - self.origin];
+        for (i, c) in released.char_indices().rev() {
+            let mut buf = [0u8; 4];
+            let s = c.encode_utf8(&mut buf);
+            if !c.is_ascii() {
+                self.work += 2 * s.len() as u64;
+            }
+            if c.is_ascii()
+                || !View::new(s, false).text().is_empty()
+                || !View::new(s, true).text().is_empty()
+            {
+                self.behind = Some((self.released + i, c));
+                return;
+            }
+        }
     }
 
     /// The end of the character starting at `at` (or `at` at the end of the text).
@@ -345,7 +376,11 @@ impl HeldText {
     /// Drops released text from the buffers once it is most of them (amortised constant time per byte),
     /// keeping the look-behind character.
     fn compact(&mut self) {
-        let keep = self.context_start();
+        // The look-behind character stays when it touches `released` (the scan borrows it from the buffer).
+        let keep = match self.behind {
+            Some((p, c)) if p + c.len_utf8() == self.released && p >= self.origin => p,
+            _ => self.released,
+        };
         let drop = keep - self.origin;
         if drop < 4096 || drop < self.text.len() / 2 {
             return;
@@ -699,6 +734,127 @@ mod tests {
         let (out, end, _) = run_as(&set, Form::Plain, &pieces, 100);
         assert_eq!(end.as_deref(), Some("secret.openai_api_key"));
         assert!(!out.concat().contains("sk-"), "{out:?}");
+    }
+
+    #[test]
+    fn an_invisible_character_at_a_release_hides_no_word_boundary() {
+        // Regression: the scan after a release took the one character before it as its look-behind; when
+        // that character is one the views drop (a zero-width space), the word before it was hidden and a
+        // whole-word term glued to it matched in the stream but not in the whole text.
+        let set = pack();
+        let (out, end) = run(&set, &["café\u{200B}", "Project Bluebird ok"]);
+        assert_eq!(end, None, "{out:?}");
+        assert_eq!(out.concat(), "café\u{200B}Project Bluebird ok");
+        let (out, end) = run(&set, &["café \u{200B}\u{200B}", "Project Bluebird ok"]);
+        assert_eq!(end.as_deref(), Some("confidential.codename"));
+        assert_eq!(out.concat(), "café \u{200B}\u{200B}");
+        // The invisible run between the look-behind and the release is as long as it likes.
+        let zw = "\u{200B}".repeat(5000);
+        let (_, end) = run(&set, &["café", &zw, "Project Bluebird"]);
+        assert_eq!(end, None);
+    }
+
+    /// A seeded xorshift: random texts without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn streamed_text_split_anywhere_is_redacted_as_the_whole_text_is() {
+        // What leaves, however the text is cut, is what redacting the whole text at once gives; a text with
+        // a block match blocks, and what left before is a prefix of the redacted text before that match.
+        const ATOMS: &[&str] = &[
+            "jane",
+            ".",
+            "doe",
+            "@",
+            "example",
+            "com",
+            " ",
+            "4111",
+            "1111",
+            "-",
+            "078",
+            "05",
+            "1120",
+            "x",
+            "+1",
+            "é",
+            "\u{200B}",
+            "\n",
+            ",",
+            "Project",
+            " Bluebird",
+            "AKIA",
+            "IOSFODNN7EXAMPLE",
+            "sk-proj-",
+            "AbCdEfGhIjKlMnOpQrStUvWx",
+            "(555) 123-4567",
+            "DE89",
+            "3704",
+            "0044",
+            "0532",
+            "0130",
+            "00",
+        ];
+        let set = pack();
+        let mut rng = Rng(0x5eed_1234_abcd_9876);
+        for _ in 0..4000 {
+            let text: String = (0..1 + rng.below(40))
+                .map(|_| ATOMS[rng.below(ATOMS.len())])
+                .collect();
+            let whole = set.scan(&text, Direction::Response);
+            let replacement = |m: &Match| {
+                let r = set.rule(m.rule);
+                (r.action == Action::Redact).then(|| (m.range(), r.replacement.as_str()))
+            };
+            let block = whole
+                .iter()
+                .find(|m| set.rule(m.rule).action == Action::Block);
+            let mut cuts: Vec<usize> = (0..rng.below(6))
+                .map(|_| rng.below(text.len() + 1))
+                .filter(|&c| text.is_char_boundary(c))
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([text.len()]) {
+                pieces.push(&text[at..c]);
+                at = c;
+            }
+            let one_by_one: Vec<&str> = text
+                .char_indices()
+                .map(|(i, c)| &text[i..i + c.len_utf8()])
+                .collect();
+            for pieces in [pieces, one_by_one] {
+                let (out, end) = run(&set, &pieces);
+                let sent = out.concat();
+                match block {
+                    None => {
+                        assert_eq!(end, None, "{text:?}");
+                        let want = redact(&text, whole.iter().filter_map(replacement));
+                        assert_eq!(sent, want, "{text:?} in {pieces:?}");
+                    }
+                    Some(b) => {
+                        assert!(end.is_some(), "{text:?} not blocked");
+                        let before = redact(
+                            &text[..b.start],
+                            whole
+                                .iter()
+                                .filter(|m| m.end <= b.start)
+                                .filter_map(replacement),
+                        );
+                        assert!(before.starts_with(&sent), "{text:?}: {sent:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// Long runs, split every way, that cost the square of their length when every start is walked alone or
