@@ -394,14 +394,20 @@ impl Lane {
             self.opaque = Some(self.opaque.map_or(from, |o| o.min(from)));
             return;
         };
-        // The look-behind of the first start: the last view byte of the character before it.
-        let before = held.buffer[..at].chars().next_back().and_then(|c| {
+        // The look-behind of the first start: the last view byte before it, past characters the view drops
+        // (a zero-width space must not hide the word before it). If the buffer holds no such byte but the text
+        // had bytes before the buffer, the look-behind is unknown: hold from `from` as if a match could start.
+        let before = held.buffer[..at].chars().rev().find_map(|c| {
             let mut buf = [0u8; 4];
             View::new(c.encode_utf8(&mut buf), false)
                 .text()
                 .bytes()
                 .next_back()
         });
+        if before.is_none() && held.start > 0 {
+            self.opaque = Some(self.opaque.map_or(from, |o| o.min(from)));
+            return;
+        }
         let saved_prev = std::mem::replace(&mut self.prev, before);
         let generation = cache.clear_count();
         self.generation = generation;
@@ -550,6 +556,8 @@ mod tests {
             r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)".to_string(),
             r"(?-u:\b)sk-(?:proj-)?[A-Za-z0-9_-]{20,}".to_string(),
             r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)".to_string(),
+            // A term that must be glued to a word: its look-behind decides whether it can start at all.
+            r"(?-u:\B)ret[a-z]{2}".to_string(),
         ];
         let folded = vec!["project bluebird".to_string(), "strasse".to_string()];
         let exact = vec!["TopSecret".to_string()];
@@ -720,7 +728,7 @@ mod tests {
         // Two texts of one stream, fed in turns, share a small cache: each one's clears invalidate the other's
         // state ids, which it must notice and walk its live suffix again.
         let (patterns, folded, exact) = pack_patterns();
-        let p = Prefixes::build_with(&patterns, &folded, &exact, Some(20_000)).expect("build");
+        let p = Prefixes::build_with(&patterns, &folded, &exact, Some(30_000)).expect("build");
         let mut rng = Rng(0x0bad_cafe_dead_beef);
         let mut cache = PrefixCache::default();
         for _ in 0..400 {
@@ -752,6 +760,36 @@ mod tests {
             cache.0.as_ref().map_or(0, Cache::clear_count) > 0,
             "the cache was cleared"
         );
+    }
+
+    #[test]
+    fn walking_again_after_a_clear_looks_behind_characters_the_view_drops() {
+        // Regression: after a cache clear the live suffix is walked again with the character before it as
+        // look-behind; a zero-width space there hid the word before it, and a start that needs a word before
+        // it (`\B`) was taken for dead and released.
+        let p = Prefixes::build(&[r"(?-u:\B)ret[a-z]{2}".to_string()], &[], &[]).expect("build");
+        let Some(dfa) = &p.dfa else {
+            panic!("a regex set")
+        };
+        let mut cache = dfa.create_cache();
+        let text = "a\u{200B}ret";
+        let held = Held {
+            buffer: text,
+            start: 0,
+        };
+        let mut lane = Lane::default();
+        let mut steps = 0;
+        lane.walk_again(dfa, &mut cache, &held, 4, text.len(), &mut steps);
+        assert_eq!(lane.earliest(), Some(4), "{lane:?}");
+        // Where the buffer holds nothing visible before the start but the text had bytes before it, the
+        // look-behind is unknown: held as if a match could start there.
+        let held = Held {
+            buffer: &text[1..],
+            start: 1,
+        };
+        let mut lane = Lane::default();
+        lane.walk_again(dfa, &mut cache, &held, 4, text.len(), &mut steps);
+        assert_eq!(lane.earliest(), Some(4), "{lane:?}");
     }
 
     #[test]
