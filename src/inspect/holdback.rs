@@ -572,6 +572,7 @@ fn hex4(b: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::rules::{load, Budget};
+    use serde_json::Value;
 
     fn pack() -> RuleSet {
         load(
@@ -854,6 +855,92 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn escaped_json_text_split_anywhere_decodes_to_the_whole_text_redacted() {
+        // Tool arguments with escapes anywhere, cut anywhere: what leaves is valid JSON that decodes to what
+        // redacting the decoded whole gives, or the text blocks with nothing of the value sent.
+        const ATOMS: &[&str] = &[
+            "jane",
+            ".",
+            "\\u002e",
+            "doe",
+            "@",
+            "\\u0040",
+            "example",
+            "com",
+            " ",
+            "\\\"",
+            "\\/",
+            "\\\\",
+            "\\ud83d\\ude00",
+            "é",
+            "\\u00e9",
+            "4111",
+            "1111",
+            "AKIA",
+            "\\u0041KIA",
+            "IOSFODNN7EXAMPLE",
+            "x",
+            "\\n",
+            "\\u200b",
+        ];
+        let set = pack();
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        for _ in 0..1500 {
+            let inner: String = (0..1 + rng.below(16))
+                .map(|_| ATOMS[rng.below(ATOMS.len())])
+                .collect();
+            let raw = format!("{{\"k\":\"{inner}\"}}");
+            let decoded: Value = serde_json::from_str(&raw).expect("valid JSON");
+            let doc = format!("{{\"k\":{}}}", decoded["k"]);
+            let doc_decoded = format!("{{\"k\":\"{}\"}}", decoded["k"].as_str().expect("string"));
+            let whole = set.scan(&doc_decoded, Direction::Response);
+            let block = whole
+                .iter()
+                .find(|m| set.rule(m.rule).action == Action::Block);
+            let mut cuts: Vec<usize> = (0..rng.below(5))
+                .map(|_| rng.below(raw.len() + 1))
+                .filter(|&c| raw.is_char_boundary(c))
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([raw.len()]) {
+                pieces.push(&raw[at..c]);
+                at = c;
+            }
+            let (out, end, _) = run_as(&set, Form::Json, &pieces, MAX_HELD);
+            let sent = out.concat();
+            if let Some(b) = block {
+                assert!(end.is_some(), "{raw}: not blocked");
+                // What left, decoded, stops before the blocked value.
+                let (mut text, mut at) = (String::new(), Vec::new());
+                Unescape::default().feed(&sent, true, 0, &mut text, &mut at);
+                let before = redact(
+                    &doc_decoded[..b.start],
+                    whole.iter().filter(|m| m.end <= b.start).filter_map(|m| {
+                        let r = set.rule(m.rule);
+                        (r.action == Action::Redact).then(|| (m.range(), r.replacement.as_str()))
+                    }),
+                );
+                assert!(before.starts_with(&text), "{raw} in {pieces:?}: {sent}");
+                continue;
+            }
+            assert_eq!(end, None, "{raw}");
+            let want = redact(
+                &doc_decoded,
+                whole.iter().filter_map(|m| {
+                    let r = set.rule(m.rule);
+                    (r.action == Action::Redact).then(|| (m.range(), r.replacement.as_str()))
+                }),
+            );
+            let got: Value = serde_json::from_str(&sent)
+                .unwrap_or_else(|e| panic!("{raw} in {pieces:?}: {sent} is not JSON: {e}"));
+            let got = format!("{{\"k\":\"{}\"}}", got["k"].as_str().expect("string"));
+            assert_eq!(got, want, "{raw} in {pieces:?} ({doc})");
         }
     }
 
