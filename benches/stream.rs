@@ -3,6 +3,10 @@
 //! inter-delta gap p99, and the mean bytes held back (from the gateway's own metric). Every stream's text is
 //! checked: the gateway must deliver exactly what the mock sent (it contains nothing the rules match).
 //!
+//! Then long runs (a hex dump of 16, 64 and 128 KiB followed by text, in one delta and in 64-byte deltas):
+//! the time to receive the whole answer directly and through the gateway, whose filtering work must stay
+//! linear in the run's length (an address after the run must still arrive redacted).
+//!
 //! `cargo bench --bench stream` (under `cargo test` it runs one short stream as a smoke test);
 //! `PROMPTGATE_BIN=path/to/promptgate cargo bench --bench stream` measures another build of the gateway.
 
@@ -73,6 +77,56 @@ async fn run_stream(client: &reqwest::Client, url: &str, cuts: &str, content: &s
         ttft: arrivals[0],
         gaps,
     }
+}
+
+/// One answer opening with a `kib` KiB hex run, in `chunks` deltas; returns the time to read all of it.
+async fn run_long(
+    client: &reqwest::Client,
+    url: &str,
+    kib: usize,
+    chunks: usize,
+    redacted: bool,
+) -> Duration {
+    let tail = "; end, mail jane.doe@example.com.";
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-lead", format!("0123456789abcdef*{}", kib * 64))
+        .header("x-mock-content", tail)
+        .header("x-mock-chunks", chunks.to_string())
+        .body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"go"}]}"#)
+        .send()
+        .await
+        .expect("send");
+    let body = resp.text().await.expect("body");
+    let elapsed = started.elapsed();
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let want_tail = if redacted {
+        "; end, mail [EMAIL]."
+    } else {
+        tail
+    };
+    assert_eq!(
+        text.len(),
+        kib * 1024 + want_tail.len(),
+        "the run arrives whole"
+    );
+    assert!(
+        text.ends_with(want_tail),
+        "the address after the run is filtered"
+    );
+    elapsed
 }
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -150,6 +204,21 @@ fn main() {
             println!("| {name} | {:.3} | {:.3} | {:.3} |", ms(a), ms(b), ms(b) - ms(a));
         }
         println!("| mean bytes held back per event | — | {held_mean:.2} | |");
+        let sizes: &[usize] = if bench { &[16, 64, 128] } else { &[16] };
+        println!();
+        println!("long runs: a hex dump then an address, read whole (best of 3)");
+        println!("| run | deltas | direct (ms) | gateway (ms) |");
+        println!("|---|---:|---:|---:|");
+        for &kib in sizes {
+            for chunks in [1, kib * 16] {
+                let mut best = (Duration::MAX, Duration::MAX);
+                for _ in 0..if bench { 3 } else { 1 } {
+                    best.0 = best.0.min(run_long(&client, &direct, kib, chunks, false).await);
+                    best.1 = best.1.min(run_long(&client, &via, kib, chunks, true).await);
+                }
+                println!("| {kib} KiB | {chunks} | {:.1} | {:.1} |", ms(best.0), ms(best.1));
+            }
+        }
         let _ = gw.kill();
         let _ = gw.wait();
     });

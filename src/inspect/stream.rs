@@ -1,8 +1,17 @@
 //! Filtering a streamed answer (SSE), event by event, with the exact hold-back of `holdback`:
 //!
-//! - every text piece of a chat or completions chunk — `delta.content`, `delta.refusal`, each tool call's
-//!   `function.arguments`, completions' `text` — goes through its own [`HeldText`] (per choice index, per
-//!   tool-call index), so choices and parallel tool calls are filtered independently;
+//! - every string of a chat or completions choice — at any depth of its `delta` (`content`, `refusal`,
+//!   `reasoning_content`, `audio.transcript`, each tool call's `function.arguments`, and whatever field the next
+//!   server adds) and completions' `text` — is a growing text with its own [`HeldText`], keyed by the choice
+//!   index and the string's path (array elements by their `index`, as tool calls are), so choices, fields and
+//!   parallel tool calls are filtered exactly and independently. Identifiers that arrive whole (`role`, `id`,
+//!   `type`, `name`) are inspected as they are, never held;
+//! - tool-call arguments are JSON text: they are matched on what the client's JSON parser will decode
+//!   (escapes included) and sent as they came, cut only between escapes (`holdback::Form::Json`);
+//! - Responses API `*.delta` events with a string `delta`: one growing text per event type and
+//!   `output_index` / `content_index` / `summary_index`, the `*arguments.delta` ones JSON text; a `*.done`
+//!   event releases what its part or output holds before it, and the final events (`response.completed`,
+//!   `.incomplete`, `.failed`, `error`) release everything first;
 //! - an event whose pieces all leave unchanged is passed on byte for byte, unrepacked; one whose pieces were
 //!   held or redacted is re-serialised in the upstream's own framing, and its `logprobs` are dropped (they
 //!   would carry the held or redacted text again as tokens and bytes);
@@ -11,6 +20,8 @@
 //! - an enforced block ends the stream: nothing after the blocked text is released, and [`StreamFilter::ending`]
 //!   says why, for the driver (`proxy/stream.rs`) to end the client's stream with the error event the one
 //!   renderer makes (`openai::error`; the SDKs raise it as `APIError`) and to cut the upstream;
+//! - a text that costs more inspection work than its budget (see `holdback`), or more growing texts than
+//!   [`MAX_TEXTS`], ends the stream as uninspectable — never passed uninspected;
 //! - `usage` (from `stream_options.include_usage`) passes through and is kept for accounting.
 //!
 //! Events this filter cannot read as JSON are scanned whole: a match blocks the stream (fail closed).
@@ -19,43 +30,101 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::holdback::{HeldText, Release};
+use super::holdback::{Form, HeldText, Holding, Release};
 use super::{judge, Decision, RuleHit, Side};
 use crate::openai::sse::{Event, SseParser};
 use crate::openai::Rejection;
-use crate::rules::{Action, Direction, Mode, RuleSet};
+use crate::rules::{Action, Direction, Mode, PrefixCache, RuleSet};
 
 /// Largest SSE event accepted from the upstream.
 pub const MAX_EVENT: usize = 4 << 20;
 
-/// Which growing text a piece belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TextKey {
-    Content(u64),
-    Refusal(u64),
-    Tool(u64, u64),
-    Text(u64),
-    /// Responses API: `(output_index, content_index)` of an `*.delta` event.
-    Output(u64, u64),
+/// The most growing texts one stream may have open at once (choices × fields × tool calls): each holds a
+/// buffer, so their number is bounded; a stream that needs more cannot be inspected.
+pub const MAX_TEXTS: usize = 256;
+
+/// Fields of a delta that carry an identifier sent whole, not a growing text: inspected as they are.
+const WHOLE_FIELDS: &[&str] = &["role", "id", "type", "name"];
+
+/// One step of a string's path inside a choice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Seg {
+    Key(String),
+    /// The array element whose `index` is this (tool calls: the same call across chunks).
+    Indexed(u64),
+    /// The array element at this position (elements without an `index`).
+    At(usize),
 }
 
-impl TextKey {
-    fn choice(self) -> Option<u64> {
-        match self {
-            TextKey::Content(c) | TextKey::Refusal(c) | TextKey::Tool(c, _) | TextKey::Text(c) => {
-                Some(c)
-            }
-            TextKey::Output(..) => None,
+/// Which growing text a piece belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TextKey {
+    /// A string of a chat or completions choice: the choice index and the string's path inside the choice
+    /// (`delta.content`, `delta.tool_calls[index 1].function.arguments`, `text`…).
+    Choice(u64, Vec<Seg>),
+    /// A Responses API `*.delta` event's text.
+    Output(OutputKey),
+}
+
+/// A Responses API text: the event type without `.delta`, and the indices the event carries.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct OutputKey {
+    family: String,
+    output: Option<u64>,
+    content: Option<u64>,
+    summary: Option<u64>,
+}
+
+impl OutputKey {
+    /// The key of a Responses API event of type `kind` minus its last dotted part (`.delta`, `.done`).
+    fn of(v: &Value, family: &str) -> Self {
+        let n = |k: &str| v.get(k).and_then(Value::as_u64);
+        Self {
+            family: family.to_string(),
+            output: n("output_index"),
+            content: n("content_index"),
+            summary: n("summary_index"),
         }
+    }
+
+    /// Whether a `.done` event (as a key) closes this text: the same text, or the part or output it belongs
+    /// to (`response.content_part.done`, `response.output_item.done`).
+    fn closed_by(&self, done: &OutputKey) -> bool {
+        if self == done {
+            return true;
+        }
+        let within = |mine: Option<u64>, theirs: Option<u64>| theirs.is_none() || mine == theirs;
+        done.output.is_some()
+            && self.output == done.output
+            && within(self.content, done.content)
+            && within(self.summary, done.summary)
     }
 }
 
-/// The `(output_index, content_index)` of a Responses API event.
-fn output_key(v: &Value) -> TextKey {
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    TextKey::Output(n("output_index"), n("content_index"))
+impl TextKey {
+    fn choice(&self) -> Option<u64> {
+        match self {
+            TextKey::Choice(c, _) => Some(*c),
+            TextKey::Output(_) => None,
+        }
+    }
+
+    /// Tool-call arguments are JSON text; everything else is plain.
+    fn form(&self) -> Form {
+        let json = match self {
+            TextKey::Choice(_, path) => {
+                matches!(path.last(), Some(Seg::Key(k)) if k == "arguments")
+            }
+            TextKey::Output(o) => o.family.ends_with("arguments"),
+        };
+        if json {
+            Form::Json
+        } else {
+            Form::Plain
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +135,14 @@ enum State {
     Done,
 }
 
+/// What to do next while walking the strings of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The stream ended (a block or a failure): stop.
+    Stop,
+}
+
 /// The filter of one streamed response.
 pub struct StreamFilter {
     rules: Arc<RuleSet>,
@@ -73,16 +150,20 @@ pub struct StreamFilter {
     max_hold: usize,
     parser: SseParser,
     texts: BTreeMap<TextKey, HeldText>,
+    /// The lazy-DFA scratch space every text of this stream shares.
+    cache: PrefixCache,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
     envelope: Option<Value>,
-    /// Responses API: the last `*.delta` event of each output, to carry released text.
-    output_envelopes: BTreeMap<TextKey, Value>,
+    /// Responses API: the last `*.delta` event of each text, to carry released text.
+    output_envelopes: BTreeMap<OutputKey, Value>,
     eol: &'static str,
     state: State,
     /// Why the stream was ended (a block or a failure), until the driver takes it.
     ending: Option<Rejection>,
     /// The stream could not be inspected (its ending is a failure, not a block).
     failed: bool,
+    /// Inspection work of the texts already over.
+    work_done: u64,
     /// Matches settled so far, per rule.
     pub hits: BTreeMap<usize, u32>,
     /// The rule that blocked the stream.
@@ -100,10 +181,7 @@ impl std::fmt::Debug for StreamFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamFilter")
             .field("state", &self.state)
-            .field(
-                "held",
-                &self.texts.values().map(HeldText::held).sum::<usize>(),
-            )
+            .field("held", &self.held())
             .finish()
     }
 }
@@ -117,12 +195,14 @@ impl StreamFilter {
             max_hold,
             parser: SseParser::new(MAX_EVENT),
             texts: BTreeMap::new(),
+            cache: PrefixCache::default(),
             envelope: None,
             output_envelopes: BTreeMap::new(),
             eol: "\n",
             state: State::Open,
             ending: None,
             failed: false,
+            work_done: 0,
             hits: BTreeMap::new(),
             blocked_by: None,
             usage: None,
@@ -145,6 +225,12 @@ impl StreamFilter {
     /// The stream's line ending (LF or CRLF, as the upstream writes it), for events the driver adds.
     pub fn eol(&self) -> &'static str {
         self.eol
+    }
+
+    /// Inspection work done on this stream's texts so far (automaton steps, bytes of views, scans and
+    /// decoding): linear in [`Self::text_bytes`] whatever the text and its pieces (see `holdback`).
+    pub fn work(&self) -> u64 {
+        self.work_done + self.texts.values().map(HeldText::work).sum::<u64>()
     }
 
     /// What was decided about this answer so far, by the same rule as every verdict.
@@ -203,8 +289,7 @@ impl StreamFilter {
             Err(e) => self.fail(&e.to_string()),
         }
         if self.state == State::Open {
-            let keys: Vec<TextKey> = self.texts.keys().copied().collect();
-            self.flush(&keys, &mut out);
+            self.flush_all(&mut out);
         }
         out.freeze()
     }
@@ -224,8 +309,7 @@ impl StreamFilter {
             return;
         }
         if ev.is_done() {
-            let keys: Vec<TextKey> = self.texts.keys().copied().collect();
-            self.flush(&keys, out);
+            self.flush_all(out);
             if self.state == State::Open {
                 out.extend_from_slice(&ev.raw);
                 self.state = State::Done;
@@ -245,18 +329,34 @@ impl StreamFilter {
             self.usage = Some(u.clone());
         }
         if let Some(kind) = v.get("type").and_then(Value::as_str) {
-            if kind.ends_with(".delta") && v.get("delta").is_some_and(Value::is_string) {
-                self.on_output_delta(v, &ev.raw, out);
-                return;
+            if let Some(family) = kind.strip_suffix(".delta") {
+                if v.get("delta").is_some_and(Value::is_string) {
+                    let key = OutputKey::of(&v, family);
+                    self.on_output_delta(key, v, &ev.raw, out);
+                    return;
+                }
             }
-            if kind.ends_with(".done") {
-                // That output's text is complete: release what it holds before the event that closes it.
-                let key = output_key(&v);
-                if self.texts.contains_key(&key) {
-                    self.flush(&[key], out);
-                    if self.state != State::Open {
-                        return;
-                    }
+            // What an event closes is released before it: a part or output its `.done` names, or everything
+            // at the end of the response.
+            let closes: Vec<TextKey> = if let Some(family) = kind.strip_suffix(".done") {
+                let done = OutputKey::of(&v, family);
+                self.texts
+                    .keys()
+                    .filter(|k| matches!(k, TextKey::Output(o) if o.closed_by(&done)))
+                    .cloned()
+                    .collect()
+            } else if matches!(
+                kind,
+                "response.completed" | "response.incomplete" | "response.failed" | "error"
+            ) {
+                self.texts.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            if !closes.is_empty() {
+                self.flush(&closes, out);
+                if self.state != State::Open {
+                    return;
                 }
             }
         }
@@ -269,7 +369,7 @@ impl StreamFilter {
         }
     }
 
-    /// A chat or completions chunk: each text piece of each choice through its hold-back.
+    /// A chat or completions chunk: every string of each choice through its hold-back.
     fn on_chunk(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
         let finishing = self.finishing(&v);
         let mut envelope = v.clone();
@@ -288,19 +388,29 @@ impl StreamFilter {
         };
         let mut changed = false;
         for choice in choices.iter_mut() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let Some(obj) = choice.as_object_mut() else {
+                continue;
+            };
             let mut choice_changed = false;
-            for (key, val) in pieces(choice) {
-                let piece = val.as_str().unwrap_or("").to_string();
-                let Some(text) = self.release(key, &piece) else {
-                    return;
+            for field in ["text", "delta"] {
+                let Some(val) = obj.get_mut(field) else {
+                    continue;
                 };
-                if text != piece {
-                    *val = Value::String(text);
-                    choice_changed = true;
+                let mut path = vec![Seg::Key(field.to_string())];
+                let flow = self.walk_strings(val, &mut path, &mut |f, path, s| {
+                    f.piece(
+                        TextKey::Choice(index, path.to_vec()),
+                        s,
+                        &mut choice_changed,
+                    )
+                });
+                if flow == Flow::Stop {
+                    return;
                 }
             }
             if choice_changed {
-                if let Some(lp) = choice.get_mut("logprobs") {
+                if let Some(lp) = obj.get_mut("logprobs") {
                     *lp = Value::Null;
                 }
                 changed = true;
@@ -311,6 +421,70 @@ impl StreamFilter {
             out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
         } else {
             out.extend_from_slice(raw);
+        }
+    }
+
+    /// Calls `on` for every string in `v` (at any depth), with its path from the choice.
+    fn walk_strings(
+        &mut self,
+        v: &mut Value,
+        path: &mut Vec<Seg>,
+        on: &mut dyn FnMut(&mut Self, &[Seg], &mut String) -> Flow,
+    ) -> Flow {
+        match v {
+            Value::String(s) => on(self, path, s),
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    path.push(Seg::Key(k.clone()));
+                    let flow = self.walk_strings(child, path, on);
+                    path.pop();
+                    if flow == Flow::Stop {
+                        return flow;
+                    }
+                }
+                Flow::Go
+            }
+            Value::Array(items) => {
+                for (at, child) in items.iter_mut().enumerate() {
+                    let seg = match child.get("index").and_then(Value::as_u64) {
+                        Some(i) if child.is_object() => Seg::Indexed(i),
+                        _ => Seg::At(at),
+                    };
+                    path.push(seg);
+                    let flow = self.walk_strings(child, path, on);
+                    path.pop();
+                    if flow == Flow::Stop {
+                        return flow;
+                    }
+                }
+                Flow::Go
+            }
+            _ => Flow::Go,
+        }
+    }
+
+    /// One string of a chunk: an identifier sent whole is inspected as it is; anything else is a piece of its
+    /// growing text. Rewrites `s` with what may leave now and notes whether it changed.
+    fn piece(&mut self, key: TextKey, s: &mut String, changed: &mut bool) -> Flow {
+        let whole = matches!(
+            &key,
+            TextKey::Choice(_, path)
+                if matches!(path.last(), Some(Seg::Key(k)) if WHOLE_FIELDS.contains(&k.as_str()))
+        );
+        let out = if whole {
+            self.whole(s)
+        } else {
+            self.release(key, s)
+        };
+        match out {
+            Some(text) => {
+                if text != *s {
+                    *s = text;
+                    *changed = true;
+                }
+                Flow::Go
+            }
+            None => Flow::Stop,
         }
     }
 
@@ -326,20 +500,41 @@ impl StreamFilter {
             .flat_map(|i| {
                 self.texts
                     .keys()
-                    .copied()
                     .filter(move |k| k.choice() == Some(i))
+                    .cloned()
             })
             .collect()
     }
 
     /// One piece of a growing text through its hold-back: the text to send now (possibly empty or
-    /// redacted), or `None` when an enforced block matched (the stream is then ended).
+    /// redacted), or `None` when the stream was ended (an enforced block, or a text it cannot inspect).
     fn release(&mut self, key: TextKey, piece: &str) -> Option<String> {
         self.text_bytes += piece.len() as u64;
-        let held = self.texts.entry(key).or_default();
-        match held.push(piece, &self.rules, self.monitor, self.max_hold) {
+        if !self.texts.contains_key(&key) && self.texts.len() >= MAX_TEXTS {
+            self.fail(&format!("more than {MAX_TEXTS} texts in one answer"));
+            return None;
+        }
+        let form = key.form();
+        let held = self.texts.entry(key).or_insert_with(|| HeldText::new(form));
+        let mut h = Holding {
+            rules: &self.rules,
+            cache: &mut self.cache,
+            monitor: self.monitor,
+            cap: self.max_hold,
+        };
+        let released = held.push(piece, &mut h);
+        self.settle(released)
+    }
+
+    /// Acts on what a text released: counts its hits, or ends the stream.
+    fn settle(&mut self, released: Release) -> Option<String> {
+        match released {
             Release::Block { rule } => {
                 self.end_blocked(rule);
+                None
+            }
+            Release::OverBudget => {
+                self.fail("an answer's text went over its inspection budget");
                 None
             }
             Release::Text { text, rules } => {
@@ -351,76 +546,116 @@ impl StreamFilter {
         }
     }
 
+    /// A string sent whole (an identifier): inspected as final text, redacted in place or ending the stream.
+    fn whole(&mut self, s: &str) -> Option<String> {
+        let mut h = Holding {
+            rules: &self.rules,
+            cache: &mut self.cache,
+            monitor: self.monitor,
+            cap: self.max_hold,
+        };
+        let released = HeldText::whole(s, &mut h);
+        self.settle(released)
+    }
+
     /// Bytes held back across every text now.
     fn held(&self) -> u64 {
         self.texts.values().map(|h| h.held() as u64).sum()
     }
 
-    /// Releases the held text of `keys` (their texts are over), each in a chunk of our own.
+    fn flush_all(&mut self, out: &mut BytesMut) {
+        let keys: Vec<TextKey> = self.texts.keys().cloned().collect();
+        self.flush(&keys, out);
+    }
+
+    /// Releases the held text of `keys` (their texts are over), each in an event of our own.
     fn flush(&mut self, keys: &[TextKey], out: &mut BytesMut) {
         for key in keys {
             let Some(mut held) = self.texts.remove(key) else {
                 continue;
             };
-            match held.finish(&self.rules, self.monitor) {
-                Release::Block { rule } => {
-                    self.end_blocked(rule);
-                    return;
-                }
-                Release::Text { text, rules } => {
-                    for r in rules {
-                        *self.hits.entry(r).or_default() += 1;
-                    }
-                    if !text.is_empty() {
-                        let ev = self.carrier(*key, text);
-                        out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
-                    }
-                }
+            let mut h = Holding {
+                rules: &self.rules,
+                cache: &mut self.cache,
+                monitor: self.monitor,
+                cap: self.max_hold,
+            };
+            let released = held.finish(&mut h);
+            self.work_done += held.work();
+            let Some(text) = self.settle(released) else {
+                return;
+            };
+            if !text.is_empty() {
+                let ev = self.carrier(key, text);
+                out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+            }
+            if let TextKey::Output(o) = key {
+                self.output_envelopes.remove(o);
             }
         }
     }
 
     /// An event of our own carrying released `text` of `key`, in the shape the upstream's own events had.
-    fn carrier(&self, key: TextKey, text: String) -> Value {
-        let choice = match key {
-            TextKey::Content(i) => {
-                json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+    fn carrier(&self, key: &TextKey, text: String) -> Value {
+        match key {
+            TextKey::Choice(index, path) => {
+                let mut choice = Map::new();
+                choice.insert("index".into(), json!(index));
+                let mut value = Value::String(text);
+                // Built from the inside out: the string, then each step of its path around it.
+                for (i, seg) in path.iter().enumerate().rev() {
+                    value = match seg {
+                        Seg::Key(k) if i == 0 => {
+                            choice.insert(k.clone(), value);
+                            break;
+                        }
+                        Seg::Key(k) => json!({ k.as_str(): value }),
+                        Seg::Indexed(n) => {
+                            let mut element = match value {
+                                Value::Object(m) => m,
+                                other => Map::from_iter([("value".to_string(), other)]),
+                            };
+                            element.insert("index".into(), json!(n));
+                            json!([element])
+                        }
+                        Seg::At(n) => {
+                            let mut items = vec![json!({}); *n];
+                            items.push(value);
+                            Value::Array(items)
+                        }
+                    };
+                }
+                choice.insert("logprobs".into(), Value::Null);
+                choice.insert("finish_reason".into(), Value::Null);
+                let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
+                ev["choices"] = json!([choice]);
+                ev
             }
-            TextKey::Refusal(i) => {
-                json!({"index": i, "delta": {"refusal": text}, "logprobs": null, "finish_reason": null})
-            }
-            TextKey::Tool(i, t) => {
-                json!({"index": i, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "logprobs": null, "finish_reason": null})
-            }
-            TextKey::Text(i) => {
-                json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
-            }
-            TextKey::Output(..) => {
+            TextKey::Output(o) => {
                 let mut ev = self
                     .output_envelopes
-                    .get(&key)
+                    .get(o)
                     .cloned()
-                    .unwrap_or_else(|| json!({}));
+                    .unwrap_or_else(|| json!({"type": format!("{}.delta", o.family)}));
                 ev["delta"] = Value::String(text);
-                ev.as_object_mut().map(|o| o.remove("logprobs"));
-                return ev;
+                ev.as_object_mut().map(|m| m.remove("logprobs"));
+                ev
             }
-        };
-        let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
-        ev["choices"] = json!([choice]);
-        ev
+        }
     }
 
-    /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its output.
-    fn on_output_delta(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
-        let key = output_key(&v);
+    /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its text.
+    fn on_output_delta(&mut self, key: OutputKey, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
         let piece = v
             .get("delta")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        self.output_envelopes.insert(key, v.clone());
-        let Some(text) = self.release(key, &piece) else {
+        // The envelope is kept without its text (a delta can be large), until its text is released.
+        let mut envelope = v.clone();
+        envelope["delta"] = Value::String(String::new());
+        self.output_envelopes.insert(key.clone(), envelope);
+        let Some(text) = self.release(TextKey::Output(key), &piece) else {
             return;
         };
         self.held_sum += self.held();
@@ -487,7 +722,7 @@ impl StreamFilter {
         });
         self.blocked_by = Some(rule);
         self.state = State::Ended;
-        self.texts.clear();
+        self.drop_texts();
     }
 
     fn fail(&mut self, why: &str) {
@@ -495,49 +730,15 @@ impl StreamFilter {
         self.ending = Some(Rejection::StreamUninspectable(why.to_string()));
         self.failed = true;
         self.state = State::Ended;
-        self.texts.clear();
+        self.drop_texts();
     }
-}
 
-/// The text pieces of one choice of a chunk, each with the growing text it belongs to: completions' `text`,
-/// `delta.content`, `delta.refusal`, and each tool call's `function.arguments`.
-fn pieces(choice: &mut Value) -> Vec<(TextKey, &mut Value)> {
-    let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-    let mut out: Vec<(TextKey, &mut Value)> = Vec::new();
-    let Some(obj) = choice.as_object_mut() else {
-        return out;
-    };
-    let mut delta = None;
-    for (k, val) in obj.iter_mut() {
-        match k.as_str() {
-            "delta" => delta = Some(val),
-            "text" if val.is_string() => out.push((TextKey::Text(index), val)),
-            _ => {}
-        }
+    /// The stream ended early: what is held is dropped, never sent.
+    fn drop_texts(&mut self) {
+        self.work_done += self.texts.values().map(HeldText::work).sum::<u64>();
+        self.texts.clear();
+        self.output_envelopes.clear();
     }
-    let Some(d) = delta.and_then(Value::as_object_mut) else {
-        return out;
-    };
-    for (k, val) in d.iter_mut() {
-        match k.as_str() {
-            "content" if val.is_string() => out.push((TextKey::Content(index), val)),
-            "refusal" if val.is_string() => out.push((TextKey::Refusal(index), val)),
-            "tool_calls" => {
-                for call in val.as_array_mut().into_iter().flatten() {
-                    let t = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    if let Some(args) = call
-                        .get_mut("function")
-                        .and_then(|f| f.get_mut("arguments"))
-                        .filter(|a| a.is_string())
-                    {
-                        out.push((TextKey::Tool(index, t), args));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -748,5 +949,246 @@ mod tests {
             all.contains("\"text\":\"Write to [EMAIL] please\""),
             "done and completed events are redacted whole"
         );
+    }
+
+    /// Runs raw SSE through the filter in one read; returns everything sent and the filter.
+    fn through(set: &Arc<RuleSet>, s: &str) -> (String, StreamFilter) {
+        let mut f = StreamFilter::new(set.clone(), false, crate::inspect::holdback::MAX_HELD);
+        let mut all = String::from_utf8(f.push(s.as_bytes()).to_vec()).expect("utf8");
+        all.extend(ending(&mut f));
+        all.push_str(std::str::from_utf8(&f.finish()).expect("utf8"));
+        all.extend(ending(&mut f));
+        (all, f)
+    }
+
+    /// The JSON events of a filtered stream.
+    fn events(all: &str) -> Vec<Value> {
+        all.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("every event is JSON"))
+            .collect()
+    }
+
+    /// The string at `path` in choice 0 of every chunk, joined (what a client accumulating it reads).
+    fn joined(all: &str, path: &[&str]) -> String {
+        events(all)
+            .iter()
+            .filter_map(|v| {
+                let mut at = v.get("choices")?.get(0)?;
+                for k in path {
+                    at = at.get(k)?;
+                }
+                at.as_str().map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// A chunk whose choice 0 carries `delta`.
+    fn delta_chunk(delta: Value) -> String {
+        chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]))
+    }
+
+    /// `value` nested at `path` (`["audio", "transcript"]` → `{"audio": {"transcript": value}}`).
+    fn nest(path: &[&str], value: &str) -> Value {
+        path.iter()
+            .rev()
+            .fold(Value::String(value.to_string()), |v, k| json!({ *k: v }))
+    }
+
+    #[test]
+    fn every_string_of_a_delta_is_held_back_per_path() {
+        let set = pack();
+        let fields: [&[&str]; 5] = [
+            &["reasoning_content"],
+            &["reasoning"],
+            &["audio", "transcript"],
+            &["x_next_server", "thoughts", "text"],
+            &["content"],
+        ];
+        let text = "Thinking: mail jane.doe@example.com later.";
+        let start = text.find("jane").expect("found");
+        for path in fields {
+            for cut in start..=start + "jane.doe@example.com".len() {
+                let s = [
+                    delta_chunk(json!({"role": "assistant", "content": ""})),
+                    delta_chunk(nest(path, &text[..cut])),
+                    delta_chunk(nest(path, &text[cut..])),
+                    chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}])),
+                    "data: [DONE]\n\n".to_string(),
+                ]
+                .concat();
+                let (all, _) = through(&set, &s);
+                let mut full = vec!["delta"];
+                full.extend_from_slice(path);
+                assert_eq!(
+                    joined(&all, &full),
+                    "Thinking: mail [EMAIL] later.",
+                    "{path:?} cut at {cut}"
+                );
+                for n in 6..="jane.doe@example.com".len() {
+                    assert!(
+                        !all.contains(&"jane.doe@example.com"[..n]),
+                        "{path:?} cut at {cut}: {all}"
+                    );
+                }
+                // The role arrives in the first chunk, as sent.
+                assert_eq!(events(&all)[0]["choices"][0]["delta"]["role"], "assistant");
+            }
+        }
+    }
+
+    #[test]
+    fn tool_call_identifiers_pass_whole_and_arguments_are_matched_decoded() {
+        let set = pack();
+        let call = |args: &str, first: bool| {
+            let mut c = json!({"index": 1, "function": {"arguments": args}});
+            if first {
+                c["id"] = json!("call_abc");
+                c["type"] = json!("function");
+                c["function"]["name"] = json!("send_mail");
+            }
+            delta_chunk(json!({"tool_calls": [c]}))
+        };
+        let args = r#"{"to":"jane\u002edoe@example.com","note":"caf\u00e9"}"#;
+        for cut in 0..=args.len() {
+            let s = [
+                call(&args[..cut], true),
+                call(&args[cut..], false),
+                chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}])),
+                "data: [DONE]\n\n".to_string(),
+            ]
+            .concat();
+            let (all, _) = through(&set, &s);
+            let evs = events(&all);
+            let first = &evs[0]["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(first["id"], "call_abc", "cut at {cut}");
+            assert_eq!(first["function"]["name"], "send_mail");
+            let sent: String = evs
+                .iter()
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+                })
+                .collect();
+            assert_eq!(
+                sent, r#"{"to":"[EMAIL]","note":"caf\u00e9"}"#,
+                "cut at {cut}"
+            );
+        }
+        // An AWS key spelled in escapes blocks, whatever the split.
+        let args = r#"{"key":"\u0041\u004b\u0049\u0041IOSFODNN7EXAMPLE"}"#;
+        for cut in 0..=args.len() {
+            let s = [call(&args[..cut], true), call(&args[cut..], false)].concat();
+            let (all, _) = through(&set, &s);
+            let error = events(&all).into_iter().find(|v| v.get("error").is_some());
+            assert_eq!(
+                error.expect("blocked")["error"]["code"],
+                "policy_blocked",
+                "cut at {cut}"
+            );
+            assert!(!all.contains("IOSFODNN"), "cut at {cut}: {all}");
+        }
+    }
+
+    #[test]
+    fn responses_api_deltas_of_every_type_are_held_back() {
+        let set = pack();
+        let ev = |v: Value| format!("data: {v}\n\n");
+        let summary = |d: &str| json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": d});
+        let transcript = |d: &str| json!({"type": "response.audio.transcript.delta", "delta": d});
+        let text = "ask jane.doe@example.com now";
+        let cut = text.find("doe").expect("cut");
+        for make in [summary, transcript] {
+            let s = [
+                ev(make(&text[..cut])),
+                ev(make(&text[cut..])),
+                ev(json!({"type": "response.completed", "response": {"status": "completed"}})),
+            ]
+            .concat();
+            let (all, _) = through(&set, &s);
+            let deltas: String = events(&all)
+                .iter()
+                .filter_map(|v| v["delta"].as_str().map(str::to_string))
+                .collect();
+            assert_eq!(deltas, "ask [EMAIL] now");
+            assert!(!all.contains("jane"), "{all}");
+            // Released before the event that ends the response.
+            assert!(
+                all.trim_end().ends_with(r#""type":"response.completed"}"#),
+                "{all}"
+            );
+        }
+        let args = r#"{"key":"\u0041KIAIOSFODNN7EXAMPLE"}"#;
+        for cut in 0..=args.len() {
+            let call = |d: &str| {
+                ev(
+                    json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 1, "delta": d}),
+                )
+            };
+            let (all, _) = through(&set, &[call(&args[..cut]), call(&args[cut..])].concat());
+            assert!(all.contains("policy_blocked"), "cut at {cut}: {all}");
+            assert!(!all.contains("IOSFODNN"), "cut at {cut}: {all}");
+        }
+    }
+
+    #[test]
+    fn filter_work_stays_linear_in_the_text_however_the_deltas_split_it() {
+        let set = pack();
+        let run: String = (0..64 << 10)
+            .map(|i| b"0123456789abcdef"[i % 16] as char)
+            .collect();
+        let text = format!("dump: {run} end, mail jane@example.com.");
+        for piece in [text.len(), 1, 7] {
+            let deltas: Vec<(u64, &str)> = text
+                .as_bytes()
+                .chunks(piece)
+                .map(|c| (0, std::str::from_utf8(c).expect("ascii")))
+                .collect();
+            let (all, f) = through(&set, &stream(&deltas));
+            assert_eq!(
+                joined(&all, &["delta", "content"]),
+                text.replace("jane@example.com", "[EMAIL]"),
+                "pieces of {piece}"
+            );
+            assert_eq!(f.text_bytes, text.len() as u64);
+            assert!(
+                f.work() <= 32 * f.text_bytes,
+                "pieces of {piece}: {} work for {} bytes",
+                f.work(),
+                f.text_bytes
+            );
+        }
+    }
+
+    #[test]
+    fn a_text_over_its_inspection_budget_ends_the_stream_uninspectable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("r.toml"),
+            "[[rule]]\nid = \"t.long\"\ndescription = \"d\"\nregex = { pattern = 'a{1000,1200}b' }\naction = \"redact\"\n",
+        )
+        .expect("write");
+        let set = Arc::new(load(dir.path(), &Budget::default()).expect("rules"));
+        let run = "a".repeat(8192);
+        let (all, f) = through(&set, &stream(&[(0, "ok "), (0, &run), (0, "b")]));
+        let error = events(&all).into_iter().find(|v| v.get("error").is_some());
+        assert_eq!(
+            error.expect("ended")["error"]["code"],
+            "upstream_uninspectable",
+            "{all}"
+        );
+        assert!(!all.contains("aaaa") && !all.contains("[DONE]"), "{all}");
+        assert_eq!(f.side().decision, Decision::Error);
+    }
+
+    #[test]
+    fn more_texts_than_the_bound_end_the_stream_uninspectable() {
+        let set = pack();
+        let fields: Map<String, Value> = (0..MAX_TEXTS + 1)
+            .map(|i| (format!("f{i}"), json!("word")))
+            .collect();
+        let (all, f) = through(&set, &delta_chunk(Value::Object(fields)));
+        assert!(all.contains("upstream_uninspectable"), "{all}");
+        assert!(f.is_ended());
     }
 }

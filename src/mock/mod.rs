@@ -64,6 +64,9 @@ pub struct Behaviour {
     pub echo: bool,
     /// `x-mock-content`: the assistant's answer.
     pub content: Option<String>,
+    /// `x-mock-lead: UNIT*N`: the answer starts with UNIT repeated N times (at most 16 MiB), then the content:
+    /// long runs (a hex dump, a long number) without a header that large.
+    pub lead: Option<String>,
     /// `x-mock-hold: TOKEN`: after the first content delta, wait for `POST /__mock/release/TOKEN`.
     pub hold: Option<String>,
     /// `x-mock-reset-after: N`: drop the connection after N content deltas.
@@ -74,6 +77,12 @@ pub struct Behaviour {
     pub choices: Option<Vec<String>>,
     /// `x-mock-tool-args: ["{..}", "{..}"]` (JSON, ASCII): stream parallel tool calls with these arguments.
     pub tool_args: Option<Vec<String>>,
+    /// `x-mock-delta-field: reasoning_content` (a dotted path, e.g. `audio.transcript`): the field of a chat
+    /// chunk's `delta` that carries the streamed answer (default `content`).
+    pub delta_field: Option<String>,
+    /// `x-mock-events: [{..}, "[DONE]"]` (JSON, ASCII): stream exactly these events, one `data:` event per
+    /// element (a string is written as the data itself, anything else as JSON), paced like any stream.
+    pub events: Option<Vec<serde_json::Value>>,
     /// `x-mock-write-bytes: N`: write the stream N bytes at a time, pausing between writes, so the reader
     /// gets it in many small reads (splitting events, characters and escapes).
     pub write_bytes: Option<usize>,
@@ -179,6 +188,11 @@ impl MockState {
                     .header("x-mock-echo")
                     .is_some_and(|v| v == "1" || v == "true"),
             content: req.header("x-mock-content").map(str::to_string),
+            lead: req.header("x-mock-lead").and_then(|v| {
+                let (unit, n) = v.rsplit_once('*')?;
+                let n: usize = n.trim().parse().ok()?;
+                (unit.len().saturating_mul(n) <= 16 << 20).then(|| unit.repeat(n))
+            }),
             hold: req.header("x-mock-hold").map(str::to_string),
             reset_after: num("x-mock-reset-after").map(|n| n as usize),
             split_at: req
@@ -189,6 +203,13 @@ impl MockState {
                 .and_then(|v| serde_json::from_str(v).ok()),
             tool_args: req
                 .header("x-mock-tool-args")
+                .and_then(|v| serde_json::from_str(v).ok()),
+            delta_field: req
+                .header("x-mock-delta-field")
+                .map(str::to_string)
+                .filter(|f| !f.is_empty()),
+            events: req
+                .header("x-mock-events")
                 .and_then(|v| serde_json::from_str(v).ok()),
             write_bytes: num("x-mock-write-bytes").map(|n| n.max(1) as usize),
             embedding_dims: num("x-mock-embedding-dims").map(|n| n.min(1 << 22) as usize),

@@ -60,6 +60,9 @@ pub async fn answer(
         }
     };
     let model = peek.model.clone().unwrap_or_else(|| "mock-gpt".to_string());
+    if let (Some(events), true) = (&b.events, peek.stream || req.method == "GET") {
+        return stream_events(events, b, out).await;
+    }
     let text = answer_text(req, b);
     match (req.method.as_str(), req.path.trim_end_matches('/')) {
         ("POST", "/v1/chat/completions") if peek.stream => {
@@ -160,6 +163,13 @@ pub async fn answer(
 }
 
 fn answer_text(req: &Request, b: &Behaviour) -> String {
+    match &b.lead {
+        Some(lead) => format!("{lead}{}", body_text(req, b)),
+        None => body_text(req, b),
+    }
+}
+
+fn body_text(req: &Request, b: &Behaviour) -> String {
     if b.echo {
         return String::from_utf8_lossy(&req.body).into_owned();
     }
@@ -254,6 +264,38 @@ async fn paced(
         .await?;
     out.sse_end().await?;
     Ok(true)
+}
+
+/// A stream of exactly the `x-mock-events` events (no `[DONE]` unless one of them is), paced.
+async fn stream_events(
+    events: &[Value],
+    b: &Behaviour,
+    out: &mut Responder<'_>,
+) -> std::io::Result<bool> {
+    out.sse_start().await?;
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 && !b.delay.is_zero() {
+            tokio::time::sleep(b.delay).await;
+        }
+        if b.reset_after == Some(i) {
+            return Ok(false);
+        }
+        let data = match e {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.sse_raw(format!("data: {data}\n\n").as_bytes()).await?;
+    }
+    out.sse_end().await?;
+    Ok(true)
+}
+
+/// The delta carrying `piece` in the field `x-mock-delta-field` names (a dotted path; `content` by default).
+fn delta_with(b: &Behaviour, piece: &str) -> Value {
+    let field = b.delta_field.as_deref().unwrap_or("content");
+    field
+        .rsplit('.')
+        .fold(Value::String(piece.to_string()), |v, k| json!({ k: v }))
 }
 
 /// The pieces a text is streamed in: cut at the `split_at` offsets if given, else `chunks` even pieces.
@@ -366,7 +408,7 @@ async fn stream_chat(
             .iter()
             .enumerate()
             .filter_map(|(c, p)| p.get(i).map(|piece| (c, piece)))
-            .map(|(c, piece)| chunk(json!([{"index": c, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}])))
+            .map(|(c, piece)| chunk(json!([{"index": c, "delta": delta_with(b, piece), "logprobs": null, "finish_reason": null}])))
             .collect();
         for (t, p) in tool_parts.iter().enumerate() {
             if let Some(piece) = p.get(i) {

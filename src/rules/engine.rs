@@ -15,7 +15,7 @@ use regex_automata::Input;
 
 use super::normalize::{normalize_term, View};
 use super::plan::{self, Scope};
-use super::prefix::{PrefixCache, Prefixes};
+use super::prefix::{Growing, PrefixCache, Prefixes};
 use super::spec::{
     default_replacement, Action, Direction, LoadedRule, LoadedSet, Mode, RuleError, Severity,
 };
@@ -196,10 +196,17 @@ impl RuleSet {
         self.terms
     }
 
-    /// For a text that is still growing (a streamed answer): the earliest byte offset from which a match could
-    /// still form as more text arrives; everything before it is final. `text.len()` when nothing can.
-    pub fn hold_from(&self, text: &str, cache: &mut PrefixCache) -> usize {
-        self.prefixes.hold_from(text, cache)
+    /// For a text that is still growing (a streamed answer): feeds what arrived since the last call to the
+    /// text's [`Growing`] state, which then says from where a match could still form as more text arrives
+    /// (`buffer` holds the text from `buffer_start` to its new end; see [`Growing::push`]).
+    pub fn grow(
+        &self,
+        growing: &mut Growing,
+        cache: &mut PrefixCache,
+        buffer: &str,
+        buffer_start: usize,
+    ) {
+        growing.push(&self.prefixes, cache, buffer, buffer_start);
     }
 
     /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Overlapping candidates

@@ -13,7 +13,7 @@ mod validate;
 
 pub use engine::{redact, Budget, Match, Rule, RuleSet};
 pub use normalize::View;
-pub use prefix::PrefixCache;
+pub use prefix::{Growing, PrefixCache};
 pub use spec::{load_dir, Action, Direction, LoadedSet, Mode, RuleError, Severity};
 pub use store::{RuleStore, RulesDir};
 pub use validate::Validator;

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::sdk::run_sdk_script;
-use crate::support::{Gateway, MockUpstream};
+use crate::support::{Gateway, GatewayOpts, MockUpstream};
 
 /// Streams `content` through the gateway with the given mock steering headers; returns the client's text per
 /// choice (content), the tool-call arguments per tool index, any error event, and the raw stream.
@@ -348,4 +348,314 @@ async fn large_requests_get_their_answers_inspected_too() {
         v["choices"][0]["message"]["content"],
         "Reach me at [EMAIL]."
     );
+}
+
+/// Posts a streamed request to `path` through the gateway with the given mock headers; returns the raw stream.
+async fn raw_stream(gw: &Gateway, path: &str, headers: &[(&str, String)]) -> String {
+    let mut req = reqwest::Client::new()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"m","stream":true,"input":"go","messages":[{"role":"user","content":"go"}]}"#);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let resp = req.send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("a cleanly ended stream")
+}
+
+/// The JSON events of a raw stream.
+fn json_events(raw: &str) -> Vec<Value> {
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("each event is JSON"))
+        .collect()
+}
+
+/// The error event of a raw stream, if any.
+fn error_event(raw: &str) -> Option<Value> {
+    json_events(raw)
+        .into_iter()
+        .find(|v| v.get("error").is_some())
+}
+
+/// The string at `path` inside choice 0's delta, accumulated over every chunk (what a client reads).
+fn delta_field(raw: &str, path: &[&str]) -> String {
+    json_events(raw)
+        .iter()
+        .filter_map(|v| {
+            let mut at = v.get("choices")?.get(0)?.get("delta")?;
+            for k in path {
+                at = at.get(k)?;
+            }
+            at.as_str().map(str::to_string)
+        })
+        .collect()
+}
+
+/// Asserts two long texts are equal, showing where they first differ (not the whole texts).
+fn assert_same(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .bytes()
+        .zip(want.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let around = |s: &str| {
+        s.get(at.saturating_sub(30)..(at + 30).min(s.len()))
+            .unwrap_or("")
+            .to_string()
+    };
+    panic!(
+        "{what}: {} bytes, want {}; first difference at {at}: {:?} vs {:?}",
+        got.len(),
+        want.len(),
+        around(got),
+        around(want)
+    );
+}
+
+/// Regression: one delta carrying a long run of word characters (a hex dump) cost the square of the run's
+/// length to filter. A 128 KiB run, in one delta or cut anywhere, reaches the client whole, and the address
+/// after it is still redacted.
+#[tokio::test]
+async fn a_long_run_arrives_whole_however_it_is_split_and_values_after_it_are_filtered() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let run = "0123456789abcdef".repeat(8192);
+    // (A header value loses its leading spaces: the tail starts with a semicolon.)
+    let tail = "; end, mail jane.doe@example.com.";
+    let at_email = run.len() + tail.find("doe").expect("found");
+    for split in [
+        ("x-mock-chunks", "1".to_string()),
+        ("x-mock-chunks", "2048".to_string()),
+        ("x-mock-split-at", format!("100,65536,{at_email}")),
+    ] {
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[
+                ("x-mock-lead", "0123456789abcdef*8192".into()),
+                ("x-mock-content", tail.into()),
+                split.clone(),
+            ],
+        )
+        .await;
+        assert!(error_event(&raw).is_none(), "{split:?}");
+        assert_same(
+            &delta_field(&raw, &["content"]),
+            &format!("{run}; end, mail [EMAIL]."),
+            &format!("{split:?}"),
+        );
+        assert_no_fragment(&raw, "jane.doe@example.com", "after a long run");
+        assert!(raw.ends_with("data: [DONE]\n\n"), "{split:?}");
+    }
+}
+
+/// Regression: nothing bounded the inspection work of one text. A rule that keeps a thousand automaton states
+/// alive over a run of `a` costs a thousand steps per byte: the stream ends as uninspectable, like a stream
+/// that cannot be read — never passed.
+#[tokio::test]
+async fn a_text_over_its_inspection_budget_ends_the_stream_uninspectable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("costly.toml"),
+        "[[rule]]\nid = \"test.costly\"\ndescription = \"A long bounded repetition\"\nregex = { pattern = 'a{1000,1200}b' }\naction = \"redact\"\n",
+    )
+    .expect("rules");
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
+    let raw = raw_stream(
+        &gw,
+        "/v1/chat/completions",
+        &[
+            ("x-mock-lead", "a*16384".into()),
+            ("x-mock-content", "; done".into()),
+            ("x-mock-chunks", "1".into()),
+        ],
+    )
+    .await;
+    let error = error_event(&raw).unwrap_or_else(|| panic!("not ended: {}", &raw[..200]));
+    assert_eq!(error["error"]["code"], "upstream_uninspectable", "{error}");
+    assert!(!raw.contains("aaaa") && !raw.contains("[DONE]"));
+    // Prose under the same rule costs little: it passes.
+    let raw = raw_stream(
+        &gw,
+        "/v1/chat/completions",
+        &[("x-mock-content", "a bad cab, a bab ".repeat(500))],
+    )
+    .await;
+    assert!(error_event(&raw).is_none());
+    assert!(raw.ends_with("data: [DONE]\n\n"));
+}
+
+/// Regression: streamed tool-call arguments carrying JSON escapes (`\u0041KIA…`) reached the client, whose JSON
+/// parser decodes them to the secret. They are matched decoded, split at any byte (inside escapes and
+/// surrogate pairs too), and sent as they came around a redaction.
+#[tokio::test]
+async fn escaped_tool_call_arguments_are_matched_decoded_split_at_every_byte() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let cases: [(&str, Result<&str, &str>); 3] = [
+        (
+            r#"{"key":"\u0041\u004b\u0049\u0041IOSFODNN7EXAMPLE"}"#,
+            Err(r#"{"key":""#),
+        ),
+        (
+            r#"{"note":"caf\u00e9 \/ \"q\"","to":"jane\u002edoe@example\u002ecom"}"#,
+            Ok(r#"{"note":"caf\u00e9 \/ \"q\"","to":"[EMAIL]"}"#),
+        ),
+        (
+            r#"{"t":"\ud83d\ude00 jane.doe@example.com \ud83d\ude00"}"#,
+            Ok(r#"{"t":"\ud83d\ude00 [EMAIL] \ud83d\ude00"}"#),
+        ),
+    ];
+    for (args, want) in cases {
+        for cut in 0..=args.len() {
+            let (_, tools, error, raw) = stream(
+                &gw,
+                "ok",
+                &[
+                    (
+                        "x-mock-tool-args",
+                        serde_json::to_string(&[args]).expect("json"),
+                    ),
+                    ("x-mock-split-at", cut.to_string()),
+                ],
+            )
+            .await;
+            let sent = tools.first().map_or("", String::as_str);
+            match want {
+                Ok(redacted) => {
+                    assert!(error.is_none(), "cut {cut}: {raw}");
+                    assert_eq!(sent, redacted, "cut {cut}");
+                }
+                Err(before) => {
+                    let e = error.unwrap_or_else(|| panic!("cut {cut}: not blocked: {raw}"));
+                    assert_eq!(e["error"]["code"], "policy_blocked");
+                    assert!(before.starts_with(sent), "cut {cut}: leaked {sent:?}");
+                    assert!(!raw.contains("IOSFODNN"), "cut {cut}");
+                }
+            }
+        }
+    }
+}
+
+/// Regression: only `content`, `refusal` and tool arguments were held back; reasoning (`reasoning_content`,
+/// `reasoning`), audio transcripts and any other delta field passed unfiltered. Each is held back exactly like
+/// content, split at every byte.
+#[tokio::test]
+async fn reasoning_and_every_other_delta_field_are_held_back_like_content() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let fields = [
+        "reasoning_content",
+        "reasoning",
+        "audio.transcript",
+        "x_vendor.thoughts.text",
+    ];
+    let values: [(&str, Option<&str>); 2] = [
+        ("jane.doe@example.com", Some("[EMAIL]")),
+        ("sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123", None),
+    ];
+    for field in fields {
+        let path: Vec<&str> = field.split('.').collect();
+        for (value, replacement) in values {
+            let text = format!("Let me think: {value} — fine.");
+            let start = text.find(value).expect("found");
+            for cut in (start..=start + value.len()).filter(|&c| text.is_char_boundary(c)) {
+                let raw = raw_stream(
+                    &gw,
+                    "/v1/chat/completions",
+                    &[
+                        ("x-mock-content", text.clone()),
+                        ("x-mock-delta-field", field.into()),
+                        ("x-mock-split-at", cut.to_string()),
+                    ],
+                )
+                .await;
+                let what = format!("{field}: {value} cut at {cut}");
+                assert_no_fragment(&raw, value, &what);
+                let got = delta_field(&raw, &path);
+                match replacement {
+                    Some(r) => {
+                        assert!(error_event(&raw).is_none(), "{what}: {raw}");
+                        assert_eq!(got, text.replace(value, r), "{what}");
+                    }
+                    None => {
+                        let e = error_event(&raw).unwrap_or_else(|| panic!("{what}: {raw}"));
+                        assert_eq!(e["error"]["code"], "policy_blocked", "{what}");
+                        assert!(text[..start].starts_with(&got), "{what}: {got:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Regression: Responses API deltas other than output text — reasoning summaries, and function-call arguments
+/// whose JSON escapes spell a secret — are held back per text, split at every byte.
+#[tokio::test]
+async fn responses_api_deltas_of_every_type_are_held_back() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let ev = |kind: &str, extra: Value, d: &str| {
+        let mut v =
+            serde_json::json!({"type": kind, "item_id": "it_1", "output_index": 0, "delta": d});
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let completed = serde_json::json!({"type": "response.completed", "response": {"id": "resp_1", "status": "completed"}});
+    let text = "Plan: write to jane.doe@example.com today.";
+    let start = text.find("jane").expect("found");
+    for cut in start..=start + "jane.doe@example.com".len() {
+        let kind = "response.reasoning_summary_text.delta";
+        let extra = serde_json::json!({"summary_index": 0});
+        let events = serde_json::json!([
+            ev(kind, extra.clone(), &text[..cut]),
+            ev(kind, extra.clone(), &text[cut..]),
+            completed,
+        ]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/responses",
+            &[("x-mock-events", events.to_string())],
+        )
+        .await;
+        assert_no_fragment(&raw, "jane.doe@example.com", "reasoning summary");
+        let deltas: String = json_events(&raw)
+            .iter()
+            .filter(|v| v["type"] == kind)
+            .filter_map(|v| v["delta"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(deltas, "Plan: write to [EMAIL] today.", "cut {cut}");
+        assert_eq!(
+            json_events(&raw).last().expect("events")["type"],
+            "response.completed",
+            "held text leaves before the response ends"
+        );
+    }
+    let args = r#"{"key":"\u0041KIAIOSFODNN7EXAMPLE"}"#;
+    for cut in 0..=args.len() {
+        let kind = "response.function_call_arguments.delta";
+        let events = serde_json::json!([
+            ev(kind, Value::Null, &args[..cut]),
+            ev(kind, Value::Null, &args[cut..]),
+            completed,
+        ]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/responses",
+            &[("x-mock-events", events.to_string())],
+        )
+        .await;
+        let e = error_event(&raw).unwrap_or_else(|| panic!("cut {cut}: not blocked: {raw}"));
+        assert_eq!(e["error"]["code"], "policy_blocked");
+        assert!(!raw.contains("IOSFODNN"), "cut {cut}: {raw}");
+    }
 }
