@@ -10,7 +10,8 @@
 //! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
 //! for the rules and the keys), `server` (assembly, background services, shutdown),
 //! `admin` (health, metrics, reload), `cli` (subcommands), `mock` (the mock upstream of the demo, the tests
-//! and the benchmarks).
+//! and the benchmarks), `harness` (hidden, not the product: the property checks behind the fuzz targets in
+//! `tests/fuzz/` and their corpus replay).
 
 pub mod admin;
 pub mod admission;
@@ -18,6 +19,8 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod harness;
 pub mod inspect;
 pub mod limits;
 pub mod live;

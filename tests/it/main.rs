@@ -7,6 +7,7 @@ mod support;
 mod answers;
 mod audit;
 mod forwarding;
+mod fuzz_corpus;
 mod hostile;
 mod keys_limits;
 mod lifecycle;
