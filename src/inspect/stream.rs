@@ -284,7 +284,12 @@ impl StreamFilter {
             return out.freeze();
         }
         match self.parser.finish() {
-            Ok(Some(ev)) => self.on_event(ev, &mut out),
+            // The upstream's last event lacked its blank line: it gets one, or whatever the gateway writes
+            // after it (held text, an ending) would read as part of it.
+            Ok(Some(mut ev)) => {
+                ev.raw = terminated(ev.raw, self.eol);
+                self.on_event(ev, &mut out)
+            }
             Ok(None) => {}
             Err(e) => self.fail(&e.to_string()),
         }
@@ -739,6 +744,20 @@ impl StreamFilter {
         self.texts.clear();
         self.output_envelopes.clear();
     }
+}
+
+/// `raw` ending with a blank line: the terminator an event cut short by the end of its stream lacks.
+fn terminated(raw: Bytes, eol: &str) -> Bytes {
+    if raw.ends_with(b"\n\n") || raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\r\r") {
+        return raw;
+    }
+    let mut out = BytesMut::with_capacity(raw.len() + 2 * eol.len());
+    out.extend_from_slice(&raw);
+    if !(raw.ends_with(b"\n") || raw.ends_with(b"\r")) {
+        out.extend_from_slice(eol.as_bytes());
+    }
+    out.extend_from_slice(eol.as_bytes());
+    out.freeze()
 }
 
 #[cfg(test)]
