@@ -27,7 +27,9 @@ use crate::inspect::stream::StreamFilter;
 use crate::inspect::{inspect_json, Decision, InspectOptions, OpaquePolicy};
 use crate::openai::json::{self, Node, Str};
 use crate::openai::sse::{Event, SseParser};
-use crate::rules::{self, Action, Budget, Direction, Match, Mode, PrefixCache, RuleSet, View};
+use crate::rules::{
+    self, Action, Budget, Direction, Growing, Match, Mode, PrefixCache, RuleSet, View,
+};
 
 /// The JSON nesting bound the harness inspects with (the `inspect.max_json_depth` default).
 const MAX_DEPTH: usize = 64;
@@ -194,8 +196,8 @@ fn check_stream_output(set: &RuleSet, stream: &[u8], out: &[u8]) {
 }
 
 /// Reads the output back as a client would, checking its framing: every event is one the upstream sent, byte
-/// for byte, or one whose data is JSON (what the filter and the driver write); only the upstream's own
-/// unterminated last event may end the output unterminated.
+/// for byte (its last one with the blank line it lacked), or one whose data is JSON (what the filter and the
+/// driver write); only the upstream's own unterminated last event may end the output unterminated.
 fn read_back(stream: &[u8], out: &[u8]) -> Vec<Event> {
     let mut parser = SseParser::new(usize::MAX);
     let mut events = match parser.push(out) {
@@ -213,8 +215,13 @@ fn read_back(stream: &[u8], out: &[u8]) -> Vec<Event> {
         Ok(None) => {}
         Err(e) => panic!("the output does not read back as SSE: {e}"),
     }
+    let unterminated = |b: &[u8]| b.trim_ascii_end().len();
+    let stream_end = &stream[..unterminated(stream)];
     for ev in &events {
-        let verbatim = memchr::memmem::find(stream, &ev.raw).is_some();
+        // The upstream's last event, cut short by the end of the stream, is written with the blank line it
+        // lacked.
+        let last = stream_end.ends_with(&ev.raw[..unterminated(&ev.raw)]);
+        let verbatim = last || memchr::memmem::find(stream, &ev.raw).is_some();
         let json = ev
             .data
             .as_deref()
@@ -308,8 +315,8 @@ fn reassemble(v: &Value, texts: &mut BTreeMap<String, String>) {
 // ---- json_redaction -----------------------------------------------------------------------------------------
 
 /// `json_redaction`: arbitrary bytes as a request body through [`inspect_json`] with the shipped rules. Never
-/// panics; when it rewrites, the rewritten body is valid JSON, differs from the input only inside the raw
-/// bytes of spans that enforced redact rules match, and inspecting it again finds nothing to redact or block.
+/// panics; when it rewrites, the rewritten body is valid JSON (keys still unique), differs from the input only
+/// inside strings that enforced redact rules match, and inspecting it again finds nothing to redact or block.
 pub fn json_redaction(data: &[u8]) {
     let set = shipped_rules();
     let opts = InspectOptions {
@@ -351,9 +358,9 @@ pub fn json_redaction(data: &[u8]) {
     );
 }
 
-/// The raw byte ranges of JSON document `src` that a redaction may change: in every string (keys too), the
-/// spans of enforced redact rules in its decoded text and, when the string itself parses as a JSON document,
-/// those of the strings inside it — both readings, whichever the walk takes.
+/// The raw byte ranges of JSON document `src` that a redaction may change: the contents of every string (keys
+/// too) where an enforced redact rule matches its decoded text or, when the string itself parses as a JSON
+/// document, the strings inside it — both readings, whichever the walk takes.
 fn redactable_spans(set: &RuleSet, src: &[u8], out: &mut Vec<Range<usize>>) {
     fn strings<'a>(n: &'a Node, out: &mut Vec<&'a Str>) {
         match n {
@@ -385,7 +392,12 @@ fn redactable_spans(set: &RuleSet, src: &[u8], out: &mut Vec<Range<usize>>) {
             .map(|m| m.range())
             .collect();
         redactable_spans(set, s.value.as_bytes(), &mut decoded);
-        out.extend(decoded.into_iter().map(|r| raw[r.start]..raw[r.end]));
+        // A replacement can expose a value its match hid (a word boundary it creates, a shorter match
+        // inside the taken one): the walk then redacts the string again until nothing more matches, so any
+        // byte of a string with a match may change — and no byte of any other string, nor of the structure.
+        if !decoded.is_empty() {
+            out.push(raw[0]..raw[s.value.len()]);
+        }
     }
 }
 
@@ -570,7 +582,9 @@ pub fn rule_files(data: &[u8]) {
                     "a `match` example of a compiled set matches nothing"
                 );
             }
-            let from = set.hold_from(ex, &mut PrefixCache::default());
+            let mut growing = Growing::default();
+            set.grow(&mut growing, &mut PrefixCache::default(), ex, 0);
+            let from = growing.hold_from();
             assert!(
                 from <= ex.len() && ex.is_char_boundary(from),
                 "hold_from {from} is off a character boundary of an example of {} bytes",

@@ -194,6 +194,36 @@ const OPAQUE_PART_TYPES: &[&str] = &[
 /// Strings nested in strings are parsed as JSON this deep at most.
 const MAX_NESTED_DOCUMENTS: usize = 4;
 
+/// Scans of one text after its first redaction, at most (see [`Walk::text`]).
+const MAX_REDACTION_ROUNDS: usize = 8;
+
+/// `s` with `edits` (sorted, non-overlapping byte ranges of it, on character boundaries) applied.
+fn apply(s: &str, edits: &[Edit]) -> String {
+    String::from_utf8(json::splice(s.as_bytes(), edits)).unwrap_or_default()
+}
+
+/// One edit turning `old` into `new`: the part between their common prefix and common suffix (whole
+/// characters), so the bytes around it stay as they were.
+fn difference(old: &str, new: &str) -> Edit {
+    let prefix: usize = old
+        .chars()
+        .zip(new.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    let suffix: usize = old[prefix..]
+        .chars()
+        .rev()
+        .zip(new[prefix..].chars().rev())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    (
+        prefix..old.len() - suffix,
+        new[prefix..new.len() - suffix].to_string(),
+    )
+}
+
 struct Walk<'a> {
     set: &'a RuleSet,
     opts: &'a InspectOptions,
@@ -201,6 +231,8 @@ struct Walk<'a> {
     hits: BTreeMap<usize, (u32, bool)>,
     opaque: u32,
     text_bytes: u64,
+    /// The rule of the last redaction made (its replacement stands in for a text that never settles).
+    last_redaction: usize,
 }
 
 impl Walk<'_> {
@@ -219,19 +251,94 @@ impl Walk<'_> {
                 return edits;
             }
         }
-        let matches = self.set.scan(s, self.flow);
+        let edits = self.scan(s, false);
+        if edits.is_empty() {
+            return edits;
+        }
+        // A replacement can expose a value its match hid: a word boundary it creates (`…@example.coE354 394…`
+        // becomes `[EMAIL]354 394…`, a phone number), or a shorter value inside a longer match. The redacted
+        // text is scanned again until nothing more matches; what the other side receives never holds a value
+        // a rule redacts. Each round replaces at least one match, so this ends; a text that still changes
+        // after the bound is replaced whole (fail closed).
+        let mut text = apply(s, &edits);
+        let mut rounds = 0;
+        loop {
+            let more = self.scan(&text, true);
+            if more.is_empty() {
+                break;
+            }
+            rounds += 1;
+            if rounds == MAX_REDACTION_ROUNDS {
+                text = self.set.rule(self.last_redaction).replacement.clone();
+                break;
+            }
+            text = apply(&text, &more);
+        }
+        if rounds == 0 {
+            return edits;
+        }
+        vec![difference(s, &text)]
+    }
+
+    /// One scan of `s`: counts its matches and returns the edits of enforced redactions. `again`: `s` is a text
+    /// already redacted — only what the redaction exposed counts (redactions, and blocks not seen yet).
+    fn scan(&mut self, s: &str, again: bool) -> Vec<Edit> {
         let mut edits = Vec::new();
-        for m in &matches {
+        for m in self.set.scan(s, self.flow) {
             let rule = self.set.rule(m.rule);
             let enforced = rule.mode == Mode::Enforce && !self.opts.monitor;
+            let redacts = enforced && rule.action == Action::Redact;
+            if again && !redacts && self.hits.contains_key(&m.rule) {
+                continue;
+            }
             let e = self.hits.entry(m.rule).or_insert((0, enforced));
             e.0 += 1;
-            if enforced && rule.action == Action::Redact {
+            if redacts {
                 // `scan` returns matches sorted and non-overlapping, on character boundaries.
                 edits.push((m.range(), rule.replacement.clone()));
+                self.last_redaction = m.rule;
             }
         }
         edits
+    }
+
+    /// Inspects the keys of one object: their edits of `src`, in order. Redacted keys that would come out
+    /// equal — two emails as keys of one object, both `[EMAIL]` — are told apart by a suffix (` (2)`, …): a
+    /// duplicate key is refused by strict readers and silently loses a value in the others.
+    fn keys(&mut self, entries: &[(Str, Node)], src: &[u8], nested: usize, edits: &mut Vec<Edit>) {
+        let mut changed: Vec<(usize, Vec<Edit>, String)> = Vec::new();
+        for (i, (k, _)) in entries.iter().enumerate() {
+            let e = self.text(&k.value, nested);
+            if !e.is_empty() {
+                let new = apply(&k.value, &e);
+                changed.push((i, e, new));
+            }
+        }
+        let mut taken: std::collections::HashSet<String> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !changed.iter().any(|(c, ..)| c == i))
+            .map(|(_, (k, _))| k.value.clone())
+            .collect();
+        for (i, e, new) in &mut changed {
+            let mut name = new.clone();
+            let mut n = 1;
+            while taken.contains(&name) {
+                n += 1;
+                name = format!("{new} ({n})");
+            }
+            if name != *new {
+                *e = vec![difference(&entries[*i].0.value, &name)];
+            }
+            taken.insert(name);
+        }
+        let mut changed = changed.into_iter().peekable();
+        for (i, (k, v)) in entries.iter().enumerate() {
+            if let Some((_, e, _)) = changed.next_if(|(c, ..)| *c == i) {
+                k.source_edits(src, &e, edits);
+            }
+            self.node(v, src, Some(k.value.as_str()), nested, edits);
+        }
     }
 
     /// Inspects a string token of `src`; its changes become edits of `src` that touch only the raw bytes of
@@ -273,10 +380,7 @@ impl Walk<'_> {
                 {
                     self.opaque += 1;
                 }
-                for (k, v) in entries {
-                    self.string(k, src, nested, edits);
-                    self.node(v, src, Some(k.value.as_str()), nested, edits);
-                }
+                self.keys(entries, src, nested, edits);
             }
             Node::Null | Node::Bool(_) | Node::Number { .. } => {}
         }
@@ -347,6 +451,7 @@ pub fn inspect_json(
         hits: BTreeMap::new(),
         opaque: 0,
         text_bytes: 0,
+        last_redaction: 0,
     };
     let mut edits = Vec::new();
     w.node(&doc, body, None, 0, &mut edits);
@@ -363,6 +468,7 @@ pub fn inspect_text(set: &RuleSet, body: &str, opts: &InspectOptions) -> Verdict
         hits: BTreeMap::new(),
         opaque: 0,
         text_bytes: 0,
+        last_redaction: 0,
     };
     // Plain text is never parsed as a JSON document here: `nested` at the bound.
     w.text_bytes = body.len() as u64;
@@ -422,6 +528,40 @@ mode = "monitor"
         let v = inspect_json(set, body.as_bytes(), &opts(), flow).expect("valid JSON");
         let out = v.rewritten.unwrap_or_else(|| body.as_bytes().to_vec());
         String::from_utf8(out).expect("utf-8")
+    }
+
+    fn shipped() -> RuleSet {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        load(&dir, &Budget::default()).expect("shipped rules")
+    }
+
+    #[test]
+    fn values_a_replacement_exposes_are_redacted_too() {
+        let set = shipped();
+        // The email's match takes the letter glued to the number; once it is `[EMAIL]`, the number stands
+        // alone and is a phone number.
+        let body = r#"{"messages":[{"role":"user","content":"mail jane.doe@example.coiE354 394 0044 0266 0130 00 now"}]}"#;
+        let out = forwarded(&set, body, Direction::Request);
+        assert!(
+            out.contains(r#""role":"user","content":"mail [EMAIL][PHONE]"#),
+            "{out}"
+        );
+        assert!(out.ends_with(r#" now"}]}"#), "{out}");
+        let again = inspect_json(&set, out.as_bytes(), &opts(), Direction::Request).expect("json");
+        assert_eq!(again.decision, Decision::Allow, "{out}");
+    }
+
+    #[test]
+    fn redacted_keys_of_one_object_stay_distinct() {
+        let set = shipped();
+        let body =
+            r#"{"metadata":{"jane.doe@example.com":1,"john.roe@example.com":2,"[EMAIL] (2)":3}}"#;
+        let out = forwarded(&set, body, Direction::Request);
+        assert_eq!(
+            out,
+            r#"{"metadata":{"[EMAIL]":1,"[EMAIL] (3)":2,"[EMAIL] (2)":3}}"#
+        );
+        json::parse(out.as_bytes(), 8).expect("keys unique");
     }
 
     /// `(body, what must be forwarded)`: escapes outside a matched span reach the other side as sent;
