@@ -150,6 +150,8 @@ pub struct StreamFilter {
     max_hold: usize,
     parser: SseParser,
     texts: BTreeMap<TextKey, HeldText>,
+    /// The choices the chunk being read finishes.
+    closing: Vec<u64>,
     /// The lazy-DFA scratch space every text of this stream shares.
     cache: PrefixCache,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
@@ -195,6 +197,7 @@ impl StreamFilter {
             max_hold,
             parser: SseParser::new(MAX_EVENT),
             texts: BTreeMap::new(),
+            closing: Vec::new(),
             cache: PrefixCache::default(),
             envelope: None,
             output_envelopes: BTreeMap::new(),
@@ -376,19 +379,16 @@ impl StreamFilter {
 
     /// A chat or completions chunk: every string of each choice through its hold-back.
     fn on_chunk(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
-        let finishing = self.finishing(&v);
         let mut envelope = v.clone();
         envelope["choices"] = json!([]);
         envelope.as_object_mut().map(|o| o.remove("usage"));
         self.envelope = Some(envelope);
-        // Held text of a choice that finishes now is released before this chunk.
-        if !finishing.is_empty() {
-            self.flush(&finishing, out);
-            if self.state != State::Open {
-                return;
-            }
-        }
+        // A choice that finishes now: a text this chunk continues ends in it (its held text and the chunk's
+        // piece are one text, judged whole and sent in this chunk — never split in two at the finish); a text
+        // it does not continue is released before it (below).
+        self.closing = finishing_choices(&v);
         let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+            self.closing.clear();
             return;
         };
         let mut changed = false;
@@ -411,6 +411,7 @@ impl StreamFilter {
                     )
                 });
                 if flow == Flow::Stop {
+                    self.closing.clear();
                     return;
                 }
             }
@@ -419,6 +420,14 @@ impl StreamFilter {
                     *lp = Value::Null;
                 }
                 changed = true;
+            }
+        }
+        self.closing.clear();
+        let finishing = self.finishing(&v);
+        if !finishing.is_empty() {
+            self.flush(&finishing, out);
+            if self.state != State::Open {
+                return;
             }
         }
         self.held_sum += self.held();
@@ -520,7 +529,11 @@ impl StreamFilter {
             return None;
         }
         let form = key.form();
-        let held = self.texts.entry(key).or_insert_with(|| HeldText::new(form));
+        let closing = key.choice().is_some_and(|c| self.closing.contains(&c));
+        let held = self
+            .texts
+            .entry(key.clone())
+            .or_insert_with(|| HeldText::new(form));
         let mut h = Holding {
             rules: &self.rules,
             cache: &mut self.cache,
@@ -528,7 +541,16 @@ impl StreamFilter {
             cap: self.max_hold,
         };
         let released = held.push(piece, &mut h);
-        self.settle(released)
+        if !closing {
+            return self.settle(released);
+        }
+        // The text ends with this piece: the rest of it is judged as a whole text now.
+        let rest = held.finish(&mut h);
+        self.work_done += held.work();
+        self.texts.remove(&key);
+        let mut text = self.settle(released)?;
+        text.push_str(&self.settle(rest)?);
+        Some(text)
     }
 
     /// Acts on what a text released: counts its hits, or ends the stream.
@@ -744,6 +766,17 @@ impl StreamFilter {
         self.texts.clear();
         self.output_envelopes.clear();
     }
+}
+
+/// The indexes of the choices a chunk finishes (a non-null `finish_reason`).
+fn finishing_choices(v: &Value) -> Vec<u64> {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+        .filter_map(|c| c.get("index").and_then(Value::as_u64))
+        .collect()
 }
 
 /// `raw` ending with a blank line: the terminator an event cut short by the end of its stream lacks.

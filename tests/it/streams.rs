@@ -659,3 +659,49 @@ async fn responses_api_deltas_of_every_type_are_held_back() {
         assert!(!raw.contains("IOSFODNN"), "cut {cut}: {raw}");
     }
 }
+
+#[tokio::test]
+async fn a_value_split_into_the_chunk_that_finishes_its_choice_never_leaks() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let text = "mail jane.doe@example.com ok";
+    let start = text.find("jane").expect("found");
+    for cut in start..=start + "jane.doe@example.com".len() {
+        let events = serde_json::json!([
+            {"choices": [{"index": 0, "delta": {"content": &text[..cut]}, "finish_reason": null}]},
+            {"choices": [{"index": 0, "delta": {"content": &text[cut..]}, "finish_reason": "stop"}]},
+            "[DONE]",
+        ]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[("x-mock-events", events.to_string())],
+        )
+        .await;
+        assert_no_fragment(&raw, "jane.doe@example.com", "finishing chunk");
+        let chunks = json_events(&raw);
+        let content: String = chunks
+            .iter()
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(content, "mail [EMAIL] ok", "cut {cut}");
+        // Nothing of the text comes after the chunk that finishes the choice.
+        let finish = chunks
+            .iter()
+            .position(|v| v["choices"][0]["finish_reason"] == "stop")
+            .expect("finish chunk");
+        assert!(
+            chunks[finish + 1..]
+                .iter()
+                .all(|v| v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty()),
+            "cut {cut}: {raw}"
+        );
+    }
+}
