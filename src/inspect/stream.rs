@@ -44,6 +44,8 @@ pub const MAX_EVENT: usize = 4 << 20;
 /// The most growing texts one stream may have open at once (choices × fields × tool calls): each holds a
 /// buffer, so their number is bounded; a stream that needs more cannot be inspected.
 pub const MAX_TEXTS: usize = 256;
+/// Most texts one answer may end (each remembered, so that none can start again).
+const MAX_OVER: usize = 16 * MAX_TEXTS;
 
 /// Fields of a delta that carry an identifier sent whole, not a growing text: inspected as they are.
 const WHOLE_FIELDS: &[&str] = &["role", "id", "type", "name"];
@@ -152,6 +154,9 @@ pub struct StreamFilter {
     texts: BTreeMap<TextKey, HeldText>,
     /// The choices the chunk being read finishes.
     closing: Vec<u64>,
+    /// Texts already over (released at their end): a later piece of one would start a fresh text whose
+    /// start a client joins to what was sent, so it ends the stream instead.
+    over: std::collections::BTreeSet<TextKey>,
     /// The lazy-DFA scratch space every text of this stream shares.
     cache: PrefixCache,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
@@ -198,6 +203,7 @@ impl StreamFilter {
             parser: SseParser::new(MAX_EVENT),
             texts: BTreeMap::new(),
             closing: Vec::new(),
+            over: std::collections::BTreeSet::new(),
             cache: PrefixCache::default(),
             envelope: None,
             output_envelopes: BTreeMap::new(),
@@ -524,6 +530,10 @@ impl StreamFilter {
     /// redacted), or `None` when the stream was ended (an enforced block, or a text it cannot inspect).
     fn release(&mut self, key: TextKey, piece: &str) -> Option<String> {
         self.text_bytes += piece.len() as u64;
+        if !piece.is_empty() && self.over.contains(&key) {
+            self.fail("a text went on after the event that ended it");
+            return None;
+        }
         if !self.texts.contains_key(&key) && self.texts.len() >= MAX_TEXTS {
             self.fail(&format!("more than {MAX_TEXTS} texts in one answer"));
             return None;
@@ -548,9 +558,19 @@ impl StreamFilter {
         let rest = held.finish(&mut h);
         self.work_done += held.work();
         self.texts.remove(&key);
+        self.end_text(key);
         let mut text = self.settle(released)?;
         text.push_str(&self.settle(rest)?);
         Some(text)
+    }
+
+    /// Remembers that `key`'s text is over (at most [`MAX_OVER`] of them; past that the stream ends).
+    fn end_text(&mut self, key: TextKey) {
+        if self.over.len() >= MAX_OVER {
+            self.fail(&format!("more than {MAX_OVER} texts in one answer"));
+            return;
+        }
+        self.over.insert(key);
     }
 
     /// Acts on what a text released: counts its hits, or ends the stream.
@@ -601,6 +621,7 @@ impl StreamFilter {
             let Some(mut held) = self.texts.remove(key) else {
                 continue;
             };
+            self.end_text(key.clone());
             let mut h = Holding {
                 rules: &self.rules,
                 cache: &mut self.cache,
