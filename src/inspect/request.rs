@@ -314,20 +314,29 @@ impl Walk<'_> {
                 changed.push((i, e, new));
             }
         }
+        // Linear in the keys: unchanged keys by a mark per entry, and each name's next free suffix remembered.
+        let mut redacted = vec![false; entries.len()];
+        for (i, ..) in &changed {
+            redacted[*i] = true;
+        }
         let mut taken: std::collections::HashSet<String> = entries
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !changed.iter().any(|(c, ..)| c == i))
-            .map(|(_, (k, _))| k.value.clone())
+            .zip(&redacted)
+            .filter(|(_, r)| !**r)
+            .map(|((k, _), _)| k.value.clone())
             .collect();
+        let mut next: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, e, new) in &mut changed {
             let mut name = new.clone();
-            let mut n = 1;
-            while taken.contains(&name) {
-                n += 1;
-                name = format!("{new} ({n})");
-            }
-            if name != *new {
+            if taken.contains(&name) {
+                let n = next.entry(new.clone()).or_insert(1);
+                loop {
+                    *n += 1;
+                    name = format!("{new} ({n})");
+                    if !taken.contains(&name) {
+                        break;
+                    }
+                }
                 *e = vec![difference(&entries[*i].0.value, &name)];
             }
             taken.insert(name);
