@@ -26,7 +26,7 @@ use crate::inspect::holdback::MAX_HELD;
 use crate::inspect::stream::StreamFilter;
 use crate::inspect::{inspect_json, Decision, InspectOptions, OpaquePolicy};
 use crate::openai::json::{self, Node, Str};
-use crate::openai::sse::{Event, SseParser};
+use crate::openai::sse::{ends_with_blank_line, Event, SseParser};
 use crate::rules::{
     self, Action, Budget, Direction, Growing, Match, Mode, PrefixCache, RuleSet, View,
 };
@@ -221,11 +221,10 @@ fn read_back(stream: &[u8], out: &[u8]) -> Vec<Event> {
     };
     match parser.finish() {
         Ok(Some(last)) => {
-            // A lone CR is a line end (the reader cannot tell it from the first half of a CRLF only because
-            // nothing follows it): an event ending in a line end and a CR is terminated.
-            let cr_terminated = last.raw.ends_with(b"\n\r") || last.raw.ends_with(b"\r\r");
+            // A lone CR at the very end is a line end (the reader cannot tell it from the first half of a
+            // CRLF only because nothing follows it): such an event may be terminated.
             assert!(
-                cr_terminated || stream.ends_with(&last.raw),
+                ends_with_blank_line(&last.raw) || stream.ends_with(&last.raw),
                 "the output ends in an unterminated event the upstream did not end with"
             );
             events.push(last);

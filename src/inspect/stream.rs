@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use super::holdback::{Form, HeldText, Holding, Release};
 use super::{judge, Decision, RuleHit, Side};
-use crate::openai::sse::{Event, SseParser};
+use crate::openai::sse::{ends_with_blank_line, other_lines, write_event, Event, SseParser};
 use crate::openai::Rejection;
 use crate::rules::{Action, Direction, Mode, PrefixCache, RuleSet};
 
@@ -161,8 +161,11 @@ pub struct StreamFilter {
     cache: PrefixCache,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
     envelope: Option<Value>,
-    /// Responses API: the last `*.delta` event of each text, to carry released text.
-    output_envelopes: BTreeMap<OutputKey, Value>,
+    /// Responses API: the last `*.delta` event of each text and its `event` name, to carry released text.
+    output_envelopes: BTreeMap<OutputKey, (Value, Option<String>)>,
+    /// The last event's lines other than its data, found clean: the same lines again (an `event` name on
+    /// every event of a stream) need no second scan.
+    clean_fields: String,
     eol: &'static str,
     state: State,
     /// Why the stream was ended (a block or a failure), until the driver takes it.
@@ -207,6 +210,7 @@ impl StreamFilter {
             cache: PrefixCache::default(),
             envelope: None,
             output_envelopes: BTreeMap::new(),
+            clean_fields: String::new(),
             eol: "\n",
             state: State::Open,
             ending: None,
@@ -318,6 +322,11 @@ impl StreamFilter {
             self.eol = "\r\n";
         }
         self.events += 1;
+        // Comments, names, ids and unknown fields reach the client too: inspected like data, whatever the
+        // event is (a keep-alive and `[DONE]` included).
+        if !self.fields_clean(&ev) {
+            return;
+        }
         if ev.is_keepalive() {
             out.extend_from_slice(&ev.raw);
             return;
@@ -346,7 +355,7 @@ impl StreamFilter {
             if let Some(family) = kind.strip_suffix(".delta") {
                 if v.get("delta").is_some_and(Value::is_string) {
                     let key = OutputKey::of(&v, family);
-                    self.on_output_delta(key, v, &ev.raw, out);
+                    self.on_output_delta(key, v, &ev, out);
                     return;
                 }
             }
@@ -438,7 +447,7 @@ impl StreamFilter {
         }
         self.held_sum += self.held();
         if changed {
-            out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
+            write_event(out, other_lines(raw), v.to_string().as_bytes(), self.eol);
         } else {
             out.extend_from_slice(raw);
         }
@@ -634,8 +643,9 @@ impl StreamFilter {
                 return;
             };
             if !text.is_empty() {
-                let ev = self.carrier(key, text);
-                out.extend_from_slice(format!("data: {ev}{e}{e}", e = self.eol).as_bytes());
+                let (ev, name) = self.carrier(key, text);
+                let name = name.map(|n| format!("event: {n}"));
+                write_event(out, name.as_deref(), ev.to_string().as_bytes(), self.eol);
             }
             if let TextKey::Output(o) = key {
                 self.output_envelopes.remove(o);
@@ -643,8 +653,9 @@ impl StreamFilter {
         }
     }
 
-    /// An event of our own carrying released `text` of `key`, in the shape the upstream's own events had.
-    fn carrier(&self, key: &TextKey, text: String) -> Value {
+    /// An event of our own carrying released `text` of `key`, in the shape the upstream's own events had, and
+    /// the `event` name they had.
+    fn carrier(&self, key: &TextKey, text: String) -> (Value, Option<String>) {
         match key {
             TextKey::Choice(index, path) => {
                 let mut choice = Map::new();
@@ -677,23 +688,23 @@ impl StreamFilter {
                 choice.insert("finish_reason".into(), Value::Null);
                 let mut ev = self.envelope.clone().unwrap_or_else(|| json!({}));
                 ev["choices"] = json!([choice]);
-                ev
+                (ev, None)
             }
             TextKey::Output(o) => {
-                let mut ev = self
+                let (mut ev, name) = self
                     .output_envelopes
                     .get(o)
                     .cloned()
-                    .unwrap_or_else(|| json!({"type": format!("{}.delta", o.family)}));
+                    .unwrap_or_else(|| (json!({"type": format!("{}.delta", o.family)}), None));
                 ev["delta"] = Value::String(text);
                 ev.as_object_mut().map(|m| m.remove("logprobs"));
-                ev
+                (ev, name)
             }
         }
     }
 
     /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its text.
-    fn on_output_delta(&mut self, key: OutputKey, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
+    fn on_output_delta(&mut self, key: OutputKey, mut v: Value, ev: &Event, out: &mut BytesMut) {
         let piece = v
             .get("delta")
             .and_then(Value::as_str)
@@ -702,17 +713,18 @@ impl StreamFilter {
         // The envelope is kept without its text (a delta can be large), until its text is released.
         let mut envelope = v.clone();
         envelope["delta"] = Value::String(String::new());
-        self.output_envelopes.insert(key.clone(), envelope);
+        self.output_envelopes
+            .insert(key.clone(), (envelope, ev.name.clone()));
         let Some(text) = self.release(TextKey::Output(key), &piece) else {
             return;
         };
         self.held_sum += self.held();
         if text == piece {
-            out.extend_from_slice(raw);
+            out.extend_from_slice(&ev.raw);
         } else {
             v["delta"] = Value::String(text);
             v.as_object_mut().map(|o| o.remove("logprobs"));
-            out.extend_from_slice(format!("data: {v}{e}{e}", e = self.eol).as_bytes());
+            write_event(out, ev.other_lines(), v.to_string().as_bytes(), self.eol);
         }
     }
 
@@ -734,11 +746,7 @@ impl StreamFilter {
         }
         match (verdict.blocked_by, &verdict.rewritten) {
             (Some(rule), _) => self.end_blocked(rule),
-            (None, Some(body)) => {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(body);
-                out.extend_from_slice(format!("{e}{e}", e = self.eol).as_bytes());
-            }
+            (None, Some(body)) => write_event(out, other_lines(raw), body, self.eol),
             (None, None) => out.extend_from_slice(raw),
         }
     }
@@ -746,17 +754,53 @@ impl StreamFilter {
     /// An event without text pieces we know: every match in it counts; a block (or any match that would
     /// need a rewrite we cannot do safely) ends the stream.
     fn scan_whole(&mut self, data: &str, raw: &Bytes, out: &mut BytesMut) {
-        let matches = self.rules.scan(data, Direction::Response);
+        match self.judge_whole(data).0 {
+            Some(rule) => self.end_blocked(rule),
+            None => out.extend_from_slice(raw),
+        }
+    }
+
+    /// Counts every match in `text` (passed on as it is, never rewritten); returns an enforced rule that
+    /// would change or stop it, and whether anything matched at all.
+    fn judge_whole(&mut self, text: &str) -> (Option<usize>, bool) {
+        let matches = self.rules.scan(text, Direction::Response);
+        for m in &matches {
+            *self.hits.entry(m.rule).or_default() += 1;
+        }
         let enforced = matches.iter().map(|m| m.rule).find(|&r| {
             let rule = self.rules.rule(r);
             rule.mode == Mode::Enforce && !self.monitor && rule.action != Action::Log
         });
-        for m in &matches {
-            *self.hits.entry(m.rule).or_default() += 1;
+        (enforced, !matches.is_empty())
+    }
+
+    /// Inspects an event's lines other than its data; a match that would change them ends the stream (they
+    /// are passed on verbatim or not at all).
+    fn fields_clean(&mut self, ev: &Event) -> bool {
+        let mut lines = ev.other_lines();
+        let Some(first) = lines.next() else {
+            return true;
+        };
+        let mut text = first.to_string();
+        for line in lines {
+            text.push('\n');
+            text.push_str(line);
         }
-        match enforced {
-            Some(rule) => self.end_blocked(rule),
-            None => out.extend_from_slice(raw),
+        if text == self.clean_fields {
+            return true;
+        }
+        match self.judge_whole(&text) {
+            (Some(rule), _) => {
+                self.end_blocked(rule);
+                false
+            }
+            (None, matched) => {
+                // Only lines nothing matches are skipped next time: a logged match is counted every time.
+                if !matched {
+                    self.clean_fields = text;
+                }
+                true
+            }
         }
     }
 
@@ -800,17 +844,18 @@ fn finishing_choices(v: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// `raw` ending with a blank line: the terminator an event cut short by the end of its stream lacks.
+/// `raw` ending with a blank line: the terminator an event cut short by the end of its stream lacks. Line ends
+/// are added until a reader sees one: a lone CR the event ends with and an LF added after it would read as one
+/// CRLF, not two line ends.
 fn terminated(raw: Bytes, eol: &str) -> Bytes {
-    if raw.ends_with(b"\n\n") || raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\r\r") {
+    if ends_with_blank_line(&raw) {
         return raw;
     }
-    let mut out = BytesMut::with_capacity(raw.len() + 2 * eol.len());
+    let mut out = BytesMut::with_capacity(raw.len() + 3 * eol.len());
     out.extend_from_slice(&raw);
-    if !(raw.ends_with(b"\n") || raw.ends_with(b"\r")) {
+    while !ends_with_blank_line(&out) {
         out.extend_from_slice(eol.as_bytes());
     }
-    out.extend_from_slice(eol.as_bytes());
     out.freeze()
 }
 

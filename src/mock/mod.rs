@@ -83,6 +83,9 @@ pub struct Behaviour {
     /// `x-mock-events: [{..}, "[DONE]"]` (JSON, ASCII): stream exactly these events, one `data:` event per
     /// element (a string is written as the data itself, anything else as JSON), paced like any stream.
     pub events: Option<Vec<serde_json::Value>>,
+    /// `x-mock-sse: ["event: a\ndata: 1\n\n", ..]` (JSON, ASCII): stream exactly these bytes, one write per
+    /// element, paced (framing, comments and other fields as a test writes them).
+    pub sse: Option<Vec<String>>,
     /// `x-mock-write-bytes: N`: write the stream N bytes at a time, pausing between writes, so the reader
     /// gets it in many small reads (splitting events, characters and escapes).
     pub write_bytes: Option<usize>,
@@ -210,6 +213,9 @@ impl MockState {
                 .filter(|f| !f.is_empty()),
             events: req
                 .header("x-mock-events")
+                .and_then(|v| serde_json::from_str(v).ok()),
+            sse: req
+                .header("x-mock-sse")
                 .and_then(|v| serde_json::from_str(v).ok()),
             write_bytes: num("x-mock-write-bytes").map(|n| n.max(1) as usize),
             embedding_dims: num("x-mock-embedding-dims").map(|n| n.min(1 << 22) as usize),

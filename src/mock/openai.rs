@@ -63,6 +63,10 @@ pub async fn answer(
     if let (Some(events), true) = (&b.events, peek.stream || req.method == "GET") {
         return stream_events(events, b, out).await;
     }
+    if let (Some(writes), true) = (&b.sse, peek.stream || req.method == "GET") {
+        let events: Vec<Value> = writes.iter().map(|w| Value::String(w.clone())).collect();
+        return stream_events(&events, b, out).await;
+    }
     let text = answer_text(req, b);
     match (req.method.as_str(), req.path.trim_end_matches('/')) {
         ("POST", "/v1/chat/completions") if peek.stream => {
@@ -280,11 +284,13 @@ async fn stream_events(
         if b.reset_after == Some(i) {
             return Ok(false);
         }
-        let data = match e {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+        let bytes = match e {
+            // `x-mock-sse`: written as it is.
+            Value::String(s) if b.sse.is_some() => s.clone(),
+            Value::String(s) => format!("data: {s}\n\n"),
+            other => format!("data: {other}\n\n"),
         };
-        out.sse_raw(format!("data: {data}\n\n").as_bytes()).await?;
+        out.sse_raw(bytes.as_bytes()).await?;
     }
     out.sse_end().await?;
     Ok(true)

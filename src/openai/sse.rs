@@ -126,6 +126,77 @@ impl SseParser {
     }
 }
 
+impl Event {
+    /// The event's lines other than its `data` fields (comments, `event`, `id`, `retry`, unknown fields), in
+    /// order, without their line ends.
+    pub fn other_lines(&self) -> impl Iterator<Item = &str> + '_ {
+        other_lines(&self.raw)
+    }
+}
+
+/// The lines of an event's bytes other than its `data` fields, split as [`SseParser`] splits them.
+pub fn other_lines(raw: &[u8]) -> impl Iterator<Item = &str> + '_ {
+    std::str::from_utf8(raw)
+        .unwrap_or_default()
+        .split(['\n', '\r'])
+        .filter(|l| !l.is_empty() && !is_data_line(l))
+}
+
+/// Whether a line is a `data` field (`data`, or `data:` and its value).
+fn is_data_line(line: &str) -> bool {
+    line.strip_prefix("data")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+}
+
+/// Writes one event: `lines` as they are, then `data` as `data:` lines (one per line of it: a multi-line value
+/// stays one field, never a line a reader takes for another field), then the blank line; every line ended by
+/// `eol`.
+pub fn write_event<'a>(
+    out: &mut BytesMut,
+    lines: impl IntoIterator<Item = &'a str>,
+    data: &[u8],
+    eol: &str,
+) {
+    for line in lines {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(eol.as_bytes());
+    }
+    let mut rest = data;
+    loop {
+        let (line, next) = match memchr::memchr2(b'\n', b'\r', rest) {
+            Some(i) => {
+                let len = if rest[i..].starts_with(b"\r\n") { 2 } else { 1 };
+                (&rest[..i], Some(&rest[i + len..]))
+            }
+            None => (rest, None),
+        };
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.extend_from_slice(eol.as_bytes());
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
+    out.extend_from_slice(eol.as_bytes());
+}
+
+/// Whether an event's bytes (from its start), read at the end of a stream, end with a blank line: a complete
+/// event. A lone CR at the end counts as a line end (nothing follows it to make it half of a CRLF).
+pub fn ends_with_blank_line(raw: &[u8]) -> bool {
+    let Some(rest) = strip_line_end(raw) else {
+        return false;
+    };
+    rest.is_empty() || rest.ends_with(b"\n") || rest.ends_with(b"\r")
+}
+
+/// `b` without the line end it ends with, if it ends with one (CRLF, LF or CR).
+fn strip_line_end(b: &[u8]) -> Option<&[u8]> {
+    b.strip_suffix(b"\r\n")
+        .or_else(|| b.strip_suffix(b"\n"))
+        .or_else(|| b.strip_suffix(b"\r"))
+}
+
 /// The start of the line containing `i` (resuming a scan must restart at a line start).
 fn line_start_before(b: &[u8], i: usize) -> usize {
     b[..i.min(b.len())]
@@ -217,6 +288,47 @@ mod tests {
         let events = all_events(&[b"data: one\n\ndata: two"]);
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].data.as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn a_written_event_reads_back_with_its_fields_and_data() {
+        let mut out = BytesMut::new();
+        write_event(
+            &mut out,
+            ["event: response.output_text.delta", "id: 7"],
+            b"{\n\"a\":\r\n 1\r}",
+            "\r\n",
+        );
+        let events = all_events(&[&out]);
+        assert_eq!(events.len(), 1, "{out:?}");
+        assert_eq!(
+            events[0].name.as_deref(),
+            Some("response.output_text.delta")
+        );
+        assert_eq!(events[0].data.as_deref(), Some("{\n\"a\":\n 1\n}"));
+        let others: Vec<&str> = events[0].other_lines().collect();
+        assert_eq!(others, ["event: response.output_text.delta", "id: 7"]);
+        let ev = &all_events(&[b": hi\ndata\ndatum: x\ndata: y\n\n"])[0];
+        assert_eq!(ev.other_lines().collect::<Vec<_>>(), [": hi", "datum: x"]);
+    }
+
+    #[test]
+    fn a_blank_line_at_the_end_is_read_as_a_reader_reads_it() {
+        for done in [
+            "x\n\n",
+            "x\r\n\r\n",
+            "x\r\r",
+            "x\n\r",
+            "x\r\n\n",
+            "x\r\n\r",
+            "\n",
+            "\r",
+        ] {
+            assert!(ends_with_blank_line(done.as_bytes()), "{done:?}");
+        }
+        for open in ["", "x", "x\n", "x\r", "x\r\n", "x\n\rx"] {
+            assert!(!ends_with_blank_line(open.as_bytes()), "{open:?}");
+        }
     }
 
     #[test]

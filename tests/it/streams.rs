@@ -705,3 +705,167 @@ async fn a_value_split_into_the_chunk_that_finishes_its_choice_never_leaks() {
         );
     }
 }
+
+/// One event as a client reads it: its `event` name, its data (`data` lines joined), its other lines.
+#[derive(Debug, Default)]
+struct ReadEvent {
+    name: Option<String>,
+    data: Option<String>,
+    others: Vec<String>,
+}
+
+/// Reads a stream as an SSE client does (LF, CRLF or lone CR line ends; a blank line ends an event).
+fn read_events(raw: &str) -> Vec<ReadEvent> {
+    let mut events = Vec::new();
+    let mut ev = ReadEvent::default();
+    let mut pending = false;
+    for line in raw.replace("\r\n", "\n").replace('\r', "\n").split('\n') {
+        if line.is_empty() {
+            if pending {
+                events.push(std::mem::take(&mut ev));
+                pending = false;
+            }
+            continue;
+        }
+        pending = true;
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "data" => match &mut ev.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => ev.data = Some(value.to_string()),
+            },
+            "event" => ev.name = Some(value.to_string()),
+            _ => ev.others.push(line.to_string()),
+        }
+    }
+    if pending {
+        events.push(ev);
+    }
+    events
+}
+
+/// A value outside an event's data — in a comment, its name, its id, an unknown field, around `[DONE]` or
+/// non-JSON data — was passed on uninspected; and a rewritten event lost its `event` name (or a multi-line
+/// data became lines a client reads as other fields).
+#[tokio::test]
+async fn every_line_of_an_event_is_inspected_and_kept_when_its_data_is_rewritten() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let secret = "AKIAIOSFODNN7EXAMPLE";
+    let clean = r#"data: {"choices":[{"index":0,"delta":{"content":"hello "},"finish_reason":null}]}
+
+"#;
+    for carrier in [
+        format!(": note {secret}\n\n"),
+        format!("event: {secret}\ndata: {{\"choices\":[]}}\n\n"),
+        format!("id: {secret}\ndata: {{\"choices\":[]}}\n\n"),
+        format!("x-trace: {secret}\r\ndata: {{\"type\":\"response.created\"}}\r\n\r\n"),
+        format!(": {secret}\ndata: [DONE]\n\n"),
+        format!("event: note {secret}\ndata: not json\n\n"),
+        format!("retry: 1\r{secret}\r\r"),
+    ] {
+        let sse = serde_json::json!([clean, carrier, "data: [DONE]\n\n"]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[("x-mock-sse", sse.to_string())],
+        )
+        .await;
+        assert_no_fragment(&raw, secret, &format!("carrier {carrier:?}"));
+        let e = error_event(&raw).unwrap_or_else(|| panic!("{carrier:?}: not blocked: {raw}"));
+        assert_eq!(e["error"]["code"], "policy_blocked", "{carrier:?}");
+    }
+
+    // A Responses stream keeps every event's name when its data is redacted, and on the events that carry
+    // held text; a multi-line data is rewritten as one field.
+    let delta = |d: &str| {
+        format!(
+            "event: response.output_text.delta\ndata: {}\n\n",
+            serde_json::json!({"type": "response.output_text.delta", "item_id": "it_1", "output_index": 0, "content_index": 0, "delta": d})
+        )
+    };
+    let done = "event: response.completed\ndata: {\"type\": \"response.completed\",\ndata:  \"response\": {\"id\": \"r\", \"note\": \"from bob@example.org\"}}\n\n";
+    let sse = serde_json::json!([
+        delta("write to jane.doe@exa"),
+        delta("mple.com and to "),
+        delta("joe@example.net"),
+        done
+    ]);
+    let raw = raw_stream(&gw, "/v1/responses", &[("x-mock-sse", sse.to_string())]).await;
+    let events = read_events(&raw);
+    let mut text = String::new();
+    for ev in &events {
+        let data = ev
+            .data
+            .as_deref()
+            .unwrap_or_else(|| panic!("an event without data: {raw}"));
+        let v: Value =
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data:?} in {raw}"));
+        assert_eq!(
+            ev.name.as_deref(),
+            v["type"].as_str(),
+            "an event lost its name: {raw}"
+        );
+        assert!(ev.others.is_empty(), "stray lines {:?}: {raw}", ev.others);
+        if let Some(d) = v["delta"].as_str() {
+            text.push_str(d);
+        }
+        if v["type"] == "response.completed" {
+            assert_eq!(v["response"]["note"], "from [EMAIL]", "{raw}");
+        }
+    }
+    assert_eq!(text, "write to [EMAIL] and to [EMAIL]", "{raw}");
+    assert_eq!(
+        events.last().and_then(|e| e.name.as_deref()),
+        Some("response.completed")
+    );
+}
+
+/// The upstream's last event ended in a lone CR with no blank line: the line end the gateway added read as
+/// the second half of a CRLF, so the held text it released next joined that event (and took its name).
+#[tokio::test]
+async fn an_upstream_event_cut_short_after_a_lone_cr_stays_apart_from_what_follows() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let chunk = |c: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]})
+        )
+    };
+    for eol in ["\n", "\r\n"] {
+        let sse = serde_json::json!([
+            chunk("mail jane.doe@exa").replace('\n', eol),
+            chunk("mple.com").replace('\n', eol),
+            "event: ping\r"
+        ]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[("x-mock-sse", sse.to_string())],
+        )
+        .await;
+        let events = read_events(&raw);
+        let mut content = String::new();
+        for ev in &events {
+            let Some(data) = &ev.data else { continue };
+            assert_eq!(
+                ev.name, None,
+                "data joined the upstream's `ping` event: {raw:?}"
+            );
+            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {raw:?}"));
+            content.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!(content, "mail [EMAIL]", "{raw:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.name.as_deref() == Some("ping") && e.data.is_none()),
+            "{raw:?}"
+        );
+    }
+}
