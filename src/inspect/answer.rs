@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 
+use super::request::MAX_REDACTION_ROUNDS;
 use super::{
     decode_body, inspect_json, judge as judge_hits, ContentEncoding, Decision, InspectOptions,
     OpaquePolicy, RuleHit, Verdict,
@@ -166,12 +167,35 @@ pub fn judge(
 
 /// The verdict on an answer that is text but not JSON: every match counts, enforced redactions rewrite it.
 fn judge_text(rules: &RuleSet, text: &str, monitor: bool) -> Verdict {
-    let matches = rules.scan(text, Direction::Response);
-    let mut counts: std::collections::BTreeMap<usize, u32> = std::collections::BTreeMap::new();
-    for m in &matches {
-        *counts.entry(m.rule).or_default() += 1;
-    }
     let enforced = |rule: usize| rules.rule(rule).mode == Mode::Enforce && !monitor;
+    let redacts = |rule: usize| enforced(rule) && rules.rule(rule).action == Action::Redact;
+    let mut counts: std::collections::BTreeMap<usize, u32> = std::collections::BTreeMap::new();
+    // Redacted until nothing more matches, as a request's text is (`inspect::request`): a replacement can
+    // expose a value its match hid. A text that still changes after the bound is replaced whole.
+    let mut redacted: Option<String> = None;
+    let mut matches = rules.scan(text, Direction::Response);
+    for round in 0..=MAX_REDACTION_ROUNDS {
+        for m in &matches {
+            if round == 0 || redacts(m.rule) {
+                *counts.entry(m.rule).or_default() += 1;
+            }
+        }
+        let spans: Vec<_> = matches
+            .iter()
+            .filter(|m| redacts(m.rule))
+            .map(|m| (m.range(), rules.rule(m.rule).replacement.as_str()))
+            .collect();
+        let Some(&(_, last)) = spans.last() else {
+            break;
+        };
+        if round == MAX_REDACTION_ROUNDS {
+            redacted = Some(last.to_string());
+            break;
+        }
+        let next = redact(redacted.as_deref().unwrap_or(text), spans.into_iter());
+        matches = rules.scan(&next, Direction::Response);
+        redacted = Some(next);
+    }
     let hits: Vec<RuleHit> = counts
         .into_iter()
         .map(|(rule, count)| RuleHit {
@@ -181,14 +205,9 @@ fn judge_text(rules: &RuleSet, text: &str, monitor: bool) -> Verdict {
         })
         .collect();
     let judged = judge_hits(rules, &hits);
-    let rewritten = (judged.decision == Decision::Redact).then(|| {
-        let spans = matches.iter().filter_map(|m| {
-            let r = rules.rule(m.rule);
-            (enforced(m.rule) && r.action == Action::Redact)
-                .then(|| (m.range(), r.replacement.as_str()))
-        });
-        redact(text, spans).into_bytes()
-    });
+    let rewritten = (judged.decision == Decision::Redact)
+        .then(|| redacted.map(String::into_bytes))
+        .flatten();
     Verdict {
         decision: judged.decision,
         would_be: judged.would_be,
@@ -245,6 +264,25 @@ mod tests {
             upgrades: crate::config::Upgrades::Deny,
             body_timeout: std::time::Duration::from_secs(30),
         }
+    }
+
+    #[test]
+    fn a_text_answer_is_redacted_until_nothing_more_matches() {
+        // Regression: a text answer was redacted once, so a value a replacement exposed (a phone number that
+        // stood glued to the email match's last letters) went to the client.
+        let rules = crate::harness::shipped_rules();
+        let opts = cfg(true, UnknownRoutes::Inspect).options;
+        let text = b"mail jane.doe@example.coiE354 394 0044 please".to_vec();
+        let (released, verdict) = judge(&rules, text, None, &opts, 1 << 20);
+        let body = released.expect("released").body;
+        assert_eq!(&body[..], b"mail [EMAIL][PHONE] please");
+        let verdict = verdict.expect("verdict");
+        let ids: Vec<&str> = verdict
+            .hits
+            .iter()
+            .map(|h| rules.rule(h.rule).id.as_str())
+            .collect();
+        assert!(ids.contains(&"pii.phone"), "{ids:?}");
     }
 
     #[test]

@@ -43,8 +43,13 @@ pub const WORK_ALLOWANCE: u64 = 1 << 20;
 /// What a piece of text turned into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Release {
-    /// Text to send now (possibly empty, possibly redacted), and the rules whose matches it settled.
-    Text { text: String, rules: Vec<usize> },
+    /// Text to send now (possibly empty, possibly redacted), the rules whose matches it settled, and a rule
+    /// whose redaction it applied, if any.
+    Text {
+        text: String,
+        rules: Vec<usize>,
+        redacted: Option<usize>,
+    },
     /// An enforced block rule matched: nothing more of this stream may leave.
     Block { rule: usize },
     /// Inspecting this text went over its work budget: it cannot be inspected, nothing more may leave.
@@ -70,11 +75,158 @@ pub struct Holding<'a> {
     pub cap: usize,
 }
 
-/// One growing text: what has not left yet, and where a match could still start.
+/// Rounds of inspection one streamed text gets at most: the text, then what its redactions made of it, and so
+/// on. A replacement can expose a value its match hid (a word boundary it creates: `…@example.coE354 394 0044`
+/// becomes `[EMAIL]354 394 0044`, a phone number), so what leaves is inspected again, as `inspect::request`
+/// rescans a redacted text until nothing more matches. A redaction in the last round ends the stream.
+const MAX_ROUNDS: usize = 4;
+
+/// Rounds of a JSON text, all from its start (see [`HeldText`]): a redaction in the last ends the stream.
+const JSON_ROUNDS: usize = 3;
+
+/// One growing text through its rounds of inspection: the first round holds the text as it arrives; a round
+/// holds what the round before it released, and is started by that round's first redaction (until then
+/// what leaves is the text itself, already inspected), looking behind at the last character sent. A JSON text
+/// (tool-call arguments, short) cannot be picked up in the middle (its decoding depends on all of it): its
+/// rounds all run from its start.
+#[derive(Debug)]
+pub struct HeldText {
+    form: Form,
+    rounds: Vec<Round>,
+    /// Bytes released by the last round so far, and the last character of them.
+    sent: usize,
+    last_sent: Option<char>,
+}
+
+impl HeldText {
+    /// An empty text written in `form`.
+    pub fn new(form: Form) -> Self {
+        let eager = if form == Form::Json { JSON_ROUNDS } else { 1 };
+        let rounds = (0..eager).map(|_| Round::new(form)).collect();
+        Self {
+            form,
+            rounds,
+            sent: 0,
+            last_sent: None,
+        }
+    }
+
+    /// Bytes received but not sent yet (raw bytes for a JSON text).
+    pub fn held(&self) -> usize {
+        self.rounds.iter().map(Round::held).sum()
+    }
+
+    /// Inspection work done so far (automaton steps, bytes of views built and scanned, bytes decoded).
+    pub fn work(&self) -> u64 {
+        self.rounds.iter().map(Round::work).sum()
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.rounds[0].received
+    }
+
+    /// Adds a piece and returns what can be released; at most `cap` decoded bytes stay held in each round.
+    pub fn push(&mut self, piece: &str, h: &mut Holding<'_>) -> Release {
+        let released = self.rounds[0].push(piece, h);
+        self.onward(released, h, false)
+    }
+
+    /// The text has ended: everything held is final; inspect it once more and release it.
+    pub fn finish(&mut self, h: &mut Holding<'_>) -> Release {
+        let released = self.rounds[0].finish(h);
+        self.onward(released, h, true)
+    }
+
+    /// A text that arrived whole (an identifier): inspected once, released redacted, or blocking.
+    pub fn whole(text: &str, h: &mut Holding<'_>) -> Release {
+        let mut held = HeldText::new(Form::Plain);
+        held.rounds[0].received = text.len() as u64;
+        held.rounds[0].text.push_str(text);
+        held.finish(h)
+    }
+
+    /// Passes what the first round released through the rounds after it (`finishing`: each then finishes).
+    fn onward(&mut self, mut released: Release, h: &mut Holding<'_>, finishing: bool) -> Release {
+        let mut rules = Vec::new();
+        let mut redacted_any = None;
+        let mut next = 1;
+        loop {
+            let Release::Text {
+                text,
+                rules: settled,
+                redacted,
+            } = released
+            else {
+                return released;
+            };
+            // A later round sees the values of the first again (a logged one, say): only what a redaction
+            // exposed is new.
+            rules.extend(
+                settled
+                    .into_iter()
+                    .filter(|&r| next == 1 || h.rules.rule(r).action == Action::Redact),
+            );
+            redacted_any = redacted_any.or(redacted);
+            if next == self.rounds.len() {
+                let Some(rule) = redacted else {
+                    self.sent += text.len();
+                    if let Some(c) = text.chars().next_back() {
+                        self.last_sent = Some(c);
+                    }
+                    return Release::Text {
+                        text,
+                        rules,
+                        redacted: redacted_any,
+                    };
+                };
+                if next == MAX_ROUNDS || self.form == Form::Json {
+                    return Release::Block { rule };
+                }
+                self.rounds.push(Round::after(self.sent, self.last_sent));
+            }
+            let round = &mut self.rounds[next];
+            released = round.push(&text, h);
+            if finishing {
+                released = joined(released, round.finish(h));
+            }
+            next += 1;
+        }
+    }
+}
+
+/// Two releases of one round, one after the other.
+fn joined(a: Release, b: Release) -> Release {
+    match (a, b) {
+        (
+            Release::Text {
+                mut text,
+                mut rules,
+                redacted,
+            },
+            Release::Text {
+                text: more,
+                rules: more_rules,
+                redacted: more_redacted,
+            },
+        ) => {
+            text.push_str(&more);
+            rules.extend(more_rules);
+            Release::Text {
+                text,
+                rules,
+                redacted: redacted.or(more_redacted),
+            }
+        }
+        (Release::Text { .. }, other) | (other, _) => other,
+    }
+}
+
+/// One round of inspection of a growing text: what has not left yet, and where a match could still start.
 ///
 /// Offsets are absolute, in the decoded text (what the rules see), from its first byte.
 #[derive(Debug, Default)]
-pub struct HeldText {
+struct Round {
     form: Form,
     /// The decoded text from `origin`. The part before `released` has left and is dropped from time to time.
     text: String,
@@ -98,31 +250,34 @@ pub struct HeldText {
     received: u64,
 }
 
-impl HeldText {
-    /// An empty text written in `form`.
-    pub fn new(form: Form) -> Self {
+impl Round {
+    fn new(form: Form) -> Self {
         Self {
             form,
             ..Self::default()
         }
     }
 
-    /// Bytes received but not sent yet (raw bytes for a JSON text).
-    pub fn held(&self) -> usize {
+    /// A plain-text round fed from `at` on, the text before it (already sent) ending in `behind`.
+    fn after(at: usize, behind: Option<char>) -> Self {
+        Self {
+            origin: at,
+            released: at,
+            behind: behind.map(|c| (at - c.len_utf8(), c)),
+            growing: Growing::at(at),
+            ..Self::default()
+        }
+    }
+
+    fn held(&self) -> usize {
         match self.form {
             Form::Plain => self.now() - self.released,
             Form::Json => self.raw_origin + self.raw.len() - self.raw_pos(self.released).0,
         }
     }
 
-    /// Inspection work done so far (automaton steps, bytes of views built and scanned, bytes decoded).
-    pub fn work(&self) -> u64 {
+    fn work(&self) -> u64 {
         self.work + self.growing.steps()
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.received
     }
 
     /// The end of the decoded text.
@@ -131,7 +286,7 @@ impl HeldText {
     }
 
     /// Adds a piece and returns what can be released; at most `cap` decoded bytes stay held.
-    pub fn push(&mut self, piece: &str, h: &mut Holding<'_>) -> Release {
+    fn push(&mut self, piece: &str, h: &mut Holding<'_>) -> Release {
         self.received += piece.len() as u64;
         match self.form {
             Form::Plain => self.text.push_str(piece),
@@ -159,7 +314,7 @@ impl HeldText {
     }
 
     /// The text has ended: everything held is final; inspect it once more and release it.
-    pub fn finish(&mut self, h: &mut Holding<'_>) -> Release {
+    fn finish(&mut self, h: &mut Holding<'_>) -> Release {
         if self.form == Form::Json {
             self.unescape
                 .feed("", true, self.raw_origin, &mut self.text, &mut self.raw_at);
@@ -174,14 +329,6 @@ impl HeldText {
             return Release::OverBudget;
         }
         release
-    }
-
-    /// A text that arrived whole (an identifier): inspected once, released redacted, or blocking.
-    pub fn whole(text: &str, h: &mut Holding<'_>) -> Release {
-        let mut held = HeldText::new(Form::Plain);
-        held.received = text.len() as u64;
-        held.text.push_str(text);
-        held.finish(h)
     }
 
     fn over_budget(&self) -> bool {
@@ -222,6 +369,7 @@ impl HeldText {
             return Release::Text {
                 text: String::new(),
                 rules: Vec::new(),
+                redacted: None,
             };
         }
         let settled: Vec<Match> = matches.into_iter().filter(|m| m.end <= cut).collect();
@@ -275,11 +423,15 @@ impl HeldText {
 
     /// Sends `[released, cut)` with the redactions of `settled` (sorted, disjoint, inside it).
     fn release(&mut self, h: &Holding<'_>, settled: &[Match], cut: usize) -> Release {
-        let redactions = settled.iter().filter_map(|m| {
+        let redacts = |m: &&Match| {
             let r = h.rules.rule(m.rule);
-            (r.action == Action::Redact && r.mode == Mode::Enforce && !h.monitor)
-                .then(|| (m.range(), r.replacement.as_str()))
-        });
+            r.action == Action::Redact && r.mode == Mode::Enforce && !h.monitor
+        };
+        let redacted = settled.iter().find(redacts).map(|m| m.rule);
+        let redactions = settled
+            .iter()
+            .filter(redacts)
+            .map(|m| (m.range(), h.rules.rule(m.rule).replacement.as_str()));
         let text = match self.form {
             Form::Plain => {
                 let base = self.released;
@@ -293,6 +445,7 @@ impl HeldText {
         Release::Text {
             text,
             rules: settled.iter().map(|m| m.rule).collect(),
+            redacted,
         }
     }
 
@@ -753,6 +906,54 @@ mod tests {
         let zw = "\u{200B}".repeat(5000);
         let (_, end) = run(&set, &["café", &zw, "Project Bluebird"]);
         assert_eq!(end, None);
+    }
+
+    /// What a request's text becomes, redacted until nothing more matches (`inspect::request`).
+    fn settled(set: &RuleSet, text: &str) -> String {
+        let body = serde_json::json!({ "t": text }).to_string();
+        let opts = crate::inspect::InspectOptions {
+            max_depth: 64,
+            opaque: crate::inspect::OpaquePolicy::Pass,
+            monitor: false,
+        };
+        let v = crate::inspect::inspect_json(set, body.as_bytes(), &opts, Direction::Response)
+            .expect("json");
+        let out: Value = serde_json::from_slice(v.rewritten.as_deref().unwrap_or(body.as_bytes()))
+            .expect("rewritten json");
+        out["t"].as_str().expect("t").to_string()
+    }
+
+    #[test]
+    fn what_a_redaction_exposes_is_redacted_too_split_anywhere() {
+        // Regression: a streamed text was redacted once. The email match ends in letters glued to a number,
+        // so no phone number stood there; once the email was `[EMAIL]` the number followed `]` and left as
+        // it was. What leaves is now inspected again, as a request's text is.
+        let set = pack();
+        let text = "mail jane.doe@example.coiE354 394 0044 0266 0130 00 please";
+        let want = settled(&set, text);
+        assert!(!want.contains("394 0044"), "{want}");
+        let (out, end) = run(&set, &[text]);
+        assert_eq!((out.concat(), end), (want.clone(), None));
+        for cut in 0..=text.len() {
+            let (out, end) = run(&set, &[&text[..cut], &text[cut..]]);
+            assert_eq!((out.concat(), end), (want.clone(), None), "cut {cut}");
+        }
+        let pieces: Vec<&str> = (0..text.len()).map(|i| &text[i..i + 1]).collect();
+        let (out, end) = run(&set, &pieces);
+        assert_eq!((out.concat(), end), (want, None), "byte by byte");
+        // Tool-call arguments (JSON text) too.
+        let args = serde_json::json!({ "to": text }).to_string();
+        for cut in 0..=args.len() {
+            let (out, end, _) = run_as(&set, Form::Json, &[&args[..cut], &args[cut..]], MAX_HELD);
+            let out = out.concat();
+            match end {
+                None => {
+                    let v: Value = serde_json::from_str(&out).expect("valid JSON");
+                    assert_eq!(v["to"], settled(&set, text), "cut {cut}");
+                }
+                Some(rule) => panic!("cut {cut}: ended by {rule}: {out}"),
+            }
+        }
     }
 
     /// A seeded xorshift: random texts without a dependency.

@@ -195,7 +195,7 @@ const OPAQUE_PART_TYPES: &[&str] = &[
 const MAX_NESTED_DOCUMENTS: usize = 4;
 
 /// Scans of one text after its first redaction, at most (see [`Walk::text`]).
-const MAX_REDACTION_ROUNDS: usize = 8;
+pub(crate) const MAX_REDACTION_ROUNDS: usize = 8;
 
 /// `s` with `edits` (sorted, non-overlapping byte ranges of it, on character boundaries) applied.
 fn apply(s: &str, edits: &[Edit]) -> String {

@@ -593,7 +593,7 @@ impl StreamFilter {
                 self.fail("an answer's text went over its inspection budget");
                 None
             }
-            Release::Text { text, rules } => {
+            Release::Text { text, rules, .. } => {
                 for r in rules {
                     *self.hits.entry(r).or_default() += 1;
                 }

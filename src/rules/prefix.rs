@@ -113,6 +113,14 @@ pub struct Growing {
 }
 
 impl Growing {
+    /// A text fed from `offset` on (what came before it is context of another round, never fed).
+    pub fn at(offset: usize) -> Self {
+        Self {
+            now: offset,
+            ..Self::default()
+        }
+    }
+
     /// Feeds what arrived since the last call: `buffer` is the text from `buffer_start` (a character boundary
     /// at or before one character ahead of [`Self::hold_from`]) to the new end; the part past the previous end
     /// is new. The text before the new part is needed only to walk again after a cache clear.

@@ -869,3 +869,40 @@ async fn an_upstream_event_cut_short_after_a_lone_cr_stays_apart_from_what_follo
         );
     }
 }
+
+/// A streamed answer was redacted once: a replacement that exposed a value (an email match ending in letters
+/// glued to a number; once it was `[EMAIL]` the number stood alone, a phone number) let that value through,
+/// where the same answer unstreamed was redacted until nothing more matched.
+#[tokio::test]
+async fn what_a_redaction_exposes_in_a_stream_is_redacted_as_in_a_whole_answer() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let text = "mail jane.doe@example.coiE354 394 0044 0266 0130 00 please";
+    let whole: Value = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-content", text)
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let want = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    assert!(!want.contains("394 0044"), "{want}");
+    for cut in (0..=text.len()).step_by(3) {
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[
+                ("x-mock-content", text.to_string()),
+                ("x-mock-split-at", cut.to_string()),
+            ],
+        )
+        .await;
+        assert_eq!(delta_field(&raw, &["content"]), want, "cut {cut}: {raw}");
+    }
+}
