@@ -6,6 +6,7 @@ mod support;
 
 mod answers;
 mod audit;
+mod fleet;
 mod forwarding;
 mod fuzz_corpus;
 mod hostile;

@@ -422,3 +422,277 @@ pub async fn wait_file_events(dir: &Path, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A private `redis-server` for one test: its own free port, no persistence, killed on drop (never the
+/// system's). `$REDIS_SERVER` names another binary (e.g. `valkey-server`). A missing binary fails the test:
+/// `.ci/setup` installs it.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// One RESP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// The reply as text (simple or bulk string), if it is one.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Resp::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn items(&self) -> &[Resp] {
+        match self {
+            Resp::Array(Some(v)) => v,
+            _ => &[],
+        }
+    }
+}
+
+/// Parses one reply from the front of `buf`: the reply and the bytes it took, or `None` if incomplete.
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..end]).expect("RESP line is UTF-8");
+    let after = end + 2;
+    match *buf.first()? {
+        b'+' => Some((Resp::Simple(line.to_string()), after)),
+        b'-' => Some((Resp::Error(line.to_string()), after)),
+        b':' => Some((Resp::Int(line.parse().expect("RESP integer")), after)),
+        b'$' => {
+            let n: i64 = line.parse().expect("RESP length");
+            if n < 0 {
+                return Some((Resp::Bulk(None), after));
+            }
+            let n = n as usize;
+            if buf.len() < after + n + 2 {
+                return None;
+            }
+            Some((
+                Resp::Bulk(Some(buf[after..after + n].to_vec())),
+                after + n + 2,
+            ))
+        }
+        b'*' => {
+            let n: i64 = line.parse().expect("RESP length");
+            if n < 0 {
+                return Some((Resp::Array(None), after));
+            }
+            let mut at = after;
+            let mut items = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let (item, used) = parse_resp(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        other => panic!("unexpected RESP type byte {other:?}"),
+    }
+}
+
+/// One command in RESP form.
+fn encode_resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Sends one command on `stream` and reads its reply.
+pub async fn resp_roundtrip(
+    stream: &mut tokio::net::TcpStream,
+    args: &[&str],
+) -> std::io::Result<Resp> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&encode_resp(args)).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some((reply, _)) = parse_resp(&buf) {
+            return Ok(reply);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl Redis {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .expect("redis log");
+        let child = Command::new(&bin)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP` stands in for a stalled server; Redis 7 refuses DEBUG unless enabled.
+            .args(["--enable-debug-command", "local"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin:?} ({e}): install redis-server (.ci/setup does)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self.cmd(&["PING"]).await {
+                if r == Resp::Simple("PONG".into()) {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "redis-server exited during start ({status}): {}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server not ready: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: nothing was persisted).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// One command on a fresh connection.
+    pub async fn cmd(&self, args: &[&str]) -> std::io::Result<Resp> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        resp_roundtrip(&mut s, args).await
+    }
+
+    /// One command that must succeed.
+    pub async fn must(&self, args: &[&str]) -> Resp {
+        let r = self.cmd(args).await.expect("redis command");
+        if let Resp::Error(e) = &r {
+            panic!("redis {args:?}: {e}");
+        }
+        r
+    }
+
+    /// Every key matching `pattern` (SCAN, optionally of one TYPE), sorted.
+    pub async fn keys(&self, pattern: &str, of_type: Option<&str>) -> Vec<String> {
+        let mut cursor = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let mut args = vec!["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"];
+            if let Some(t) = of_type {
+                args.extend(["TYPE", t]);
+            }
+            let r = self.must(&args).await;
+            let items = r.items();
+            let next = items.first().and_then(Resp::text).expect("scan cursor");
+            out.extend(
+                items
+                    .get(1)
+                    .map(Resp::items)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(Resp::text),
+            );
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Members of every sorted set under `prefix` (the concurrency permits), summed.
+    pub async fn permits(&self, prefix: &str) -> i64 {
+        let mut total = 0;
+        for k in self.keys(&format!("{prefix}*"), Some("zset")).await {
+            total += self.must(&["ZCARD", &k]).await.int().expect("zcard");
+        }
+        total
+    }
+
+    /// Calls of one command so far, from `INFO commandstats` (`evalsha`, `eval`, …; 0 if never called).
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info = self
+            .must(&["INFO", "commandstats"])
+            .await
+            .text()
+            .expect("info");
+        let head = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        info.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
