@@ -539,7 +539,8 @@ async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_
     }
     assert_eq!(open_stream(&b, secret, &[]).await.status(), 429);
     // Living streams keep their leases past the lease time: they are renewed.
-    tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
+    // (Past two leases: also past the permit set's own expiry, were a renewal to forget it.)
+    tokio::time::sleep(Duration::from_millis(5 * LEASE_MS / 2)).await;
     assert_eq!(
         open_stream(&b, secret, &[]).await.status(),
         429,
@@ -834,6 +835,13 @@ async fn an_over_limit_key_hammered_after_its_first_refusals_costs_redis_almost_
         .await,
         504.0
     );
+    let hits = fleet_metric(
+        &gws[..],
+        "promptgate_limits_over_limit_cache_hits_total",
+        502.0,
+    )
+    .await;
+    assert!(hits >= 500.0, "refusals from the over-limit cache: {hits}");
     assert_no_fallback(&gws[..]).await;
 }
 
