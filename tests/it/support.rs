@@ -666,10 +666,10 @@ impl Redis {
         out
     }
 
-    /// Members of every sorted set under `prefix` (the concurrency permits), summed.
-    pub async fn permits(&self, prefix: &str) -> i64 {
+    /// Members of every sorted set matching `pattern` (the concurrency permits), summed.
+    pub async fn permits(&self, pattern: &str) -> i64 {
         let mut total = 0;
-        for k in self.keys(&format!("{prefix}*"), Some("zset")).await {
+        for k in self.keys(pattern, Some("zset")).await {
             total += self.must(&["ZCARD", &k]).await.int().expect("zcard");
         }
         total
