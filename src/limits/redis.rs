@@ -113,7 +113,7 @@ struct Shared {
     lease: Duration,
     timeout: Duration,
     on_unavailable: OnUnavailable,
-    /// The connections, made by the background service once its runtime runs (until then: down).
+    /// The connections (empty if they could not be set up), made on first use inside a runtime.
     pool: OnceLock<Box<[ConnectionManager]>>,
     next: AtomicUsize,
     up: AtomicBool,
@@ -207,7 +207,9 @@ impl RedisLimiter {
             on_unavailable: cfg.on_unavailable,
             pool: OnceLock::new(),
             next: AtomicUsize::new(0),
-            up: AtomicBool::new(false),
+            // Assumed up until a call or the first probe says otherwise: the first requests are counted in
+            // Redis like all others, not decided by the fallback while the probe is under way.
+            up: AtomicBool::new(true),
             fallback: LocalLimiter::new(window),
             over: OverLimitCache::new(OVER_SLOTS),
             admit: Script::new(include_str!("admit.lua")),
@@ -221,7 +223,7 @@ impl RedisLimiter {
             round_trip: metrics::LIMITS_REDIS_SECONDS.clone(),
             cache_hits: metrics::LIMITS_OVER_LIMIT_CACHE_HITS.clone(),
         });
-        metrics::LIMITS_BACKEND_UP.set(0);
+        metrics::LIMITS_BACKEND_UP.set(1);
         let service = RedisService {
             shared: shared.clone(),
             inbox: Mutex::new(Some(Inbox {
@@ -235,11 +237,38 @@ impl RedisLimiter {
 }
 
 impl Shared {
-    /// The next connection of the pool, round-robin (`None` before the service made them).
+    /// The next connection of the pool, round-robin (`None`: the connections could not be set up).
     fn connection(&self) -> Option<ConnectionManager> {
-        let pool = self.pool.get()?;
+        let pool = self.pool();
+        if pool.is_empty() {
+            return None;
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
         Some(pool[i].clone())
+    }
+
+    /// The pool, made by whichever comes first — the first request or the background service — in the tokio
+    /// runtime it runs on (a connection's driver task lives there). Lazily connected: a Redis that is down is
+    /// only a failed call, never a failed start.
+    fn pool(&self) -> &[ConnectionManager] {
+        self.pool.get_or_init(|| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+                .set_response_timeout(None)
+                .set_number_of_retries(1)
+                .set_max_delay(PROBE_EVERY);
+            let mut pool = Vec::with_capacity(self.pool_size);
+            for _ in 0..self.pool_size {
+                match ConnectionManager::new_lazy_with_config(self.client.clone(), config.clone()) {
+                    Ok(c) => pool.push(c),
+                    Err(e) => {
+                        tracing::error!("limits: cannot set up the Redis connections: {e}");
+                        return Box::default();
+                    }
+                }
+            }
+            pool.into_boxed_slice()
+        })
     }
 
     /// Marks the backend down after a failed call (logged once per change of state).
@@ -546,31 +575,13 @@ impl Limiter for RedisLimiter {
 }
 
 impl RedisService {
-    /// Makes the pool's connections (lazily connected: a Redis that is down at start is only a failed probe).
-    fn connect(&self) -> Option<Box<[ConnectionManager]>> {
-        let s = &*self.shared;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_max_delay(PROBE_EVERY);
-        let mut pool = Vec::with_capacity(s.pool_size);
-        for _ in 0..s.pool_size {
-            match ConnectionManager::new_lazy_with_config(s.client.clone(), config.clone()) {
-                Ok(c) => pool.push(c),
-                Err(e) => {
-                    tracing::error!("limits: cannot set up the Redis connections: {e}");
-                    return None;
-                }
-            }
-        }
-        Some(pool.into_boxed_slice())
-    }
-
     /// Pings every connection (and reads the server clock); the backend is up when all answer in time.
     async fn probe(&self) {
         let s = &*self.shared;
-        let Some(pool) = s.pool.get() else { return };
+        let pool = s.pool();
+        if pool.is_empty() {
+            return;
+        }
         // The first probe and a recovering server may need a connection made: allow more than one request's
         // budget, the probe is nobody's request.
         let budget = s.timeout.max(Duration::from_millis(250));
@@ -716,15 +727,8 @@ impl BackgroundService for RedisService {
         let Some(mut inbox) = self.inbox.lock().ok().and_then(|mut i| i.take()) else {
             return;
         };
-        let Some(pool) = self.connect() else { return };
-        let _ = self.shared.pool.set(pool);
+        // The first probe says whether Redis is there; until then requests ask it (bounded by the timeout).
         self.probe().await;
-        if !self.shared.up.load(Ordering::Acquire) {
-            tracing::warn!(
-                on_unavailable = self.shared.on_unavailable.as_str(),
-                "limits: Redis not reachable at start; deciding by limits.redis.on_unavailable until it answers"
-            );
-        }
         let mut live: Vec<Arc<LeaseEntry>> = Vec::new();
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut renew = tokio::time::interval(self.shared.lease / 3);

@@ -26,6 +26,11 @@ const PREFIX: &str = "pgfleet";
 /// (`{pgfleet:k:<id>}…`).
 const UNDER_PREFIX: &str = "{pgfleet:*";
 
+/// The permits in Redis now (a future, for [`poll_until`]).
+async fn permits(redis: &Redis) -> i64 {
+    redis.permits(UNDER_PREFIX)
+}
+
 fn backend() -> String {
     std::env::var("PROMPTGATE_FLEET_BACKEND").unwrap_or_else(|_| "redis".into())
 }
@@ -236,7 +241,7 @@ fn assert_retry_after(a: &Answer, window: u64) {
 async fn a_key_gets_exactly_its_requests_across_two_gateways_under_concurrent_load() {
     const N: u64 = 25;
     let secret = "pgk_fleet_rate_secret";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "fleet-rate",
         secret,
@@ -289,7 +294,7 @@ async fn a_key_gets_exactly_its_requests_across_two_gateways_under_concurrent_lo
     );
     assert_no_fallback(&gws[..]).await;
     // The counters are in Redis, under the prefix, and no key name holds the secret.
-    let names = redis.keys("*", None).await;
+    let names = redis.keys();
     assert!(
         names.iter().any(|k| k.contains(PREFIX)),
         "no counter in Redis: {names:?}"
@@ -300,7 +305,7 @@ async fn a_key_gets_exactly_its_requests_across_two_gateways_under_concurrent_lo
 #[tokio::test]
 async fn a_tenant_quota_is_shared_by_its_keys_across_two_gateways() {
     const TENANT: u64 = 20;
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let secrets = ["pgk_fleet_tenant_one", "pgk_fleet_tenant_two"];
     let keys = KeysFile::new(&format!(
         "[[tenant]]\nid = \"team-a\"\nlimits = {{ requests_per_minute = {TENANT} }}\n\n{}{}",
@@ -377,7 +382,7 @@ async fn a_tenant_quota_is_shared_by_its_keys_across_two_gateways() {
 async fn settled_token_usage_on_one_gateway_is_seen_by_the_other() {
     const TPM: u64 = 1000;
     let secret = "pgk_fleet_tokens";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "tokens",
         secret,
@@ -436,7 +441,7 @@ async fn settled_token_usage_on_one_gateway_is_seen_by_the_other() {
 #[tokio::test]
 async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_its_lease_back() {
     let secret = "pgk_fleet_streams";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "streams",
         secret,
@@ -473,7 +478,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
     for r in [&aborted, &reset, &blocked] {
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(redis.permits(UNDER_PREFIX).await, 3, "leases in Redis");
+    assert_eq!(redis.permits(UNDER_PREFIX), 3, "leases in Redis");
     // The fourth is refused on either gateway, whichever holds fewer of the three.
     for gw in &gws {
         let extra = open_stream(gw, secret, &[]).await;
@@ -490,7 +495,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
     // The client leaves while the upstream still holds its answer.
     drop(aborted);
     assert_eq!(
-        poll_until(Duration::from_secs(10), 2, || redis.permits(UNDER_PREFIX)).await,
+        poll_until(Duration::from_secs(10), 2, || permits(&redis)).await,
         2,
         "the aborted stream kept its lease"
     );
@@ -498,7 +503,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
     mock.release("reset").await;
     while let Ok(Some(_)) = reset.chunk().await {}
     assert_eq!(
-        poll_until(Duration::from_secs(10), 1, || redis.permits(UNDER_PREFIX)).await,
+        poll_until(Duration::from_secs(10), 1, || permits(&redis)).await,
         1,
         "the reset stream kept its lease"
     );
@@ -511,7 +516,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
     let seen = String::from_utf8_lossy(&seen);
     assert!(seen.contains("policy_blocked") && !seen.contains("AKIAIOSFODNN7EXAMPLE"));
     assert_eq!(
-        poll_until(Duration::from_secs(10), 0, || redis.permits(UNDER_PREFIX)).await,
+        poll_until(Duration::from_secs(10), 0, || permits(&redis)).await,
         0,
         "the blocked stream kept its lease"
     );
@@ -533,7 +538,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
         while let Ok(Some(_)) = r.chunk().await {}
     }
     assert_eq!(
-        poll_until(Duration::from_secs(10), 0, || redis.permits(UNDER_PREFIX)).await,
+        poll_until(Duration::from_secs(10), 0, || permits(&redis)).await,
         0,
         "finished streams kept their leases"
     );
@@ -553,7 +558,7 @@ async fn concurrent_streams_are_counted_across_the_fleet_and_every_ending_gives_
 async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_other() {
     const LEASE_MS: u64 = 2000;
     let secret = "pgk_fleet_crash";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "crash",
         secret,
@@ -578,7 +583,7 @@ async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_
         429,
         "a live stream's lease ran out"
     );
-    assert_eq!(redis.permits(UNDER_PREFIX).await, 2);
+    assert_eq!(redis.permits(UNDER_PREFIX), 2);
 
     // The gateway holding both dies without a word.
     a.signal("KILL");
@@ -600,7 +605,7 @@ async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_
     }
     assert_eq!(open_stream(&b, secret, &[]).await.status(), 429);
     assert_eq!(
-        redis.permits(UNDER_PREFIX).await,
+        redis.permits(UNDER_PREFIX),
         2,
         "the dead gateway's leases stayed"
     );
@@ -611,7 +616,7 @@ async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_
     }
     drop(held);
     assert_eq!(
-        poll_until(Duration::from_secs(10), 0, || redis.permits(UNDER_PREFIX)).await,
+        poll_until(Duration::from_secs(10), 0, || permits(&redis)).await,
         0
     );
     drop(a);
@@ -621,7 +626,7 @@ async fn a_killed_gateways_leases_expire_and_the_key_gets_its_slots_back_on_the_
 async fn a_stalled_redis_makes_requests_fall_back_before_the_stall_ends() {
     const STALL_SECONDS: u64 = 3;
     let secret = "pgk_fleet_slow";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "slow",
         secret,
@@ -639,7 +644,7 @@ async fn a_stalled_redis_makes_requests_fall_back_before_the_stall_ends() {
     for gw in &gws {
         assert_eq!(chat(&client, gw, secret).await.status, 200);
     }
-    assert!(!redis.keys(UNDER_PREFIX, None).await.is_empty());
+    assert!(!redis.scan(UNDER_PREFIX, None).is_empty());
     let before = [fallbacks(&gws[0]).await, fallbacks(&gws[1]).await];
 
     // Redis stops answering for a while (a side connection puts it to sleep).
@@ -698,7 +703,7 @@ async fn a_stalled_redis_makes_requests_fall_back_before_the_stall_ends() {
 #[tokio::test]
 async fn a_redis_outage_under_load_fails_no_request_and_redis_is_used_again_after_its_restart() {
     let secret = "pgk_fleet_outage";
-    let (mock, mut redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, mut redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "outage",
         secret,
@@ -773,7 +778,7 @@ async fn a_redis_outage_under_load_fails_no_request_and_redis_is_used_again_afte
     }
 
     // Redis comes back on the same port, empty: counters appear in it again with no gateway restart.
-    redis.restart().await;
+    redis.restart();
     for (i, gw) in gws.iter().enumerate() {
         assert_eq!(
             poll_until(Duration::from_secs(20), Some(1.0), || gw
@@ -793,7 +798,7 @@ async fn a_redis_outage_under_load_fails_no_request_and_redis_is_used_again_afte
     }
     assert!(failed.is_empty(), "requests failed: {failed:?}");
     assert!(
-        !redis.keys(UNDER_PREFIX, None).await.is_empty(),
+        !redis.scan(UNDER_PREFIX, None).is_empty(),
         "nothing counted in the restarted Redis"
     );
     assert_eq!(
@@ -813,7 +818,7 @@ async fn a_redis_outage_under_load_fails_no_request_and_redis_is_used_again_afte
 async fn an_over_limit_key_hammered_after_its_first_refusals_costs_redis_almost_nothing() {
     const N: u64 = 5;
     let secret = "pgk_fleet_flood";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "flood",
         secret,
@@ -828,10 +833,8 @@ async fn an_over_limit_key_hammered_after_its_first_refusals_costs_redis_almost_
     let mut want = vec![200; N as usize];
     want.extend([429; 4]);
     assert_eq!(statuses, want);
-    let r = &redis;
-    let scripts =
-        move || async move { r.command_calls("evalsha").await + r.command_calls("eval").await };
-    let before = scripts().await;
+    let scripts = || redis.calls("evalsha") + redis.calls("eval");
+    let before = scripts();
 
     // 500 more, from ten clients over both gateways.
     let tasks = (0..10).map(|t| {
@@ -851,7 +854,7 @@ async fn an_over_limit_key_hammered_after_its_first_refusals_costs_redis_almost_
             assert_eq!(a.num("x-ratelimit-remaining-requests"), Some(0), "{a:?}");
         }
     }
-    let after = scripts().await;
+    let after = scripts();
     assert!(
         after - before <= 4,
         "500 refusals of a key known to be over cost {} script calls",
@@ -880,7 +883,7 @@ async fn an_over_limit_key_hammered_after_its_first_refusals_costs_redis_almost_
 #[tokio::test]
 async fn a_cached_refusal_ends_when_its_retry_after_has_passed() {
     let secret = "pgk_fleet_cache_end";
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let keys = KeysFile::new(&key_entry(
         "cache-end",
         secret,
@@ -924,7 +927,7 @@ async fn a_cached_refusal_ends_when_its_retry_after_has_passed() {
 
 #[tokio::test]
 async fn passthrough_callers_share_one_count_across_gateways_with_the_same_hash_key() {
-    let (mock, redis) = tokio::join!(MockUpstream::start(), Redis::start());
+    let (mock, redis) = (MockUpstream::start().await, Redis::start());
     let toml = format!(
         "{}[limits.per_caller]\nrequests_per_minute = 3\n",
         limits_toml(&redis, 60, "")
@@ -952,7 +955,7 @@ async fn passthrough_callers_share_one_count_across_gateways_with_the_same_hash_
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
     assert_eq!(chat(&client, &b, "sk-fleet-other-caller").await.status, 200);
-    let names = redis.keys("*", None).await;
+    let names = redis.keys();
     assert!(!names.is_empty());
     assert!(!names.iter().any(|k| k.contains("sk-fleet")), "{names:?}");
 }

@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod hostile;
 mod keys_limits;
 mod lifecycle;
+mod limits_redis;
 mod paths;
 mod requests;
 mod rules_engine;

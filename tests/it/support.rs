@@ -423,13 +423,128 @@ pub async fn wait_file_events(dir: &Path, n: usize) -> Vec<Value> {
     }
 }
 
-/// A private `redis-server` for one test: its own free port, no persistence, killed on drop (never the
-/// system's). `$REDIS_SERVER` names another binary (e.g. `valkey-server`). A missing binary fails the test:
-/// `.ci/setup` installs it.
+/// A `redis-server` of the test's own on a free port (no persistence), killed on drop. It must be installed:
+/// a missing server fails the test, it never skips it.
 pub struct Redis {
-    child: Option<Child>,
     pub port: u16,
+    child: Option<Child>,
     dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on its port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP` stands in for a stalled server; Redis 7 refuses DEBUG unless enabled.
+            .args(["--enable-debug-command", "local"])
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if up.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server outright (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command, e.g. `["GET", key]`.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut con = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test's redis");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut con).expect("redis command")
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.cmd(&["KEYS", "*"]);
+        k.sort();
+        k
+    }
+
+    /// Every key matching `pattern` (SCAN, of one TYPE if given), sorted.
+    pub fn scan(&self, pattern: &str, of_type: Option<&str>) -> Vec<String> {
+        let mut cursor = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let mut args = vec!["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"];
+            if let Some(t) = of_type {
+                args.extend(["TYPE", t]);
+            }
+            let (next, keys): (String, Vec<String>) = self.cmd(&args);
+            out.extend(keys);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Members of every sorted set matching `pattern` (the concurrency permits), summed.
+    pub fn permits(&self, pattern: &str) -> i64 {
+        self.scan(pattern, Some("zset"))
+            .iter()
+            .map(|k| self.cmd::<i64>(&["ZCARD", k]))
+            .sum()
+    }
+
+    /// Calls of a command so far (`INFO commandstats`), e.g. `evalsha`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// One RESP reply.
@@ -537,162 +652,5 @@ pub async fn resp_roundtrip(
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-impl Redis {
-    /// Starts a server on a free port and waits until it answers `PING`.
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir,
-        };
-        r.spawn().await;
-        r
-    }
-
-    async fn spawn(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("redis.log"))
-            .expect("redis log");
-        let child = Command::new(&bin)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            // `DEBUG SLEEP` stands in for a stalled server; Redis 7 refuses DEBUG unless enabled.
-            .args(["--enable-debug-command", "local"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin:?} ({e}): install redis-server (.ci/setup does)")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(r) = self.cmd(&["PING"]).await {
-                if r == Resp::Simple("PONG".into()) {
-                    return;
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "redis-server exited during start ({status}): {}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server not ready: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `redis://127.0.0.1:PORT/0`
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to be gone.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the server again on the same port (empty: nothing was persisted).
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
-    }
-
-    /// One command on a fresh connection.
-    pub async fn cmd(&self, args: &[&str]) -> std::io::Result<Resp> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        resp_roundtrip(&mut s, args).await
-    }
-
-    /// One command that must succeed.
-    pub async fn must(&self, args: &[&str]) -> Resp {
-        let r = self.cmd(args).await.expect("redis command");
-        if let Resp::Error(e) = &r {
-            panic!("redis {args:?}: {e}");
-        }
-        r
-    }
-
-    /// Every key matching `pattern` (SCAN, optionally of one TYPE), sorted.
-    pub async fn keys(&self, pattern: &str, of_type: Option<&str>) -> Vec<String> {
-        let mut cursor = "0".to_string();
-        let mut out = Vec::new();
-        loop {
-            let mut args = vec!["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"];
-            if let Some(t) = of_type {
-                args.extend(["TYPE", t]);
-            }
-            let r = self.must(&args).await;
-            let items = r.items();
-            let next = items.first().and_then(Resp::text).expect("scan cursor");
-            out.extend(
-                items
-                    .get(1)
-                    .map(Resp::items)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(Resp::text),
-            );
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// Members of every sorted set matching `pattern` (the concurrency permits), summed.
-    pub async fn permits(&self, pattern: &str) -> i64 {
-        let mut total = 0;
-        for k in self.keys(pattern, Some("zset")).await {
-            total += self.must(&["ZCARD", &k]).await.int().expect("zcard");
-        }
-        total
-    }
-
-    /// Calls of one command so far, from `INFO commandstats` (`evalsha`, `eval`, …; 0 if never called).
-    pub async fn command_calls(&self, command: &str) -> u64 {
-        let info = self
-            .must(&["INFO", "commandstats"])
-            .await
-            .text()
-            .expect("info");
-        let head = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
-        info.lines()
-            .find_map(|l| l.strip_prefix(&head))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
