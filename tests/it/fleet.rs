@@ -80,8 +80,8 @@ async fn fleet(
     gws
 }
 
-/// Waits until every gateway has reached Redis. A gateway answers `/healthz` before its Redis connections are
-/// made and probed; until then it decides by `on_unavailable` — what a deployment would wait for too.
+/// Waits until every gateway reports Redis reachable, so a run starts from a fleet that counts in Redis (the
+/// gauge is also what a deployment would watch).
 async fn wait_backend_up(gws: &[Gateway]) {
     for (i, g) in gws.iter().enumerate() {
         assert_eq!(
