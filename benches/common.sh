@@ -13,7 +13,7 @@ fi
 bash .ci/setup >/dev/null
 cargo build --release --quiet
 # BIN: the gateway under test (default: this build); the mock is always this build's.
-MOCK_BIN=target/release/promptgate
+MOCK_BIN=${CARGO_TARGET_DIR:-target}/release/promptgate
 BIN=${BIN:-$MOCK_BIN}
 WORK=$(mktemp -d)
 PIDS=()
@@ -36,7 +36,7 @@ MOCK_PORT=$(port)
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
-# start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL and GW_PID. Each gateway gets its own audit directory
+# start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL, GW_ADMIN (the admin address's URL) and GW_PID. Each gateway gets its own audit directory
 # unless EXTRA_TOML configures [audit] (one gateway per directory).
 start_gateway() {
   local name=$1 extra=$2 bin=${3:-$BIN} gp ap
@@ -51,6 +51,7 @@ dir = \"$WORK/$name-audit\""; fi
   PIDS+=($GW_PID)
   wait_http "http://127.0.0.1:$ap/healthz"
   GW_URL="http://127.0.0.1:$gp"
+  GW_ADMIN="http://127.0.0.1:$ap"
 }
 
 # cpu_ticks PID → the process's user + system CPU time so far, in clock ticks (all its threads: workers, the

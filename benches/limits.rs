@@ -1,6 +1,6 @@
 //! What limits cost one request, without the network: identifying the caller among 1,000 gateway keys (the
-//! work done with limits off) next to identifying it *and* taking its concurrency permit, counting the
-//! request and its token estimate against key and tenant quotas, and rendering the rate-limit headers (limits
+//! work done with limits off) next to identifying it *and* admitting it in one step — its concurrency permit,
+//! the request and its token estimate against key and tenant quotas, and rendering the rate-limit headers (limits
 //! on). Keys rotate on every iteration, as in `benches/limits.sh`. The difference is the limiter's cost per
 //! request; BENCHMARKS.md sets it against the gateway's measured time per request.
 //!
@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use promptgate::auth::keys::secret_sha256;
 use promptgate::auth::{Auth, KeyStore, KeysFile, Mode};
-use promptgate::limits::{headers, LimitSpec, Limiter, LocalLimiter};
+use promptgate::limits::{headers, LimitSpec, LocalLimiter};
 
 const KEYS: usize = 1000;
 
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
     // Every key is known, and every quota admits (checked before timing).
     for h in &requests {
         let caller = auth.identify(h, SystemTime::now()).expect("known key");
-        limiter.admit(&caller.subjects()).expect("admitted");
+        limiter.admit_now(&caller.parties(), 0).expect("admitted");
     }
 
     let mut g = c.benchmark_group("per request, 1000 keys");
@@ -78,12 +78,11 @@ fn bench(c: &mut Criterion) {
                 let caller = auth
                     .identify(&requests[i], SystemTime::now())
                     .expect("known");
-                let subjects = caller.subjects();
-                let (permits, mut standing) = limiter.admit(&subjects).expect("admitted");
-                standing.tokens = limiter.admit_tokens(&subjects, 1000).expect("tokens");
-                let n = headers(&standing, SystemTime::now()).len();
-                limiter.settle_tokens(&subjects, 200);
-                drop(permits);
+                let parties = caller.parties();
+                let admitted = limiter.admit_now(&parties, 1000).expect("admitted");
+                let n = headers(&admitted.standing, SystemTime::now()).len();
+                limiter.settle_now(&parties, 200);
+                drop(admitted);
                 n
             })
         },

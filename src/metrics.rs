@@ -4,9 +4,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Gauge,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Requests answered, by route, HTTP status and decision (the most severe of both directions).
@@ -250,6 +250,69 @@ pub static LIMIT_PERMITS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Whether the limits backend can be asked (1; always 1 for `limits.backend = "local"`) or requests are being
+/// decided by `limits.redis.on_unavailable` (0).
+pub static LIMITS_BACKEND_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_limits_backend_up",
+        "Whether the limits backend answers (1) or requests are decided by limits.redis.on_unavailable (0)."
+    )
+    .expect("metric registers once")
+});
+
+/// Round trips of admission to Redis (one per request that asks Redis), answered or timed out.
+pub static LIMITS_REDIS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "promptgate_limits_redis_seconds",
+        "Round trip of one admission to Redis (the admission script), in seconds.",
+        vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            1.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+/// Failed Redis calls, by kind (`timeout`, `connection`, `script`, `other`).
+pub static LIMITS_REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_limits_redis_errors_total",
+        "Failed Redis calls of the limits backend, by kind (timeout, connection, script, other).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests decided without Redis while it was unavailable, by `limits.redis.on_unavailable`.
+pub static LIMITS_FALLBACK: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_limits_fallback_decisions_total",
+        "Requests decided without Redis while it was unavailable, by mode (local, allow, deny).",
+        &["mode"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests refused from the over-limit cache, with no Redis round trip.
+pub static LIMITS_OVER_LIMIT_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "promptgate_limits_over_limit_cache_hits_total",
+        "Requests refused from the over-limit cache (a counter Redis refused with nothing left), without Redis."
+    )
+    .expect("metric registers once")
+});
+
+/// Background Redis work dropped because its queue was full (`lease`: a permit not renewed, `release`: a
+/// permit left to expire, `settlement`: a token correction not applied).
+pub static LIMITS_REDIS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_limits_redis_dropped_total",
+        "Background Redis work of the limits backend dropped (queue full or Redis unavailable), by what.",
+        &["what"]
+    )
+    .expect("metric registers once")
+});
+
 /// Requests refused by authentication or scope, by reason (`unauthenticated`, `model`, `origin`).
 pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -346,6 +409,19 @@ pub fn init() {
     LazyLock::force(&EDGE_REFUSED);
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&UPGRADES);
+    LazyLock::force(&LIMITS_BACKEND_UP);
+    LazyLock::force(&LIMITS_REDIS_SECONDS);
+    LazyLock::force(&LIMITS_OVER_LIMIT_CACHE_HITS);
+    // Closed label sets: every series shows from the first scrape.
+    for kind in ["timeout", "connection", "script", "other"] {
+        LIMITS_REDIS_ERRORS.with_label_values(&[kind]);
+    }
+    for mode in ["local", "allow", "deny"] {
+        LIMITS_FALLBACK.with_label_values(&[mode]);
+    }
+    for what in ["lease", "release", "settlement"] {
+        LIMITS_REDIS_DROPPED.with_label_values(&[what]);
+    }
 }
 
 /// The Prometheus text exposition of every registered metric.

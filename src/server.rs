@@ -21,8 +21,9 @@ use crate::admin::AdminApp;
 use crate::audit::webhook::Webhook;
 use crate::audit::Audit;
 use crate::auth::{self, Auth, KeyStore, KeysFile};
+use crate::config::LimitsBackend;
 use crate::config::{Config, ConfigError};
-use crate::limits::LocalLimiter;
+use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::live::{self, Live, Source};
 use crate::metrics;
 use crate::proxy::{Edge, Gateway, IN_FLIGHT};
@@ -43,6 +44,8 @@ pub enum StartError {
         dir: std::path::PathBuf,
         error: std::io::Error,
     },
+    #[error("limits.redis: {0}")]
+    Limits(String),
     #[error("{field}: cannot listen on {addr}: {error}")]
     Listen {
         field: &'static str,
@@ -122,12 +125,26 @@ fn build(config: &Config) -> Result<Server, StartError> {
         &config.upstream,
         Some(ConnectorOptions::from_server_conf(&server.configuration)),
     )?;
+    let limiter: Arc<dyn Limiter> = match &config.limits_backend {
+        LimitsBackend::Local => {
+            metrics::LIMITS_BACKEND_UP.set(1);
+            Arc::new(LocalLimiter::new(config.limit_window))
+        }
+        LimitsBackend::Redis(r) => {
+            let (limiter, service) =
+                RedisLimiter::new(r, config.limit_window).map_err(StartError::Limits)?;
+            // Connections, the availability probe, lease renewal and release, token settlement.
+            server.add_service(background_service("redis limits", service));
+            tracing::info!(url = %r.url, prefix = %r.prefix, on_unavailable = r.on_unavailable.as_str(), "limits counted in Redis");
+            Arc::new(limiter)
+        }
+    };
     let gateway = Gateway::new(
         upstream,
         store.clone(),
         config.inspect.clone(),
         auth.clone(),
-        Arc::new(LocalLimiter::new(config.limit_window)),
+        limiter,
         audit.clone(),
         config.threads,
     );

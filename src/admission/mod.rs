@@ -3,10 +3,13 @@
 //! plain data (headers, the facts of a parsed body), unit-tested without sockets; `proxy` calls them in order
 //! and answers whatever they refuse.
 //!
-//! Quotas are taken in two steps, both before the upstream is contacted: the concurrency permit and the request
-//! count when the caller is known ([`Admission::admit_caller`], before the body is read, so a refused caller
-//! costs no body read), then the prompt-token estimate once the body is read ([`Admission::admit_body`]). At
-//! the end, [`Admission::settle_tokens`] corrects the estimate by what the request really cost.
+//! Quotas are taken in one step, one [`Limiter::admit`] call (with a shared backend, one round trip): the
+//! concurrency permit, the request count and the prompt-token estimate together. A caller whose admission needs
+//! the body ([`Admission::needs_body`]: a token quota to count the prompt, a key scoped to models) is admitted
+//! once the body is read ([`Admission::admit_body`]); any other caller when it is identified
+//! ([`Admission::admit_caller`]), before the body is read, so a refused caller costs no body read. A request
+//! refused for its content or its model before it was admitted is not counted. At the end,
+//! [`Admission::settle_tokens`] corrects the estimate by what the request really cost.
 
 pub mod cors;
 
@@ -16,7 +19,7 @@ use http::{HeaderMap, Method};
 
 use crate::auth::{Auth, Caller, Refusal};
 use crate::inspect::Facts;
-use crate::limits::{Limiter, Permits, Standing};
+use crate::limits::{Limiter, Permits, Refused, Standing, Ticket};
 use crate::metrics;
 use crate::openai::{Rejection, Route};
 
@@ -34,16 +37,18 @@ pub struct Admission {
     pub has_origin: bool,
     /// The caller's quotas as they stood at admission (for the rate-limit headers).
     pub standing: Option<Standing>,
-    /// Tokens counted against the caller's token quota at admission (settled at the end).
-    pub tokens_counted: Option<u64>,
+    /// Tokens counted against token quotas at admission (settled at the end).
+    pub ticket: Option<Ticket>,
     /// Concurrency permits, released when the request's context is dropped.
     pub permits: Permits,
+    /// Whether the quotas were taken (at most once per request).
+    admitted: bool,
 }
 
 impl Admission {
-    /// Identifies the caller, checks its browser origin, takes its concurrency permits and counts the request
-    /// against its request quotas (key, then tenant). `monitor`: the global policy mode.
-    pub fn admit_caller(
+    /// Identifies the caller and checks its browser origin; a caller whose admission does not need the body
+    /// is admitted against its quotas now. `monitor`: the global policy mode.
+    pub async fn admit_caller(
         &mut self,
         auth: &Auth,
         limiter: &dyn Limiter,
@@ -63,22 +68,11 @@ impl Admission {
                 return Err(refused(Refusal::OriginNotAllowed));
             }
         }
-        let admitted = caller
-            .is_limited()
-            .then(|| limiter.admit(&caller.subjects()));
         self.caller = Some(caller);
-        match admitted {
-            Some(Ok((permits, standing))) => {
-                self.permits = permits;
-                self.standing = Some(standing);
-                Ok(())
-            }
-            Some(Err(limited)) => {
-                self.standing = Some(limited.standing);
-                Err(Rejection::RateLimited(limited))
-            }
-            None => Ok(()),
+        if self.needs_body() {
+            return Ok(());
         }
+        self.admit(limiter, 0).await
     }
 
     /// Whether the request's body must be read for admission: a key scoped to models must see the model it
@@ -89,10 +83,10 @@ impl Admission {
         })
     }
 
-    /// After the body: the model scope (before a content refusal — who may ask comes first), then the token
-    /// quota with the body's prompt-token estimate. `early` is what reading and inspecting the body decided;
-    /// `facts` what the body says about itself (`None`: the body was not read).
-    pub fn admit_body(
+    /// After the body: the model scope (before a content refusal — who may ask comes first), then the quotas
+    /// of a caller not admitted yet, with the body's prompt-token estimate. `early` is what reading and
+    /// inspecting the body decided; `facts` what the body says about itself (`None`: the body was not read).
+    pub async fn admit_body(
         &mut self,
         auth: &Auth,
         limiter: &dyn Limiter,
@@ -115,21 +109,34 @@ impl Admission {
         let model = facts.and_then(|f| f.model.as_deref());
         auth.check_model(caller, model, required).map_err(refused)?;
         early?;
-        if !caller.has_token_quota() {
+        self.admit(limiter, facts.map_or(0, Facts::estimated_tokens))
+            .await
+    }
+
+    /// Takes the caller's quotas (once), counting `tokens` against its token quotas.
+    async fn admit(&mut self, limiter: &dyn Limiter, tokens: u64) -> Result<(), Rejection> {
+        let Some(caller) = &self.caller else {
+            return Ok(());
+        };
+        if self.admitted || !caller.is_limited() {
             return Ok(());
         }
-        let subjects = caller.subjects();
-        let estimate = facts.map_or(0, Facts::estimated_tokens);
-        match limiter.admit_tokens(&subjects, estimate) {
-            Ok(quota) => {
-                self.standing.get_or_insert_with(Default::default).tokens = quota;
-                self.tokens_counted = Some(estimate);
+        match limiter.admit(&caller.parties(), tokens).await {
+            Ok(admitted) => {
+                self.admitted = true;
+                self.permits = admitted.permits;
+                self.standing = Some(admitted.standing);
+                self.ticket = admitted.ticket;
                 Ok(())
             }
-            Err(limited) => {
+            Err(Refused::Limited(limited)) => {
+                metrics::RATE_LIMITED
+                    .with_label_values(&[limited.kind.as_str(), limited.scope.as_str()])
+                    .inc();
                 self.standing = Some(limited.standing);
                 Err(Rejection::RateLimited(limited))
             }
+            Err(Refused::Unavailable) => Err(Rejection::LimitsUnavailable),
         }
     }
 
@@ -143,9 +150,10 @@ impl Admission {
         reported_total: Option<u64>,
         streamed_bytes: Option<u64>,
     ) {
-        let (Some(caller), Some(counted)) = (&self.caller, self.tokens_counted) else {
+        let (Some(caller), Some(ticket)) = (&self.caller, self.ticket) else {
             return;
         };
+        let counted = ticket.tokens;
         let actual = if !forwarded {
             Some(0)
         } else {
@@ -153,7 +161,7 @@ impl Admission {
         };
         if let Some(actual) = actual {
             let delta = actual.min(i64::MAX as u64) as i64 - counted.min(i64::MAX as u64) as i64;
-            limiter.settle_tokens(&caller.subjects(), delta);
+            limiter.settle_tokens(&caller.parties(), ticket, delta);
         }
     }
 }
@@ -201,8 +209,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_caller_past_its_request_quota_is_refused_with_its_standing() {
+    #[tokio::test]
+    async fn a_caller_past_its_request_quota_is_refused_with_its_standing() {
         let a = auth(
             LimitSpec {
                 requests_per_minute: Some(1),
@@ -215,9 +223,12 @@ mod tests {
         let mut first = Admission::default();
         first
             .admit_caller(&a, &limiter, &h, false, SystemTime::now())
+            .await
             .expect("first");
         let mut second = Admission::default();
-        let refused = second.admit_caller(&a, &limiter, &h, false, SystemTime::now());
+        let refused = second
+            .admit_caller(&a, &limiter, &h, false, SystemTime::now())
+            .await;
         assert!(matches!(refused, Err(Rejection::RateLimited(_))));
         assert!(second.caller.is_some(), "a refusal still names the caller");
         assert_eq!(
@@ -229,8 +240,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn origins_are_echoed_only_when_allowed() {
+    #[tokio::test]
+    async fn origins_are_echoed_only_when_allowed() {
         let a = auth(LimitSpec::default(), &["https://app.example.com"]);
         let limiter = LocalLimiter::new(Duration::from_secs(60));
         let mut ok = Admission::default();
@@ -241,6 +252,7 @@ mod tests {
             false,
             SystemTime::now(),
         )
+        .await
         .expect("allowed");
         assert_eq!(ok.cors_origin.as_deref(), Some("https://app.example.com"));
         let mut other = Admission::default();
@@ -253,12 +265,13 @@ mod tests {
                 false,
                 SystemTime::now(),
             )
+            .await
             .expect("served");
         assert!(other.cors_origin.is_none() && other.has_origin);
     }
 
-    #[test]
-    fn token_quota_counts_the_estimate_and_settles_to_the_reported_usage() {
+    #[tokio::test]
+    async fn token_quota_counts_the_estimate_and_settles_to_the_reported_usage() {
         let a = auth(
             LimitSpec {
                 tokens_per_minute: Some(100),
@@ -272,6 +285,7 @@ mod tests {
         let mut first = Admission::default();
         first
             .admit_caller(&a, &limiter, &h, false, SystemTime::now())
+            .await
             .expect("caller");
         assert!(first.needs_body());
         first
@@ -283,13 +297,15 @@ mod tests {
                 Some(&facts("m", 320)),
                 Ok(()),
             )
+            .await
             .expect("80 of 100");
-        assert_eq!(first.tokens_counted, Some(80));
+        assert_eq!(first.ticket.map(|t| t.tokens), Some(80));
         // The upstream reported 10: 70 go back.
         first.settle_tokens(&limiter, true, Some(10), None);
         let mut second = Admission::default();
         second
             .admit_caller(&a, &limiter, &h, false, SystemTime::now())
+            .await
             .expect("caller");
         second
             .admit_body(
@@ -300,19 +316,23 @@ mod tests {
                 Some(&facts("m", 320)),
                 Ok(()),
             )
+            .await
             .expect("10 + 80 of 100");
         let mut third = Admission::default();
         third
             .admit_caller(&a, &limiter, &h, false, SystemTime::now())
+            .await
             .expect("caller");
-        let refused = third.admit_body(
-            &a,
-            &limiter,
-            Route::ChatCompletions,
-            &post,
-            Some(&facts("m", 320)),
-            Ok(()),
-        );
+        let refused = third
+            .admit_body(
+                &a,
+                &limiter,
+                Route::ChatCompletions,
+                &post,
+                Some(&facts("m", 320)),
+                Ok(()),
+            )
+            .await;
         assert!(matches!(refused, Err(Rejection::RateLimited(_))));
         // A request never forwarded gives its whole estimate back.
         second.settle_tokens(&limiter, false, None, None);
@@ -325,38 +345,44 @@ mod tests {
                 Some(&facts("m", 320)),
                 Ok(()),
             )
+            .await
             .expect("after the refund");
     }
 
-    #[test]
-    fn who_may_ask_comes_before_what_was_asked() {
+    #[tokio::test]
+    async fn who_may_ask_comes_before_what_was_asked() {
         // A content refusal from the body still lets the scope speak first; other early errors stand.
         let a = auth(LimitSpec::default(), &[]);
         let limiter = LocalLimiter::new(Duration::from_secs(60));
         let mut adm = Admission::default();
         adm.admit_caller(&a, &limiter, &headers(&[]), false, SystemTime::now())
+            .await
             .expect("anonymous");
         let blocked = Err(Rejection::PolicyBlocked {
             rule: "r".into(),
             description: "d".into(),
         });
-        let r = adm.admit_body(
-            &a,
-            &limiter,
-            Route::ChatCompletions,
-            &Method::POST,
-            Some(&facts("m", 4)),
-            blocked,
-        );
+        let r = adm
+            .admit_body(
+                &a,
+                &limiter,
+                Route::ChatCompletions,
+                &Method::POST,
+                Some(&facts("m", 4)),
+                blocked,
+            )
+            .await;
         assert!(matches!(r, Err(Rejection::PolicyBlocked { .. })));
-        let r = adm.admit_body(
-            &a,
-            &limiter,
-            Route::ChatCompletions,
-            &Method::POST,
-            None,
-            Err(Rejection::BodyTooLarge { limit: 1 }),
-        );
+        let r = adm
+            .admit_body(
+                &a,
+                &limiter,
+                Route::ChatCompletions,
+                &Method::POST,
+                None,
+                Err(Rejection::BodyTooLarge { limit: 1 }),
+            )
+            .await;
         assert!(matches!(r, Err(Rejection::BodyTooLarge { .. })));
     }
 }

@@ -23,7 +23,7 @@ use sha2::Sha256;
 
 pub use keys::{GatewayKey, KeyStore, KeysFile};
 
-use crate::limits::{LimitSpec, Scope, Subject};
+use crate::limits::{LimitSpec, Parties, Scope, Subject};
 
 /// How callers are identified.
 pub enum Mode {
@@ -130,6 +130,20 @@ impl Caller {
             });
         }
         out
+    }
+
+    /// The subjects and the group that keeps their counters together: the tenant's counter name for a gateway
+    /// key (every key has a tenant, whether or not the tenant has quotas, so a key's counters do not move when
+    /// its tenant gains some), else the caller's.
+    pub fn parties(&self) -> Parties<'_> {
+        let group = match &self.who {
+            Who::Key(k) => k.tenant_counter.as_str(),
+            Who::Passthrough { counter, .. } => counter.as_str(),
+        };
+        Parties {
+            subjects: self.subjects(),
+            group,
+        }
     }
 
     /// Whether any quota applies (the rate-limit headers are sent only then).

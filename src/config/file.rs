@@ -155,6 +155,34 @@ pub struct LimitsSection {
     pub body_timeout_ms: u64,
     pub window_seconds: u64,
     pub per_caller: crate::limits::LimitSpec,
+    pub backend: String,
+    pub redis: RedisSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    pub url: String,
+    pub password_env: String,
+    pub prefix: String,
+    pub pool_size: usize,
+    pub timeout_ms: u64,
+    pub lease_ms: u64,
+    pub on_unavailable: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password_env: String::new(),
+            prefix: "promptgate".into(),
+            pool_size: 4,
+            timeout_ms: 5,
+            lease_ms: 30_000,
+            on_unavailable: "local".into(),
+        }
+    }
 }
 
 impl Default for LimitsSection {
@@ -168,6 +196,8 @@ impl Default for LimitsSection {
             body_timeout_ms: 30_000,
             window_seconds: 60,
             per_caller: crate::limits::LimitSpec::default(),
+            backend: "local".into(),
+            redis: RedisSection::default(),
         }
     }
 }

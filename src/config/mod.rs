@@ -62,6 +62,69 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The span over which per-minute quotas are counted (a minute unless shortened, e.g. for tests).
     pub limit_window: Duration,
+    /// Where quotas are counted.
+    pub limits_backend: LimitsBackend,
+}
+
+/// Where quotas are counted (`limits.backend`).
+#[derive(Debug, Clone)]
+pub enum LimitsBackend {
+    /// In this process (each gateway on its own).
+    Local,
+    /// In a Redis shared by the fleet.
+    Redis(RedisConfig),
+}
+
+/// `[limits.redis]`, validated.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS), without a password.
+    pub url: String,
+    /// From the environment variable `password_env` names; never printed.
+    pub password: Option<String>,
+    pub prefix: String,
+    pub pool_size: usize,
+    /// The most a request waits for Redis.
+    pub timeout: Duration,
+    /// How long a concurrency permit lives unless renewed.
+    pub lease: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("on_unavailable", &self.on_unavailable)
+            .finish()
+    }
+}
+
+/// How requests are decided while Redis cannot be reached (`limits.redis.on_unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Each gateway counts on its own with the same quotas (a fleet of N then allows up to N times a quota).
+    Local,
+    /// Admit without counting.
+    Allow,
+    /// Refuse with 503 `limits_unavailable`.
+    Deny,
+}
+
+impl OnUnavailable {
+    /// The name in the config file (and the `mode` label of the fallback metric).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Local => "local",
+            OnUnavailable::Allow => "allow",
+            OnUnavailable::Deny => "deny",
+        }
+    }
 }
 
 /// Bounds on client connections and request heads, enforced before a request is parsed.
@@ -255,6 +318,7 @@ impl Config {
         let rules = rules(&raw.rules, overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
         let (auth, limit_window) = auth(&raw.auth, &raw.limits, &src)?;
+        let limits_backend = limits_backend(&raw.limits, &auth, &src)?;
         let audit = audit(&raw.audit, &src)?;
         Ok(Config {
             listen,
@@ -268,6 +332,7 @@ impl Config {
             auth,
             audit,
             limit_window,
+            limits_backend,
         })
     }
 }
@@ -560,6 +625,113 @@ fn auth(
         caller_limits: l.per_caller,
     };
     Ok((auth, Duration::from_secs(window)))
+}
+
+/// `limits.backend` and `[limits.redis]`.
+fn limits_backend(
+    l: &file::LimitsSection,
+    auth: &AuthConfig,
+    src: &Source,
+) -> Result<LimitsBackend, ConfigError> {
+    let redis = src.one_of(
+        "limits.backend",
+        &l.backend,
+        &[("local", false), ("redis", true)],
+    )?;
+    if !redis {
+        return Ok(LimitsBackend::Local);
+    }
+    let r = &l.redis;
+    let url = url::Url::parse(&r.url)
+        .map_err(|e| src.error("limits.redis.url", format!("invalid URL {:?} ({e})", r.url)))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(src.error(
+            "limits.redis.url",
+            format!(
+                "invalid URL {:?} (scheme {:?}: expected redis:// or rediss:// for TLS)",
+                r.url,
+                url.scheme()
+            ),
+        ));
+    }
+    if url.password().is_some() {
+        return Err(src.error(
+            "limits.redis.url",
+            "a password in the URL is not allowed: name an environment variable holding it in \
+             limits.redis.password_env",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(src.error(
+            "limits.redis.url",
+            format!("invalid URL {:?} (no host)", r.url),
+        ));
+    }
+    let password = match r.password_env.as_str() {
+        "" => None,
+        var => match std::env::var(var) {
+            Ok(p) if !p.is_empty() => Some(p),
+            _ => {
+                return Err(src.error(
+                    "limits.redis.password_env",
+                    format!("${var} must hold the Redis password (or set password_env = \"\")"),
+                ))
+            }
+        },
+    };
+    if r.prefix.is_empty()
+        || r.prefix.contains(['{', '}'])
+        || r.prefix.contains(char::is_whitespace)
+    {
+        return Err(src.error(
+            "limits.redis.prefix",
+            format!(
+                "{:?}: expected a non-empty name without braces or spaces",
+                r.prefix
+            ),
+        ));
+    }
+    // Callers must have the same id on every gateway, or each would count them under another name.
+    if auth.keys_file.is_none()
+        && std::env::var(&auth.hash_key_env)
+            .unwrap_or_default()
+            .is_empty()
+    {
+        return Err(src.error(
+            "limits.backend",
+            format!(
+                "\"redis\" with auth.mode = \"passthrough\" needs ${} set to the same secret on every \
+                 gateway (callers are counted by a keyed hash of their credential; a per-process key would \
+                 name each caller differently on each gateway)",
+                auth.hash_key_env
+            ),
+        ));
+    }
+    Ok(LimitsBackend::Redis(RedisConfig {
+        url: r.url.clone(),
+        password,
+        prefix: r.prefix.clone(),
+        pool_size: src.between("limits.redis.pool_size", r.pool_size, (1, 64))?,
+        timeout: Duration::from_millis(src.between(
+            "limits.redis.timeout_ms",
+            r.timeout_ms,
+            (1, 60_000),
+        )?),
+        lease: Duration::from_millis(src.between(
+            "limits.redis.lease_ms",
+            r.lease_ms,
+            (1000, 3_600_000),
+        )?),
+        on_unavailable: src.one_of(
+            "limits.redis.on_unavailable",
+            &r.on_unavailable,
+            &[
+                ("local", OnUnavailable::Local),
+                ("allow", OnUnavailable::Allow),
+                ("deny", OnUnavailable::Deny),
+            ],
+        )?,
+    }))
 }
 
 /// `[audit]`: `None` when disabled.
@@ -932,6 +1104,97 @@ mod tests {
             err.starts_with("command line: --upstream: invalid URL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_limits_are_validated() {
+        const KEYS: &str = "[auth]\nmode = \"gateway_keys\"\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "[limits]\nbackend = \"memcached\"",
+                "x.toml: limits.backend: \"memcached\": expected \"local\" or \"redis\"",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\nurl = \"http://127.0.0.1:6379\"",
+                "x.toml: limits.redis.url: invalid URL \"http://127.0.0.1:6379\" (scheme \"http\"",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\nurl = \"redis://:hunter2@127.0.0.1/0\"",
+                "x.toml: limits.redis.url: a password in the URL is not allowed",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\ntimeout_ms = 0",
+                "x.toml: limits.redis.timeout_ms: must be between 1 and",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\nlease_ms = 999",
+                "x.toml: limits.redis.lease_ms: must be between 1000 and",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\npool_size = 0",
+                "x.toml: limits.redis.pool_size: must be between 1 and",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\non_unavailable = \"hope\"",
+                "x.toml: limits.redis.on_unavailable: \"hope\": expected \"local\", \"allow\" or \"deny\"",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\nprefix = \"a{b}\"",
+                "x.toml: limits.redis.prefix:",
+            ),
+            (
+                "[limits]\nbackend = \"redis\"\n[limits.redis]\npassword_env = \"PROMPTGATE_TEST_NEVER_SET\"",
+                "x.toml: limits.redis.password_env: $PROMPTGATE_TEST_NEVER_SET must hold the Redis password",
+            ),
+            (
+                "[limits.redis]\npassword = \"x\"",
+                "x.toml: limits.redis.password: unknown field",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for &(text, want) in cases {
+            let text = format!("{KEYS}{text}");
+            match load_str(&text, &Overrides::default()) {
+                Err(got) if got.starts_with(want) => {}
+                other => wrong.push(format!("{text:?}\n   got  {other:?}\n   want {want:?}")),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // Valid: a TLS URL, the password from the environment (PATH is always set), the test's short lease.
+        let c = load_str(
+            &format!(
+                "{KEYS}[limits]\nbackend = \"redis\"\n[limits.redis]\nurl = \"rediss://cache.internal:6380/2\"\n\
+                 password_env = \"PATH\"\nlease_ms = 2000\ntimeout_ms = 50\non_unavailable = \"deny\""
+            ),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let LimitsBackend::Redis(r) = c.limits_backend else {
+            panic!("redis backend expected");
+        };
+        assert_eq!(r.lease, Duration::from_millis(2000));
+        assert_eq!(r.on_unavailable, OnUnavailable::Deny);
+        assert!(r.password.is_some());
+        assert!(
+            !format!("{r:?}").contains(&std::env::var("PATH").unwrap_or_default()),
+            "the password is never printed"
+        );
+    }
+
+    #[test]
+    fn redis_limits_need_one_caller_hash_key_across_the_fleet() {
+        // Passthrough callers are named by a keyed hash: without a shared key each gateway names them apart.
+        let text = |env: &str| {
+            format!("[auth]\ncaller_hash_key_env = \"{env}\"\n[limits]\nbackend = \"redis\"")
+        };
+        let err = load_str(&text("PROMPTGATE_TEST_NEVER_SET"), &Overrides::default())
+            .expect_err("no caller hash key");
+        assert!(
+            err.starts_with("x.toml: limits.backend: \"redis\" with auth.mode = \"passthrough\" needs $PROMPTGATE_TEST_NEVER_SET"),
+            "{err}"
+        );
+        load_str(&text("PATH"), &Overrides::default()).expect("a key set in the environment");
+        load_str("[limits]\nbackend = \"local\"", &Overrides::default()).expect("local needs none");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Rejection {
     RateLimited(crate::limits::Limited),
     #[error("The gateway cannot record decisions right now (audit sink failing); the request was not forwarded")]
     AuditUnavailable,
+    #[error("The gateway cannot check rate limits right now (limits backend unavailable); the request was not forwarded")]
+    LimitsUnavailable,
     #[error("The request head did not arrive in time")]
     HeaderTimeout,
     #[error("The request body did not arrive in time")]
@@ -133,6 +135,7 @@ impl Rejection {
             Rejection::OriginNotAllowed => (403, "permission_error", "origin_not_allowed"),
             Rejection::RateLimited(_) => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
             Rejection::AuditUnavailable => (503, "server_error", "audit_unavailable"),
+            Rejection::LimitsUnavailable => (503, "server_error", "limits_unavailable"),
             Rejection::HeaderTimeout | Rejection::BodyTimeout => {
                 (408, "invalid_request_error", "request_timeout")
             }
@@ -219,11 +222,15 @@ impl Rejection {
                 | Rejection::HeadersTooLarge
                 | Rejection::MalformedRequest(_)
                 | Rejection::UpgradeDenied => Some(false),
+                // The shared limits come back on their own: a retry after a moment will likely be admitted.
+                Rejection::LimitsUnavailable => Some(true),
                 _ => None,
             },
             retry_after: match self {
                 Rejection::RateLimited(l) => Some(l.retry_after),
-                Rejection::TooManyConnections => Some(std::time::Duration::from_secs(1)),
+                Rejection::TooManyConnections | Rejection::LimitsUnavailable => {
+                    Some(std::time::Duration::from_secs(1))
+                }
                 _ => None,
             },
             code,

@@ -154,18 +154,31 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
             Upgrades::Pass => metrics::UPGRADES.with_label_values(&["passed"]).inc(),
         }
     }
-    let admitted = ctx.admission.admit_caller(
-        &gw.auth,
-        &*gw.limiter,
-        &req.headers,
-        gw.inspect.options.monitor,
-        SystemTime::now(),
-    );
+    let admitted = ctx
+        .admission
+        .admit_caller(
+            &gw.auth,
+            &*gw.limiter,
+            &req.headers,
+            gw.inspect.options.monitor,
+            SystemTime::now(),
+        )
+        .await;
     if let Err(r) = admitted {
         return refuse(r);
     }
+    let req = session.req_header();
     if is_upgrade(&req.headers) {
-        return Path::Proxy;
+        // No body to read: a caller whose admission waits for one is admitted now, with no token estimate.
+        let method = req.method.clone();
+        let admitted = ctx
+            .admission
+            .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, None, Ok(()))
+            .await;
+        return match admitted {
+            Ok(()) => Path::Proxy,
+            Err(r) => refuse(r),
+        };
     }
     ctx.answers = AnswerPolicy::for_route(ctx.route, &gw.inspect);
     let method = req.method.clone();
@@ -187,9 +200,10 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         }
     };
     let facts = ctx.body.as_ref().map(|b| &b.facts);
-    let admitted =
-        ctx.admission
-            .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, facts, early);
+    let admitted = ctx
+        .admission
+        .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, facts, early)
+        .await;
     match admitted {
         Err(r) => refuse(r),
         Ok(()) if consumed => Path::Relay,

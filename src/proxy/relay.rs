@@ -75,7 +75,7 @@ async fn pass(
     first: Bytes,
 ) -> Result<()> {
     let resp = headers::from_upstream(header, ctx, Framing::AsUpstream, false)?;
-    let wants_usage = ctx.admission.tokens_counted.is_some()
+    let wants_usage = ctx.admission.ticket.is_some()
         && headers::content_type(header).is_some_and(|ct| ct.contains("json"));
     let mut tap = UsageTap::new(wants_usage);
     session.write_response_header(Box::new(resp), false).await?;

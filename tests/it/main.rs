@@ -6,11 +6,13 @@ mod support;
 
 mod answers;
 mod audit;
+mod fleet;
 mod forwarding;
 mod fuzz_corpus;
 mod hostile;
 mod keys_limits;
 mod lifecycle;
+mod limits_redis;
 mod paths;
 mod requests;
 mod rules_engine;

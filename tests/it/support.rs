@@ -422,3 +422,235 @@ pub async fn wait_file_events(dir: &Path, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `redis-server` of the test's own on a free port (no persistence), killed on drop. It must be installed:
+/// a missing server fails the test, it never skips it.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on its port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP` stands in for a stalled server; Redis 7 refuses DEBUG unless enabled.
+            .args(["--enable-debug-command", "local"])
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if up.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server outright (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command, e.g. `["GET", key]`.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut con = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test's redis");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut con).expect("redis command")
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.cmd(&["KEYS", "*"]);
+        k.sort();
+        k
+    }
+
+    /// Every key matching `pattern` (SCAN, of one TYPE if given), sorted.
+    pub fn scan(&self, pattern: &str, of_type: Option<&str>) -> Vec<String> {
+        let mut cursor = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let mut args = vec!["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"];
+            if let Some(t) = of_type {
+                args.extend(["TYPE", t]);
+            }
+            let (next, keys): (String, Vec<String>) = self.cmd(&args);
+            out.extend(keys);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Members of every sorted set matching `pattern` (the concurrency permits), summed.
+    pub fn permits(&self, pattern: &str) -> i64 {
+        self.scan(pattern, Some("zset"))
+            .iter()
+            .map(|k| self.cmd::<i64>(&["ZCARD", k]))
+            .sum()
+    }
+
+    /// Calls of a command so far (`INFO commandstats`), e.g. `evalsha`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One RESP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// The reply as text (simple or bulk string), if it is one.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Resp::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn items(&self) -> &[Resp] {
+        match self {
+            Resp::Array(Some(v)) => v,
+            _ => &[],
+        }
+    }
+}
+
+/// Parses one reply from the front of `buf`: the reply and the bytes it took, or `None` if incomplete.
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..end]).expect("RESP line is UTF-8");
+    let after = end + 2;
+    match *buf.first()? {
+        b'+' => Some((Resp::Simple(line.to_string()), after)),
+        b'-' => Some((Resp::Error(line.to_string()), after)),
+        b':' => Some((Resp::Int(line.parse().expect("RESP integer")), after)),
+        b'$' => {
+            let n: i64 = line.parse().expect("RESP length");
+            if n < 0 {
+                return Some((Resp::Bulk(None), after));
+            }
+            let n = n as usize;
+            if buf.len() < after + n + 2 {
+                return None;
+            }
+            Some((
+                Resp::Bulk(Some(buf[after..after + n].to_vec())),
+                after + n + 2,
+            ))
+        }
+        b'*' => {
+            let n: i64 = line.parse().expect("RESP length");
+            if n < 0 {
+                return Some((Resp::Array(None), after));
+            }
+            let mut at = after;
+            let mut items = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let (item, used) = parse_resp(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        other => panic!("unexpected RESP type byte {other:?}"),
+    }
+}
+
+/// One command in RESP form.
+fn encode_resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Sends one command on `stream` and reads its reply.
+pub async fn resp_roundtrip(
+    stream: &mut tokio::net::TcpStream,
+    args: &[&str],
+) -> std::io::Result<Resp> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&encode_resp(args)).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some((reply, _)) = parse_resp(&buf) {
+            return Ok(reply);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

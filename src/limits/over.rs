@@ -1,0 +1,139 @@
+//! The over-limit cache of the Redis limiter (as in Envoy's rate-limit service): once Redis refused a counter
+//! that has nothing left in its window, "this counter is over until T" is remembered here, and that counter's
+//! requests are refused without a Redis round trip until T.
+//!
+//! Bounded and lock-free: a fixed array of slots, each an `ArcSwapOption` (a load is a few atomic operations,
+//! no lock), indexed by a hash of the counter's Redis key. A slot keeps the whole key, the limit it was refused
+//! at and the deadline, and a lookup compares all three: two counters sharing a slot evict each other, which
+//! costs a Redis trip, never a wrong refusal; a reloaded, higher limit is not refused by an entry made under
+//! the old one. Concurrency is never cached: a permit can free at any moment.
+//!
+//! What it cannot see: tokens given back by another gateway's settlement during the window. A counter refused
+//! with nothing left stays refused here until its window ends (this gateway's own settlements clear it).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+/// One remembered refusal.
+#[derive(Debug)]
+struct Entry {
+    key: Box<str>,
+    limit: u64,
+    until: Instant,
+}
+
+/// Counters known to be over their limit until their window ends.
+pub struct OverLimitCache {
+    slots: Box<[ArcSwapOption<Entry>]>,
+}
+
+impl OverLimitCache {
+    /// A cache of `slots` entries (rounded up to a power of two, at least one).
+    pub fn new(slots: usize) -> Self {
+        let n = slots.max(1).next_power_of_two();
+        Self {
+            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    fn slot(&self, key: &str) -> &ArcSwapOption<Entry> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        // The length is a power of two: the mask keeps the index in range.
+        let i = (h.finish() as usize) & (self.slots.len() - 1);
+        &self.slots[i]
+    }
+
+    /// How long the counter `key`, refused at `limit`, is still over at `now` (`None`: ask Redis).
+    pub fn over(&self, key: &str, limit: u64, now: Instant) -> Option<Duration> {
+        let guard = self.slot(key).load();
+        let e = guard.as_ref()?;
+        if &*e.key != key || e.limit != limit || e.until <= now {
+            return None;
+        }
+        Some(e.until - now)
+    }
+
+    /// Remembers that the counter `key` has nothing left at `limit` until `until`.
+    pub fn remember(&self, key: &str, limit: u64, until: Instant) {
+        self.slot(key).store(Some(Arc::new(Entry {
+            key: key.into(),
+            limit,
+            until,
+        })));
+    }
+
+    /// Forgets the counter `key` (its count went down).
+    pub fn forget(&self, key: &str) {
+        let slot = self.slot(key);
+        let guard = slot.load();
+        if let Some(e) = guard.as_ref() {
+            if &*e.key == key {
+                // Only this entry: another counter that took the slot meanwhile stays.
+                let current = guard.clone();
+                slot.compare_and_swap(&current, None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_is_over_until_its_deadline_only() {
+        let c = OverLimitCache::new(64);
+        let now = Instant::now();
+        c.remember("{p:k:a}:req:k:a", 5, now + Duration::from_secs(2));
+        assert_eq!(
+            c.over("{p:k:a}:req:k:a", 5, now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            c.over("{p:k:a}:req:k:a", 5, now + Duration::from_secs(2)),
+            None,
+            "the window is over"
+        );
+        assert_eq!(
+            c.over("{p:k:a}:req:k:a", 6, now),
+            None,
+            "a new limit asks Redis"
+        );
+        assert_eq!(c.over("{p:k:b}:req:k:b", 5, now), None);
+        c.forget("{p:k:a}:req:k:a");
+        assert_eq!(c.over("{p:k:a}:req:k:a", 5, now), None, "forgotten");
+    }
+
+    #[test]
+    fn counters_sharing_a_slot_never_refuse_each_other() {
+        // One slot: every counter collides. The latest entry evicts the other; neither is refused for the other.
+        let c = OverLimitCache::new(1);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        c.remember("a", 1, later);
+        c.remember("b", 1, later);
+        assert_eq!(c.over("a", 1, now), None, "evicted: costs a Redis trip");
+        assert!(c.over("b", 1, now).is_some());
+        c.forget("a");
+        assert!(c.over("b", 1, now).is_some(), "forgetting a keeps b");
+        for i in 0..1000 {
+            assert_eq!(c.over(&format!("other-{i}"), 1, now), None);
+        }
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = OverLimitCache::new(100);
+        assert_eq!(c.slots.len(), 128);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..10_000 {
+            c.remember(&format!("k{i}"), 1, later);
+        }
+        let held = c.slots.iter().filter(|s| s.load().is_some()).count();
+        assert!(held <= 128);
+    }
+}
