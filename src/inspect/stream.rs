@@ -26,7 +26,7 @@
 //!
 //! Events this filter cannot read as JSON are scanned whole: a match blocks the stream (fail closed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -166,6 +166,9 @@ pub struct StreamFilter {
     /// The last event's lines other than its data, found clean: the same lines again (an `event` name on
     /// every event of a stream) need no second scan.
     clean_fields: String,
+    /// Short strings inspected whole and found to match nothing (ids, model names, keys, finish reasons: the
+    /// same on every chunk), so they are not scanned again. Bounded.
+    clean: HashSet<String>,
     eol: &'static str,
     state: State,
     /// Why the stream was ended (a block or a failure), until the driver takes it.
@@ -211,6 +214,7 @@ impl StreamFilter {
             envelope: None,
             output_envelopes: BTreeMap::new(),
             clean_fields: String::new(),
+            clean: HashSet::new(),
             eol: "\n",
             state: State::Open,
             ending: None,
@@ -392,8 +396,20 @@ impl StreamFilter {
         }
     }
 
-    /// A chat or completions chunk: every string of each choice through its hold-back.
+    /// A chat or completions chunk: every string of each choice's `text` and `delta` through its hold-back,
+    /// every other string and every key inspected whole.
     fn on_chunk(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
+        let mut changed = false;
+        if let Some(top) = v.as_object_mut() {
+            for (k, x) in top.iter_mut() {
+                if k != "choices" && self.whole_strings(x, true, &mut changed) == Flow::Stop {
+                    return;
+                }
+            }
+            if self.whole_keys(top, &mut changed) == Flow::Stop {
+                return;
+            }
+        }
         let mut envelope = v.clone();
         envelope["choices"] = json!([]);
         envelope.as_object_mut().map(|o| o.remove("usage"));
@@ -406,7 +422,6 @@ impl StreamFilter {
             self.closing.clear();
             return;
         };
-        let mut changed = false;
         for choice in choices.iter_mut() {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let Some(obj) = choice.as_object_mut() else {
@@ -435,6 +450,18 @@ impl StreamFilter {
                     *lp = Value::Null;
                 }
                 changed = true;
+            }
+            // The rest of the choice (a refusal, logprobs, fields of any name) and the keys inside its texts.
+            for (k, x) in obj.iter_mut() {
+                let pieces = k == "text" || k == "delta";
+                if self.whole_strings(x, !pieces, &mut changed) == Flow::Stop {
+                    self.closing.clear();
+                    return;
+                }
+            }
+            if self.whole_keys(obj, &mut changed) == Flow::Stop {
+                self.closing.clear();
+                return;
             }
         }
         self.closing.clear();
@@ -602,6 +629,85 @@ impl StreamFilter {
         }
     }
 
+    /// Inspects as whole strings what the hold-back does not see: every key in `v` and, with `values`, every
+    /// string (inside a choice's `text` and `delta` the strings are pieces of growing texts: keys only).
+    fn whole_strings(&mut self, v: &mut Value, values: bool, changed: &mut bool) -> Flow {
+        match v {
+            Value::String(s) if values => match self.whole_once(s) {
+                Some(text) => {
+                    if text != *s {
+                        *s = text;
+                        *changed = true;
+                    }
+                    Flow::Go
+                }
+                None => Flow::Stop,
+            },
+            Value::Array(items) => {
+                for x in items {
+                    if self.whole_strings(x, values, changed) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Go
+            }
+            Value::Object(m) => {
+                for x in m.values_mut() {
+                    if self.whole_strings(x, values, changed) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+                self.whole_keys(m, changed)
+            }
+            _ => Flow::Go,
+        }
+    }
+
+    /// The keys of one object inspected whole; a redacted key is renamed (two keys redacted to one name end
+    /// the stream: a value would be lost).
+    fn whole_keys(&mut self, m: &mut Map<String, Value>, changed: &mut bool) -> Flow {
+        let mut renamed = Vec::new();
+        for k in m.keys() {
+            match self.whole_once(k) {
+                Some(text) if text != *k => renamed.push((k.clone(), text)),
+                Some(_) => {}
+                None => return Flow::Stop,
+            }
+        }
+        for (old, new) in renamed {
+            if m.contains_key(&new) {
+                self.fail("two keys of an answer's object redact to one name");
+                return Flow::Stop;
+            }
+            if let Some(x) = m.remove(&old) {
+                m.insert(new, x);
+            }
+            *changed = true;
+        }
+        Flow::Go
+    }
+
+    /// [`Self::whole`], remembering short strings that match nothing.
+    fn whole_once(&mut self, s: &str) -> Option<String> {
+        const MAX_CLEAN: usize = 256;
+        const MAX_CLEAN_LEN: usize = 128;
+        if self.clean.contains(s) {
+            return Some(s.to_string());
+        }
+        let mut h = Holding {
+            rules: &self.rules,
+            cache: &mut self.cache,
+            monitor: self.monitor,
+            cap: self.max_hold,
+        };
+        let released = HeldText::whole(s, &mut h);
+        let nothing = matches!(&released, Release::Text { rules, .. } if rules.is_empty());
+        if nothing && s.len() <= MAX_CLEAN_LEN && self.clean.len() < MAX_CLEAN {
+            self.clean.insert(s.to_string());
+        }
+        self.settle(released)
+    }
+
     /// A string sent whole (an identifier): inspected as final text, redacted in place or ending the stream.
     fn whole(&mut self, s: &str) -> Option<String> {
         let mut h = Holding {
@@ -705,6 +811,18 @@ impl StreamFilter {
 
     /// A Responses API `*.delta` event: its `delta` goes through the hold-back of its text.
     fn on_output_delta(&mut self, key: OutputKey, mut v: Value, ev: &Event, out: &mut BytesMut) {
+        // Every string but the delta, and every key, inspected whole.
+        let mut changed = false;
+        if let Some(obj) = v.as_object_mut() {
+            for (k, x) in obj.iter_mut() {
+                if self.whole_strings(x, k != "delta", &mut changed) == Flow::Stop {
+                    return;
+                }
+            }
+            if self.whole_keys(obj, &mut changed) == Flow::Stop {
+                return;
+            }
+        }
         let piece = v
             .get("delta")
             .and_then(Value::as_str)
@@ -719,7 +837,7 @@ impl StreamFilter {
             return;
         };
         self.held_sum += self.held();
-        if text == piece {
+        if text == piece && !changed {
             out.extend_from_slice(&ev.raw);
         } else {
             v["delta"] = Value::String(text);

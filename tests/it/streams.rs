@@ -906,3 +906,71 @@ async fn what_a_redaction_exposes_in_a_stream_is_redacted_as_in_a_whole_answer()
         assert_eq!(delta_field(&raw, &["content"]), want, "cut {cut}: {raw}");
     }
 }
+
+/// Only a choice's `text` and `delta` strings were inspected: a string beside them (a field of any name, a
+/// refusal, logprobs), in the chunk's envelope (`model`, `id`, any field), a key anywhere, or a Responses
+/// event's field other than `delta` passed uninspected (found by fuzzing: `\u0041KIA…` in an unknown field).
+#[tokio::test]
+async fn every_string_and_key_of_a_chunk_is_inspected_not_only_the_texts() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let secret = "\\u0041KIAIOSFODNN7EXAMPLE";
+    let clean = r#"{"choices":[{"index":0,"delta":{"content":"hello "},"finish_reason":null}]}"#;
+    let carriers = [
+        format!(r#"{{"choices":[{{"index":0,"derefusallta":{{"content":"{secret}"}}}}]}}"#),
+        format!(r#"{{"choices":[{{"index":0,"delta":{{}},"refusal":"{secret}"}}]}}"#),
+        format!(
+            r#"{{"choices":[{{"index":0,"delta":{{}},"logprobs":{{"content":[{{"token":"x","top_logprobs":[{{"token":"{secret}"}}]}}]}}}}]}}"#
+        ),
+        format!(r#"{{"model":"{secret}","choices":[{{"index":0,"delta":{{"content":"x"}}}}]}}"#),
+        format!(r#"{{"x":{{"y":["{secret}"]}},"choices":[]}}"#),
+        format!(r#"{{"{secret}":1,"choices":[]}}"#),
+        format!(r#"{{"choices":[{{"index":0,"delta":{{"{secret}":"x"}}}}]}}"#),
+    ];
+    for carrier in &carriers {
+        let events = serde_json::json!([
+            serde_json::from_str::<Value>(clean).expect("clean"),
+            serde_json::from_str::<Value>(carrier).expect("carrier"),
+            "[DONE]"
+        ]);
+        let raw = raw_stream(
+            &gw,
+            "/v1/chat/completions",
+            &[("x-mock-events", events.to_string())],
+        )
+        .await;
+        assert!(!raw.contains("IOSFODNN"), "{carrier}: {raw}");
+        let e = error_event(&raw).unwrap_or_else(|| panic!("{carrier}: not blocked: {raw}"));
+        assert_eq!(e["error"]["code"], "policy_blocked", "{carrier}");
+    }
+    // A Responses event's other fields.
+    let ev = format!(
+        r#"{{"type":"response.output_text.delta","item_id":"{secret}","output_index":0,"content_index":0,"delta":"hi"}}"#
+    );
+    let events = serde_json::json!([serde_json::from_str::<Value>(&ev).expect("ev")]);
+    let raw = raw_stream(
+        &gw,
+        "/v1/responses",
+        &[("x-mock-events", events.to_string())],
+    )
+    .await;
+    assert!(!raw.contains("IOSFODNN"), "{raw}");
+    assert!(error_event(&raw).is_some(), "{raw}");
+    // A value a rule redacts is redacted in place, and the chunks carrying held text carry it redacted.
+    let events = serde_json::json!([
+        {"model": "for jane.doe@example.com", "choices": [{"index": 0, "delta": {"content": "mail bob@exa"}, "finish_reason": null}]},
+        {"model": "for jane.doe@example.com", "choices": [{"index": 0, "delta": {"content": "mple.org"}, "finish_reason": null}]},
+        "[DONE]"
+    ]);
+    let raw = raw_stream(
+        &gw,
+        "/v1/chat/completions",
+        &[("x-mock-events", events.to_string())],
+    )
+    .await;
+    assert!(!raw.contains("jane.doe") && !raw.contains("bob@"), "{raw}");
+    for v in json_events(&raw) {
+        assert_eq!(v["model"], "for [EMAIL]", "{raw}");
+    }
+    assert_eq!(delta_field(&raw, &["content"]), "mail [EMAIL]", "{raw}");
+}
