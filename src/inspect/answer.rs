@@ -192,7 +192,7 @@ fn judge_text(rules: &RuleSet, text: &str, monitor: bool) -> Verdict {
             redacted = Some(last.to_string());
             break;
         }
-        let next = redact(redacted.as_deref().unwrap_or(text), spans.into_iter());
+        let next = redact(redacted.as_deref().unwrap_or(text), spans);
         matches = rules.scan(&next, Direction::Response);
         redacted = Some(next);
     }
