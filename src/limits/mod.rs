@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use pingora_limits::inflight::Guard;
 
 pub use local::LocalLimiter;
-pub use over::OverLimitCache;
+pub use over::{OverLimitCache, StandingCache};
 pub use redis::{RedisLimiter, RedisService};
 
 use crate::metrics;

@@ -10,12 +10,18 @@
 //!
 //! What it cannot see: tokens given back by another gateway's settlement during the window. A counter refused
 //! with nothing left stays refused here until its window ends (this gateway's own settlements clear it).
+//!
+//! Beside it, [`StandingCache`]: the last standing Redis reported for a request's first subject (the values of
+//! its `x-ratelimit-*` headers), kept until the window it was read in ends, so that a refusal given from the
+//! over-limit cache carries the same headers a refusal decided by Redis would. Same slots, same rules.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+
+use super::Standing;
 
 /// One remembered refusal.
 #[derive(Debug)]
@@ -80,6 +86,65 @@ impl OverLimitCache {
     }
 }
 
+/// One remembered standing.
+#[derive(Debug)]
+struct Known {
+    subject: Box<str>,
+    standing: Standing,
+    until: Instant,
+}
+
+/// The last standing Redis reported for each subject, until its window ends.
+pub struct StandingCache {
+    slots: Box<[ArcSwapOption<Known>]>,
+}
+
+impl StandingCache {
+    /// A cache of `slots` entries (rounded up to a power of two, at least one).
+    pub fn new(slots: usize) -> Self {
+        let n = slots.max(1).next_power_of_two();
+        Self {
+            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    fn slot(&self, subject: &str) -> &ArcSwapOption<Known> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        subject.hash(&mut h);
+        // The length is a power of two: the mask keeps the index in range.
+        let i = (h.finish() as usize) & (self.slots.len() - 1);
+        &self.slots[i]
+    }
+
+    /// The standing last reported for `subject` if it was read in the window still running at `now`, with its
+    /// resets counted from `now`.
+    pub fn get(&self, subject: &str, now: Instant) -> Option<Standing> {
+        let guard = self.slot(subject).load();
+        let k = guard.as_ref()?;
+        if &*k.subject != subject || k.until <= now {
+            return None;
+        }
+        let reset = k.until - now;
+        let mut standing = k.standing;
+        for q in [&mut standing.requests, &mut standing.tokens]
+            .into_iter()
+            .flatten()
+        {
+            q.reset = reset;
+        }
+        Some(standing)
+    }
+
+    /// Remembers `standing` for `subject`, read in a window that ends at `until`.
+    pub fn remember(&self, subject: &str, standing: Standing, until: Instant) {
+        self.slot(subject).store(Some(Arc::new(Known {
+            subject: subject.into(),
+            standing,
+            until,
+        })));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +188,37 @@ mod tests {
         for i in 0..1000 {
             assert_eq!(c.over(&format!("other-{i}"), 1, now), None);
         }
+    }
+
+    #[test]
+    fn a_standing_is_known_for_its_window_only_and_resets_from_now() {
+        use super::super::Quota;
+        let c = StandingCache::new(64);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(10);
+        let q = |remaining| Quota {
+            limit: 100,
+            remaining,
+            reset: Duration::from_secs(10),
+        };
+        let standing = Standing {
+            requests: Some(q(40)),
+            tokens: None,
+        };
+        c.remember("k:a", standing, until);
+        let later = now + Duration::from_secs(4);
+        let got = c.get("k:a", later).expect("known in its window");
+        assert_eq!(got.requests.map(|q| q.remaining), Some(40));
+        assert_eq!(got.requests.map(|q| q.reset), Some(Duration::from_secs(6)));
+        assert_eq!(got.tokens, None);
+        assert_eq!(c.get("k:a", until), None, "the window is over");
+        assert_eq!(c.get("k:b", later), None);
+        // One slot: a subject sharing it evicts the other, never answers for it.
+        let one = StandingCache::new(1);
+        one.remember("k:a", standing, until);
+        one.remember("k:b", standing, until);
+        assert_eq!(one.get("k:a", later), None);
+        assert!(one.get("k:b", later).is_some());
     }
 
     #[test]

@@ -26,7 +26,9 @@
 //! A full channel drops the correction and counts it; a request never waits.
 //!
 //! **Over-limit cache** (`over.rs`): a request or token counter Redis refused with nothing left is refused
-//! locally, with no Redis traffic, until its window ends.
+//! locally, with no Redis traffic, until its window ends. Such a refusal carries the headers a Redis-decided one
+//! would: the caller's standing as Redis last reported it in this window (remembered beside the cache; when it
+//! is not known, Redis is asked once).
 //!
 //! **When Redis is unavailable or slow.** Every call is bounded by `timeout_ms`. An error or a timeout marks the
 //! backend down (one WARN line per change of state) and the request is decided by `on_unavailable`: `local`
@@ -49,7 +51,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Admitted, LimitKind, Limited, Limiter, LocalLimiter, OverLimitCache, Parties, Permits, Quota,
-    Refused, Scope, Standing, Ticket,
+    Refused, Scope, Standing, StandingCache, Ticket,
 };
 use crate::config::{OnUnavailable, RedisConfig};
 use crate::metrics;
@@ -119,6 +121,8 @@ struct Shared {
     up: AtomicBool,
     fallback: LocalLimiter,
     over: OverLimitCache,
+    /// The first subject's last standing, for the headers of a refusal the over-limit cache gives.
+    known: StandingCache,
     admit: Script,
     settle: Script,
     /// This gateway's part of every permit id (random per process).
@@ -212,6 +216,7 @@ impl RedisLimiter {
             up: AtomicBool::new(true),
             fallback: LocalLimiter::new(window),
             over: OverLimitCache::new(OVER_SLOTS),
+            known: StandingCache::new(OVER_SLOTS),
             admit: Script::new(include_str!("admit.lua")),
             settle: Script::new(include_str!("settle.lua")),
             gateway: hex::encode(id),
@@ -310,7 +315,9 @@ impl Shared {
         }
     }
 
-    /// A refusal the over-limit cache can give without asking Redis.
+    /// A refusal the over-limit cache can give without asking Redis, with the headers Redis would have given:
+    /// the first subject's standing as last reported in this window (the refused quota at nothing left). When
+    /// that standing is not known, Redis is asked after all (which makes it known).
     fn cached_refusal(&self, parties: &Parties<'_>, keys: &Keys) -> Option<Limited> {
         let now = Instant::now();
         for (i, s) in parties.subjects.iter().enumerate() {
@@ -327,32 +334,67 @@ impl Shared {
                 ),
             ] {
                 let Some(limit) = limit else { continue };
-                if let Some(retry_after) = self.over.over(&key, limit, now) {
-                    self.cache_hits.inc();
-                    let quota = Some(Quota {
-                        limit,
-                        remaining: 0,
-                        reset: retry_after,
-                    });
-                    // The standing the cache knows: the refused quota, when it is the caller's own.
-                    let mut standing = Standing::default();
-                    if i == 0 {
-                        match kind {
-                            LimitKind::Requests => standing.requests = quota,
-                            _ => standing.tokens = quota,
-                        }
-                    }
-                    return Some(Limited {
-                        kind,
-                        scope: s.scope,
-                        limit,
-                        retry_after,
-                        standing,
-                    });
-                }
+                let Some(retry_after) = self.over.over(&key, limit, now) else {
+                    continue;
+                };
+                let own = (i == 0).then_some((kind, retry_after));
+                let standing = self.standing_for(parties, now, own)?;
+                self.cache_hits.inc();
+                return Some(Limited {
+                    kind,
+                    scope: s.scope,
+                    limit,
+                    retry_after,
+                    standing,
+                });
             }
         }
         None
+    }
+
+    /// The first subject's standing for a cached refusal: its last known one when read in this window under its
+    /// current limits, with `refused` (its own quota the cache refuses, and until when) at nothing left. `None`:
+    /// one of its quotas is not known.
+    fn standing_for(
+        &self,
+        parties: &Parties<'_>,
+        now: Instant,
+        refused: Option<(LimitKind, Duration)>,
+    ) -> Option<Standing> {
+        let Some(first) = parties.subjects.first() else {
+            return Some(Standing::default());
+        };
+        let known = self.known.get(first.name, now);
+        let mut standing = Standing::default();
+        for (kind, limit, slot) in [
+            (
+                LimitKind::Requests,
+                first.spec.requests_per_minute,
+                &mut standing.requests,
+            ),
+            (
+                LimitKind::Tokens,
+                first.spec.tokens_per_minute,
+                &mut standing.tokens,
+            ),
+        ] {
+            let Some(limit) = limit else { continue };
+            let last = known.and_then(|k| match kind {
+                LimitKind::Requests => k.requests,
+                _ => k.tokens,
+            });
+            // A standing read under another limit (a reload since) says nothing of this one.
+            let last = last.filter(|q| q.limit == limit);
+            *slot = match refused {
+                Some((k, reset)) if k == kind => Some(Quota {
+                    limit,
+                    remaining: 0,
+                    reset,
+                }),
+                _ => Some(last?),
+            };
+        }
+        Some(standing)
     }
 
     /// Reads the script's reply (see `admit.lua`).
@@ -377,6 +419,12 @@ impl Shared {
             requests: quota(at(4), at(5)),
             tokens: quota(at(6), at(7)),
         };
+        if let Some(first) = parties.subjects.first() {
+            if standing != Standing::default() {
+                self.known
+                    .remember(first.name, standing, Instant::now() + reset);
+            }
+        }
         let local_ms = unix_ms(SystemTime::now());
         self.skew_ms
             .store(at(1) as i64 - local_ms, Ordering::Relaxed);
