@@ -16,6 +16,7 @@
 //! over-limit cache carries the same headers a refusal decided by Redis would. Same slots, same rules.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ struct Entry {
 /// Counters known to be over their limit until their window ends.
 pub struct OverLimitCache {
     slots: Box<[ArcSwapOption<Entry>]>,
+    /// Slots holding an entry (expired ones included): while none does, a lookup is one atomic load.
+    held: AtomicUsize,
 }
 
 impl OverLimitCache {
@@ -42,7 +45,13 @@ impl OverLimitCache {
         let n = slots.max(1).next_power_of_two();
         Self {
             slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether no counter is remembered at all (the common case: nothing to look up, no key to name).
+    pub fn is_empty(&self) -> bool {
+        self.held.load(Ordering::Acquire) == 0
     }
 
     fn slot(&self, key: &str) -> &ArcSwapOption<Entry> {
@@ -65,11 +74,14 @@ impl OverLimitCache {
 
     /// Remembers that the counter `key` has nothing left at `limit` until `until`.
     pub fn remember(&self, key: &str, limit: u64, until: Instant) {
-        self.slot(key).store(Some(Arc::new(Entry {
+        let old = self.slot(key).swap(Some(Arc::new(Entry {
             key: key.into(),
             limit,
             until,
         })));
+        if old.is_none() {
+            self.held.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Forgets the counter `key` (its count went down).
@@ -80,7 +92,10 @@ impl OverLimitCache {
             if &*e.key == key {
                 // Only this entry: another counter that took the slot meanwhile stays.
                 let current = guard.clone();
-                slot.compare_and_swap(&current, None);
+                let prev = slot.compare_and_swap(&current, None);
+                if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, e)) {
+                    self.held.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -169,8 +184,10 @@ mod tests {
             "a new limit asks Redis"
         );
         assert_eq!(c.over("{p:k:b}:req:k:b", 5, now), None);
+        assert!(!c.is_empty());
         c.forget("{p:k:a}:req:k:a");
         assert_eq!(c.over("{p:k:a}:req:k:a", 5, now), None, "forgotten");
+        assert!(c.is_empty(), "nothing remembered any more");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Script};
+use redis::{Client, IntoConnectionInfo, RedisWrite, Script, ToRedisArgs};
 use tokio::sync::mpsc;
 
 use super::{
@@ -211,6 +211,34 @@ impl Keys {
     fn tok(&self, subject: &str) -> String {
         format!("{}:tok:{subject}", self.tag)
     }
+
+    /// The key `<tag>:<kind>:<subject>` as a command argument, written into the command without a `String`.
+    fn arg<'a>(&'a self, kind: &'static str, subject: &'a str) -> KeyArg<'a> {
+        KeyArg {
+            tag: &self.tag,
+            kind,
+            subject,
+        }
+    }
+}
+
+/// A key name written straight into a command's buffer (the admission's keys, built for every request).
+struct KeyArg<'a> {
+    tag: &'a str,
+    kind: &'static str,
+    subject: &'a str,
+}
+
+impl ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's own buffer does not fail.
+        let _ = write!(w, "{}:{}:{}", self.tag, self.kind, self.subject);
+    }
 }
 
 impl RedisLimiter {
@@ -355,6 +383,9 @@ impl Shared {
     /// the first subject's standing as last reported in this window (the refused quota at nothing left). When
     /// that standing is not known, Redis is asked after all (which makes it known).
     fn cached_refusal(&self, parties: &Parties<'_>, keys: &Keys) -> Option<Limited> {
+        if self.over.is_empty() {
+            return None;
+        }
         let now = Instant::now();
         for (i, s) in parties.subjects.iter().enumerate() {
             for (kind, limit, key) in [
@@ -574,9 +605,9 @@ impl Limiter for RedisLimiter {
         };
         let mut call = s.admit.prepare_invoke();
         for p in &parties.subjects {
-            call.key(keys.conc(p.name))
-                .key(keys.req(p.name))
-                .key(keys.tok(p.name));
+            call.key(keys.arg("conc", p.name))
+                .key(keys.arg("req", p.name))
+                .key(keys.arg("tok", p.name));
         }
         call.arg(s.window.as_millis() as u64)
             .arg(s.lease.as_millis() as u64)
