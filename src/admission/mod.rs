@@ -8,8 +8,8 @@
 //! the body ([`Admission::needs_body`]: a token quota to count the prompt, a key scoped to models) is admitted
 //! once the body is read ([`Admission::admit_body`]); any other caller when it is identified
 //! ([`Admission::admit_caller`]), before the body is read, so a refused caller costs no body read. A request
-//! refused for its content or its model before it was admitted is not counted. At the end,
-//! [`Admission::settle_tokens`] corrects the estimate by what the request really cost.
+//! refused for its content or its model before it was admitted is not counted. At the end, [`Admission::end`]
+//! corrects the estimate by what the request really cost and gives the permits back, in one hand-off.
 
 pub mod cors;
 
@@ -140,29 +140,37 @@ impl Admission {
         }
     }
 
-    /// Corrects the token estimate counted at admission by what the request really cost: nothing if it was
-    /// never forwarded, else the usage the upstream reported, else the estimate plus the streamed text (about
-    /// four bytes a token), else the estimate stands.
-    pub fn settle_tokens(
-        &self,
+    /// Ends the admission: corrects the token estimate counted at admission by what the request really cost —
+    /// nothing if it was never forwarded, else the usage the upstream reported, else the estimate plus the
+    /// streamed text (about four bytes a token), else the estimate stands — and gives the permits back, both
+    /// in one call to the limiter (one hand-off for a shared backend).
+    pub fn end(
+        &mut self,
         limiter: &dyn Limiter,
         forwarded: bool,
         reported_total: Option<u64>,
         streamed_bytes: Option<u64>,
     ) {
-        let (Some(caller), Some(ticket)) = (&self.caller, self.ticket) else {
+        let Some(caller) = &self.caller else {
             return;
         };
-        let counted = ticket.tokens;
-        let actual = if !forwarded {
-            Some(0)
-        } else {
-            reported_total.or_else(|| streamed_bytes.map(|b| counted + b.div_ceil(4)))
-        };
-        if let Some(actual) = actual {
-            let delta = actual.min(i64::MAX as u64) as i64 - counted.min(i64::MAX as u64) as i64;
-            limiter.settle_tokens(&caller.parties(), ticket, delta);
-        }
+        let settlement = self.ticket.and_then(|ticket| {
+            let counted = ticket.tokens;
+            let actual = if !forwarded {
+                Some(0)
+            } else {
+                reported_total.or_else(|| streamed_bytes.map(|b| counted + b.div_ceil(4)))
+            };
+            actual.map(|actual| {
+                let delta =
+                    actual.min(i64::MAX as u64) as i64 - counted.min(i64::MAX as u64) as i64;
+                (ticket, delta)
+            })
+        });
+        // Taken once: a second call settles nothing more and the permits are already back.
+        self.ticket = None;
+        let permits = std::mem::take(&mut self.permits);
+        limiter.end(&caller.parties(), settlement, permits);
     }
 }
 
@@ -301,7 +309,7 @@ mod tests {
             .expect("80 of 100");
         assert_eq!(first.ticket.map(|t| t.tokens), Some(80));
         // The upstream reported 10: 70 go back.
-        first.settle_tokens(&limiter, true, Some(10), None);
+        first.end(&limiter, true, Some(10), None);
         let mut second = Admission::default();
         second
             .admit_caller(&a, &limiter, &h, false, SystemTime::now())
@@ -335,7 +343,7 @@ mod tests {
             .await;
         assert!(matches!(refused, Err(Rejection::RateLimited(_))));
         // A request never forwarded gives its whole estimate back.
-        second.settle_tokens(&limiter, false, None, None);
+        second.end(&limiter, false, None, None);
         third
             .admit_body(
                 &a,

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use pingora_limits::inflight::Guard;
 
 pub use local::LocalLimiter;
-pub use over::OverLimitCache;
+pub use over::{OverLimitCache, StandingCache};
 pub use redis::{RedisLimiter, RedisService};
 
 use crate::metrics;
@@ -190,6 +190,12 @@ impl Permits {
         self.guards.push(g);
     }
 
+    /// The Redis lease, taken out to be given back with the request's settlement (the gauge stays with these
+    /// permits until they drop).
+    fn take_lease(&mut self) -> Option<redis::Lease> {
+        self.lease.take()
+    }
+
     fn leased(lease: redis::Lease, subjects: usize) -> Self {
         metrics::LIMIT_PERMITS.add(subjects as i64);
         Self {
@@ -230,6 +236,14 @@ pub trait Limiter: Send + Sync {
     /// Corrects the tokens counted at admission by `delta` (negative: fewer were used), never below zero.
     /// Never waits: the correction may be applied later, or dropped and counted when the backend is saturated.
     fn settle_tokens(&self, parties: &Parties<'_>, ticket: Ticket, delta: i64);
+    /// Ends an admitted request: settles its tokens (when `settlement` says by how much) and gives `permits`
+    /// back. A shared backend hands both off at once; never waits.
+    fn end(&self, parties: &Parties<'_>, settlement: Option<(Ticket, i64)>, permits: Permits) {
+        if let Some((ticket, delta)) = settlement {
+            self.settle_tokens(parties, ticket, delta);
+        }
+        drop(permits);
+    }
 }
 
 /// OpenAI's reset format (`1s`, `6m0s`, `250ms`).

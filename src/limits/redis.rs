@@ -17,16 +17,19 @@
 //! **Concurrency is leased.** A permit is a member of the subject's sorted set (member = this gateway's random
 //! id and a counter, unique across the fleet; score = lease expiry in server milliseconds). The script drops
 //! expired members before counting. The renewal pass extends every live permit every `lease / 3` in one
-//! pipelined batch (`ZADD XX`); a request's ending sends its permit to a background task that removes permits
-//! in batches (`ZREM`) — nothing a request waits for. A gateway killed outright leaves permits that expire after
-//! the lease.
+//! pipelined batch (`ZADD XX`). A gateway killed outright leaves permits that expire after the lease.
 //!
-//! **Settlement** of the token estimate is fire-and-forget: a bounded channel to a background task that
-//! corrects the counters of the window the tokens were counted in (`settle.lua`, pipelined; never below zero).
-//! A full channel drops the correction and counts it; a request never waits.
+//! **The end of a request** is one message to the background task, fire-and-forget: its permit and its token
+//! settlement together, sent as one `settle.lua` call that removes the permit and corrects the counters of the
+//! window the tokens were counted in (never below zero); a permit with nothing to settle is a `ZREM`. The task
+//! takes everything pending at each wake-up and sends it as one pipeline. A new permit's registration for
+//! renewal wakes nobody: it is collected at the next wake-up or renewal pass. Every channel is bounded: a full
+//! one drops the message and counts it (a permit then expires with its lease); a request never waits.
 //!
 //! **Over-limit cache** (`over.rs`): a request or token counter Redis refused with nothing left is refused
-//! locally, with no Redis traffic, until its window ends.
+//! locally, with no Redis traffic, until its window ends. Such a refusal carries the headers a Redis-decided one
+//! would: the caller's standing as Redis last reported it in this window (remembered beside the cache; when it
+//! is not known, Redis is asked once).
 //!
 //! **When Redis is unavailable or slow.** Every call is bounded by `timeout_ms`. An error or a timeout marks the
 //! backend down (one WARN line per change of state) and the request is decided by `on_unavailable`: `local`
@@ -44,12 +47,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Script};
+use redis::{Client, IntoConnectionInfo, RedisWrite, Script, ToRedisArgs};
 use tokio::sync::mpsc;
 
 use super::{
     Admitted, LimitKind, Limited, Limiter, LocalLimiter, OverLimitCache, Parties, Permits, Quota,
-    Refused, Scope, Standing, Ticket,
+    Refused, Scope, Standing, StandingCache, Ticket,
 };
 use crate::config::{OnUnavailable, RedisConfig};
 use crate::metrics;
@@ -63,10 +66,20 @@ const QUEUE: usize = 65_536;
 /// Most commands in one background batch.
 const BATCH: usize = 512;
 
-/// A permit leased in Redis, released when dropped (its `Permits` go with the request context).
+/// A permit leased in Redis, released when dropped (its `Permits` go with the request context) unless given
+/// back with the request's settlement first ([`Limiter::end`]).
 pub struct Lease {
-    entry: Arc<LeaseEntry>,
-    releases: mpsc::Sender<Arc<LeaseEntry>>,
+    entry: Option<Arc<LeaseEntry>>,
+    ends: mpsc::Sender<End>,
+}
+
+impl Lease {
+    /// Takes the permit out, marked ended: the caller hands it off.
+    fn take(&mut self) -> Option<Arc<LeaseEntry>> {
+        let entry = self.entry.take()?;
+        entry.alive.store(false, Ordering::Release);
+        Some(entry)
+    }
 }
 
 /// What the background task needs to renew and release one permit.
@@ -82,10 +95,39 @@ struct LeaseEntry {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.entry.alive.store(false, Ordering::Release);
-        if self.releases.try_send(self.entry.clone()).is_err() {
+        if let Some(entry) = self.take() {
+            send_end(
+                &self.ends,
+                End {
+                    lease: Some(entry),
+                    settlement: None,
+                },
+            );
+        }
+    }
+}
+
+/// The end of one request: its permit to give back and its tokens to settle (either may be absent).
+struct End {
+    lease: Option<Arc<LeaseEntry>>,
+    settlement: Option<Settlement>,
+}
+
+/// Hands `end` off without waiting; a full channel drops it and counts what was lost.
+fn send_end(ends: &mpsc::Sender<End>, end: End) {
+    if let Err(e) = ends.try_send(end) {
+        let end = match e {
+            mpsc::error::TrySendError::Full(end) | mpsc::error::TrySendError::Closed(end) => end,
+        };
+        // A lost release is caught by the next renewal pass (the permit is marked ended).
+        if end.lease.is_some() {
             metrics::LIMITS_REDIS_DROPPED
                 .with_label_values(&["release"])
+                .inc();
+        }
+        if end.settlement.is_some() {
+            metrics::LIMITS_REDIS_DROPPED
+                .with_label_values(&["settlement"])
                 .inc();
         }
     }
@@ -99,9 +141,9 @@ struct Settlement {
 
 /// The receiving ends of the hand-offs, taken by [`RedisService`] when it starts.
 struct Inbox {
+    /// Never awaited (only drained), so a registration wakes nobody.
     leases: mpsc::Receiver<Arc<LeaseEntry>>,
-    releases: mpsc::Receiver<Arc<LeaseEntry>>,
-    settlements: mpsc::Receiver<Settlement>,
+    ends: mpsc::Receiver<End>,
 }
 
 /// State shared by the limiter (requests) and its background service.
@@ -119,6 +161,8 @@ struct Shared {
     up: AtomicBool,
     fallback: LocalLimiter,
     over: OverLimitCache,
+    /// The first subject's last standing, for the headers of a refusal the over-limit cache gives.
+    known: StandingCache,
     admit: Script,
     settle: Script,
     /// This gateway's part of every permit id (random per process).
@@ -127,8 +171,7 @@ struct Shared {
     /// The Redis server's clock less this host's, in ms (renewals score leases in server time).
     skew_ms: AtomicI64,
     leases: mpsc::Sender<Arc<LeaseEntry>>,
-    releases: mpsc::Sender<Arc<LeaseEntry>>,
-    settlements: mpsc::Sender<Settlement>,
+    ends: mpsc::Sender<End>,
     round_trip: Histogram,
     cache_hits: IntCounter,
 }
@@ -168,6 +211,34 @@ impl Keys {
     fn tok(&self, subject: &str) -> String {
         format!("{}:tok:{subject}", self.tag)
     }
+
+    /// The key `<tag>:<kind>:<subject>` as a command argument, written into the command without a `String`.
+    fn arg<'a>(&'a self, kind: &'static str, subject: &'a str) -> KeyArg<'a> {
+        KeyArg {
+            tag: &self.tag,
+            kind,
+            subject,
+        }
+    }
+}
+
+/// A key name written straight into a command's buffer (the admission's keys, built for every request).
+struct KeyArg<'a> {
+    tag: &'a str,
+    kind: &'static str,
+    subject: &'a str,
+}
+
+impl ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's own buffer does not fail.
+        let _ = write!(w, "{}:{}:{}", self.tag, self.kind, self.subject);
+    }
 }
 
 impl RedisLimiter {
@@ -185,8 +256,7 @@ impl RedisLimiter {
         }
         let client = Client::open(info).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let (leases, leases_rx) = mpsc::channel(QUEUE);
-        let (releases, releases_rx) = mpsc::channel(QUEUE);
-        let (settlements, settlements_rx) = mpsc::channel(QUEUE);
+        let (ends, ends_rx) = mpsc::channel(QUEUE);
         let mut id = [0u8; 8];
         if getrandom::getrandom(&mut id).is_err() {
             // Permit ids must differ across the fleet: without randomness, the pid and the time will do.
@@ -212,14 +282,14 @@ impl RedisLimiter {
             up: AtomicBool::new(true),
             fallback: LocalLimiter::new(window),
             over: OverLimitCache::new(OVER_SLOTS),
+            known: StandingCache::new(OVER_SLOTS),
             admit: Script::new(include_str!("admit.lua")),
             settle: Script::new(include_str!("settle.lua")),
             gateway: hex::encode(id),
             permits: AtomicU64::new(0),
             skew_ms: AtomicI64::new(0),
             leases,
-            releases,
-            settlements,
+            ends,
             round_trip: metrics::LIMITS_REDIS_SECONDS.clone(),
             cache_hits: metrics::LIMITS_OVER_LIMIT_CACHE_HITS.clone(),
         });
@@ -228,8 +298,7 @@ impl RedisLimiter {
             shared: shared.clone(),
             inbox: Mutex::new(Some(Inbox {
                 leases: leases_rx,
-                releases: releases_rx,
-                settlements: settlements_rx,
+                ends: ends_rx,
             })),
         };
         Ok((Self { shared }, service))
@@ -310,8 +379,13 @@ impl Shared {
         }
     }
 
-    /// A refusal the over-limit cache can give without asking Redis.
+    /// A refusal the over-limit cache can give without asking Redis, with the headers Redis would have given:
+    /// the first subject's standing as last reported in this window (the refused quota at nothing left). When
+    /// that standing is not known, Redis is asked after all (which makes it known).
     fn cached_refusal(&self, parties: &Parties<'_>, keys: &Keys) -> Option<Limited> {
+        if self.over.is_empty() {
+            return None;
+        }
         let now = Instant::now();
         for (i, s) in parties.subjects.iter().enumerate() {
             for (kind, limit, key) in [
@@ -327,32 +401,67 @@ impl Shared {
                 ),
             ] {
                 let Some(limit) = limit else { continue };
-                if let Some(retry_after) = self.over.over(&key, limit, now) {
-                    self.cache_hits.inc();
-                    let quota = Some(Quota {
-                        limit,
-                        remaining: 0,
-                        reset: retry_after,
-                    });
-                    // The standing the cache knows: the refused quota, when it is the caller's own.
-                    let mut standing = Standing::default();
-                    if i == 0 {
-                        match kind {
-                            LimitKind::Requests => standing.requests = quota,
-                            _ => standing.tokens = quota,
-                        }
-                    }
-                    return Some(Limited {
-                        kind,
-                        scope: s.scope,
-                        limit,
-                        retry_after,
-                        standing,
-                    });
-                }
+                let Some(retry_after) = self.over.over(&key, limit, now) else {
+                    continue;
+                };
+                let own = (i == 0).then_some((kind, retry_after));
+                let standing = self.standing_for(parties, now, own)?;
+                self.cache_hits.inc();
+                return Some(Limited {
+                    kind,
+                    scope: s.scope,
+                    limit,
+                    retry_after,
+                    standing,
+                });
             }
         }
         None
+    }
+
+    /// The first subject's standing for a cached refusal: its last known one when read in this window under its
+    /// current limits, with `refused` (its own quota the cache refuses, and until when) at nothing left. `None`:
+    /// one of its quotas is not known.
+    fn standing_for(
+        &self,
+        parties: &Parties<'_>,
+        now: Instant,
+        refused: Option<(LimitKind, Duration)>,
+    ) -> Option<Standing> {
+        let Some(first) = parties.subjects.first() else {
+            return Some(Standing::default());
+        };
+        let known = self.known.get(first.name, now);
+        let mut standing = Standing::default();
+        for (kind, limit, slot) in [
+            (
+                LimitKind::Requests,
+                first.spec.requests_per_minute,
+                &mut standing.requests,
+            ),
+            (
+                LimitKind::Tokens,
+                first.spec.tokens_per_minute,
+                &mut standing.tokens,
+            ),
+        ] {
+            let Some(limit) = limit else { continue };
+            let last = known.and_then(|k| match kind {
+                LimitKind::Requests => k.requests,
+                _ => k.tokens,
+            });
+            // A standing read under another limit (a reload since) says nothing of this one.
+            let last = last.filter(|q| q.limit == limit);
+            *slot = match refused {
+                Some((k, reset)) if k == kind => Some(Quota {
+                    limit,
+                    remaining: 0,
+                    reset,
+                }),
+                _ => Some(last?),
+            };
+        }
+        Some(standing)
     }
 
     /// Reads the script's reply (see `admit.lua`).
@@ -377,6 +486,12 @@ impl Shared {
             requests: quota(at(4), at(5)),
             tokens: quota(at(6), at(7)),
         };
+        if let Some(first) = parties.subjects.first() {
+            if standing != Standing::default() {
+                self.known
+                    .remember(first.name, standing, Instant::now() + reset);
+            }
+        }
         let local_ms = unix_ms(SystemTime::now());
         self.skew_ms
             .store(at(1) as i64 - local_ms, Ordering::Relaxed);
@@ -395,8 +510,8 @@ impl Shared {
                             .inc();
                     }
                     let lease = Lease {
-                        entry,
-                        releases: self.releases.clone(),
+                        entry: Some(entry),
+                        ends: self.ends.clone(),
                     };
                     Permits::leased(lease, held)
                 }
@@ -490,9 +605,9 @@ impl Limiter for RedisLimiter {
         };
         let mut call = s.admit.prepare_invoke();
         for p in &parties.subjects {
-            call.key(keys.conc(p.name))
-                .key(keys.req(p.name))
-                .key(keys.tok(p.name));
+            call.key(keys.arg("conc", p.name))
+                .key(keys.arg("req", p.name))
+                .key(keys.arg("tok", p.name));
         }
         call.arg(s.window.as_millis() as u64)
             .arg(s.lease.as_millis() as u64)
@@ -520,7 +635,13 @@ impl Limiter for RedisLimiter {
             // The script may have run after all: give back a permit it may have taken (it would expire anyway).
             if let Some(entry) = &lease {
                 entry.alive.store(false, Ordering::Release);
-                let _ = s.releases.try_send(entry.clone());
+                send_end(
+                    &s.ends,
+                    End {
+                        lease: Some(entry.clone()),
+                        settlement: None,
+                    },
+                );
             }
         };
         match answered {
@@ -537,40 +658,54 @@ impl Limiter for RedisLimiter {
     }
 
     fn settle_tokens(&self, parties: &Parties<'_>, ticket: Ticket, delta: i64) {
+        if let Some(settlement) = self.shared.settlement(parties, ticket, delta) {
+            send_end(
+                &self.shared.ends,
+                End {
+                    lease: None,
+                    settlement: Some(settlement),
+                },
+            );
+        }
+    }
+
+    fn end(&self, parties: &Parties<'_>, settlement: Option<(Ticket, i64)>, mut permits: Permits) {
         let s = &*self.shared;
+        let settlement = settlement.and_then(|(t, delta)| s.settlement(parties, t, delta));
+        let lease = permits.take_lease().and_then(|mut l| l.take());
+        drop(permits);
+        if lease.is_some() || settlement.is_some() {
+            send_end(&s.ends, End { lease, settlement });
+        }
+    }
+}
+
+impl Shared {
+    /// The correction to send for `delta` tokens (`None`: nothing to send — no change, or counted locally).
+    fn settlement(&self, parties: &Parties<'_>, ticket: Ticket, delta: i64) -> Option<Settlement> {
         let Some(window) = ticket.window else {
             // Counted by the fallback while Redis was unavailable.
-            s.fallback.settle_now(parties, delta);
-            return;
+            self.fallback.settle_now(parties, delta);
+            return None;
         };
         if delta == 0 {
-            return;
+            return None;
         }
-        let keys = Keys::new(&s.prefix, parties.group);
-        let counters: Vec<&str> = parties
+        let keys = Keys::new(&self.prefix, parties.group);
+        let counters = parties
             .subjects
             .iter()
-            .filter(|p| p.spec.tokens_per_minute.is_some())
-            .map(|p| p.name)
-            .collect();
+            .filter(|p| p.spec.tokens_per_minute.is_some());
         if delta < 0 {
             // Tokens came back: a counter this gateway remembers as over may not be any more.
-            for name in &counters {
-                s.over.forget(&keys.tok(name));
+            for p in counters.clone() {
+                self.over.forget(&keys.tok(p.name));
             }
         }
-        let settlement = Settlement {
-            keys: counters
-                .iter()
-                .map(|name| format!("{}:{window}", keys.tok(name)))
-                .collect(),
-            delta,
-        };
-        if s.settlements.try_send(settlement).is_err() {
-            metrics::LIMITS_REDIS_DROPPED
-                .with_label_values(&["settlement"])
-                .inc();
-        }
+        let keys: Vec<String> = counters
+            .map(|p| format!("{}:{window}", keys.tok(p.name)))
+            .collect();
+        (!keys.is_empty()).then_some(Settlement { keys, delta })
     }
 }
 
@@ -669,32 +804,54 @@ impl RedisService {
         }
     }
 
-    /// Applies token corrections (pipelined `settle.lua`, loaded again if Redis lost it).
-    async fn settle(&self, batch: &[Settlement]) {
+    /// Sends the ends of requests as one pipeline: a permit with a settlement is one `settle.lua` call, a permit
+    /// alone its `ZREM`s, a settlement alone a `settle.lua` call (the script loaded again if Redis lost it).
+    async fn end(&self, batch: &[End]) {
         let s = &*self.shared;
+        for e in batch.iter().filter_map(|e| e.lease.as_ref()) {
+            e.released.store(true, Ordering::Release);
+        }
         if !s.up.load(Ordering::Acquire) {
+            // Permits expire with their lease; the corrections are lost.
+            let lost = batch.iter().filter(|e| e.settlement.is_some()).count();
             metrics::LIMITS_REDIS_DROPPED
                 .with_label_values(&["settlement"])
-                .inc_by(batch.len() as u64);
+                .inc_by(lost as u64);
             return;
         }
         let Some(mut conn) = s.connection() else {
             return;
         };
         let mut pipe = redis::pipe();
-        for st in batch {
-            let mut call = s.settle.prepare_invoke();
-            for k in &st.keys {
-                call.key(k);
+        let mut scripted = false;
+        for end in batch {
+            match (&end.lease, &end.settlement) {
+                (lease, Some(st)) => {
+                    let mut call = s.settle.prepare_invoke();
+                    let (sets, member) = lease
+                        .as_ref()
+                        .map_or((&[][..], ""), |l| (&l.sets[..], l.member.as_str()));
+                    for k in sets.iter().chain(&st.keys) {
+                        call.key(k);
+                    }
+                    call.arg(st.delta).arg(sets.len()).arg(member);
+                    pipe.invoke_script(&call).ignore();
+                    scripted = true;
+                }
+                (Some(l), None) => {
+                    for set in &l.sets {
+                        pipe.cmd("ZREM").arg(set).arg(&l.member).ignore();
+                    }
+                }
+                (None, None) => {}
             }
-            call.arg(st.delta);
-            pipe.invoke_script(&call).ignore();
         }
         let budget = s.timeout.max(Duration::from_millis(250));
         let sent = tokio::time::timeout(budget, pipe.query_async::<()>(&mut conn)).await;
         if let Ok(Err(e)) = &sent {
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-                // SCRIPT FLUSH or a restarted server: load it and send the batch once more.
+            if scripted && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                // SCRIPT FLUSH or a restarted server: load it and send the batch once more (a permit removed
+                // twice is removed once; a settlement that failed was not applied).
                 let loaded = tokio::time::timeout(budget, s.settle.load_async(&mut conn)).await;
                 if matches!(loaded, Ok(Ok(_))) {
                     let again = tokio::time::timeout(budget, pipe.query_async::<()>(&mut conn));
@@ -703,6 +860,21 @@ impl RedisService {
             }
         }
         Self::report(s, sent);
+    }
+
+    /// Takes the permits registered since the last call into the renewal list (without waiting).
+    fn register(live: &mut Vec<Arc<LeaseEntry>>, leases: &mut mpsc::Receiver<Arc<LeaseEntry>>) {
+        let before = live.len();
+        while let Ok(entry) = leases.try_recv() {
+            if entry.alive.load(Ordering::Acquire) {
+                live.push(entry);
+            }
+        }
+        // Ended permits leave the list at each renewal pass; on a busy gateway drop them sooner, whenever the
+        // list grew past a power of two, so it stays near the number of requests in flight.
+        if live.len() > 1024 && live.len().ilog2() > before.max(1).ilog2() {
+            live.retain(|e| e.alive.load(Ordering::Acquire));
+        }
     }
 
     async fn send(&self, conn: &mut ConnectionManager, pipe: &redis::Pipeline) {
@@ -735,7 +907,6 @@ impl BackgroundService for RedisService {
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = Vec::with_capacity(BATCH);
-        let mut settled = Vec::with_capacity(BATCH);
         // Runs through shutdown: requests still draining release their permits and settle their tokens; the
         // drain service ends the process.
         loop {
@@ -745,28 +916,16 @@ impl BackgroundService for RedisService {
                         self.probe().await;
                     }
                 }
-                _ = renew.tick() => self.renew(&mut live).await,
-                Some(entry) = inbox.leases.recv() => {
-                    if entry.alive.load(Ordering::Acquire) {
-                        live.push(entry);
-                    }
-                    // A registration at a time would make the list grow past its renewals on a busy gateway:
-                    // drop what already ended once it doubles.
-                    if live.len() > 1024 && live.len().is_power_of_two() {
-                        live.retain(|e| e.alive.load(Ordering::Acquire));
-                    }
+                _ = renew.tick() => {
+                    Self::register(&mut live, &mut inbox.leases);
+                    self.renew(&mut live).await;
                 }
-                n = inbox.releases.recv_many(&mut ended, BATCH) => {
+                n = inbox.ends.recv_many(&mut ended, BATCH) => {
                     if n > 0 {
-                        self.release(&ended).await;
+                        self.end(&ended).await;
                         ended.clear();
                     }
-                }
-                n = inbox.settlements.recv_many(&mut settled, BATCH) => {
-                    if n > 0 {
-                        self.settle(&settled).await;
-                        settled.clear();
-                    }
+                    Self::register(&mut live, &mut inbox.leases);
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! The end of a request (`logging`, always the last hook, on every path): the token settlement, the metrics
+//! The end of a request (`logging`, always the last hook, on every path): the token settlement and the permits
+//! given back, the metrics
 //! and the decision event, all read from the request's one outcome. Only ids, counts, codes and timings leave
 //! here — never a matched value.
 
@@ -19,7 +20,7 @@ pub async fn finish(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mu
     let reported = ctx.reported_usage().map(|u| u.total_tokens);
     let streamed = ctx.stream.as_ref().map(|f| f.text_bytes);
     ctx.admission
-        .settle_tokens(&*gw.limiter, ctx.forwarded, reported, streamed);
+        .end(&*gw.limiter, ctx.forwarded, reported, streamed);
     if let Some(f) = &ctx.stream {
         // A stream's side is decided when it ends, which is now.
         ctx.outcome.response = f.side();

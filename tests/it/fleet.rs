@@ -346,12 +346,15 @@ async fn a_tenant_quota_is_shared_by_its_keys_across_two_gateways() {
             a.body.contains("requests per minute on this tenant"),
             "{a:?}"
         );
-        // The key's own quota, where the refusal tells it (one the gateway remembers the tenant is over for
-        // does not know the key's count): a tenant refusal does not count against the key.
-        if let Some(remaining) = a.num("x-ratelimit-remaining-requests") {
-            assert_eq!(a.num("x-ratelimit-limit-requests"), Some(1000), "{a:?}");
-            assert!(remaining >= 1000 - TENANT, "key {key}: {a:?}");
-        }
+        // Every refusal tells the key's own quota, whether Redis decided it or the gateway remembered that
+        // the tenant is over: a tenant refusal does not count against the key.
+        let remaining = a.num("x-ratelimit-remaining-requests");
+        assert_eq!(a.num("x-ratelimit-limit-requests"), Some(1000), "{a:?}");
+        assert!(
+            remaining.is_some_and(|r| r >= 1000 - TENANT),
+            "key {key}: {a:?}"
+        );
+        assert!(a.num("x-ratelimit-reset").is_some(), "{a:?}");
     }
     // Each key's own count is exact across the fleet too: its successes saw 999, 998, … once each.
     for key in 0..2 {
@@ -374,6 +377,14 @@ async fn a_tenant_quota_is_shared_by_its_keys_across_two_gateways() {
         .await,
         refused as f64
     );
+    // Some of those refusals came from the over-limit cache: the assertions above covered that path.
+    let cached = fleet_metric(
+        &gws[..],
+        "promptgate_limits_over_limit_cache_hits_total",
+        -1.0,
+    )
+    .await;
+    assert!(cached > 0.0, "no refusal came from the over-limit cache");
     assert_eq!(mock.received().await.len() as u64, TENANT);
     assert_no_fallback(&gws[..]).await;
 }

@@ -393,3 +393,98 @@ async fn the_token_estimate_is_settled_in_redis_to_the_reported_usage() {
     let ttl: i64 = redis.cmd(&["PTTL", &counter]);
     assert!(ttl > 0, "the settled counter keeps its expiry");
 }
+
+/// The commands clients sent, as `MONITOR` (`redis-cli monitor`) wrote them to `log`: a script's own commands
+/// (`[0 lua]`) and the test's (`ZCARD`, `MONITOR`) left out.
+fn sent(log: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.contains(" lua] "))
+        .filter_map(|l| l.split("] \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_ascii_uppercase)
+        .filter(|c| !["ZCARD", "MONITOR"].contains(&c.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_request_with_every_quota_costs_redis_two_commands_its_admission_and_its_end() {
+    const N: usize = 6;
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    let keys = KeysFile::new(&key_entry(
+        "eta",
+        "pgk_eta_secret",
+        "limits = { requests_per_minute = 1000, tokens_per_minute = 1000000, max_concurrent = 10 }",
+    ));
+    // One connection, and a lease no renewal pass comes round for while the test runs.
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
+        "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n\
+         [limits]\nwindow_seconds = 3600\nbackend = \"redis\"\n\
+         [limits.redis]\nurl = \"{}\"\ntimeout_ms = 1000\nlease_ms = 600000\npool_size = 1\non_unavailable = \"deny\"\n",
+        keys.path.display().to_string(),
+        redis.url()
+    )))
+    .await;
+    backend_up(&gw, 1.0).await;
+    let long = chat_body(&"lorem ipsum dolor sit amet ".repeat(40));
+    let send = || {
+        post(
+            &gw,
+            "/v1/chat/completions",
+            long.clone().into_bytes(),
+            &[("authorization", "Bearer pgk_eta_secret")],
+        )
+    };
+    let set = "{promptgate:t:team-a}:conc:k:eta";
+    let released = || async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while redis.cmd::<u64>(&["ZCARD", set]) != 0 {
+            assert!(Instant::now() < deadline, "a permit was not released");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // One request first connects and loads both scripts; then every command is logged, from zero.
+    assert_eq!(send().await.status(), 200);
+    released().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("monitor.log");
+    let mut monitor = Command::new("redis-cli")
+        .args(["-u", &redis.url(), "monitor"])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("redis-cli monitor");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .starts_with("OK")
+    {
+        assert!(Instant::now() < deadline, "MONITOR did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for _ in 0..N {
+        let r = send().await;
+        assert_eq!(r.status(), 200);
+        let remaining = header(&r, "x-ratelimit-remaining-tokens").map(str::to_owned);
+        let answer: Value = r.json().await.expect("json");
+        let used = answer["usage"]["total_tokens"].as_u64().expect("usage");
+        assert!(
+            remaining.is_some() && used > 0,
+            "every request has tokens to settle"
+        );
+        released().await;
+    }
+    // The permit went back in the same call as the settlement, so once it is gone both were sent.
+    let want = vec!["EVALSHA".to_owned(); 2 * N];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sent(&log).len() < want.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let mut got = sent(&log);
+    got.sort();
+    assert_eq!(got, want, "one admission and one end each, nothing else");
+    assert_eq!(redis_errors(&gw).await, 0.0);
+}
