@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use super::holdback::{Form, HeldText, Holding, Release};
 use super::{judge, Decision, RuleHit, Side};
-use crate::openai::sse::{ends_with_blank_line, other_lines, write_event, Event, SseParser};
+use crate::openai::sse::{ends_with_blank_line, write_event, Event, SseParser};
 use crate::openai::Rejection;
 use crate::rules::{Action, Direction, Mode, PrefixCache, RuleSet};
 
@@ -388,17 +388,17 @@ impl StreamFilter {
             }
         }
         if v.get("choices").is_some_and(Value::is_array) {
-            self.on_chunk(v, &ev.raw, out);
+            self.on_chunk(v, &ev, out);
         } else {
             // Not a chat or completions chunk (an error, a Responses API event): every string of it is
             // inspected as final text, redacted in place or blocking the stream.
-            self.walk_whole(data, &ev.raw, out);
+            self.walk_whole(data, &ev, out);
         }
     }
 
     /// A chat or completions chunk: every string of each choice's `text` and `delta` through its hold-back,
     /// every other string and every key inspected whole.
-    fn on_chunk(&mut self, mut v: Value, raw: &Bytes, out: &mut BytesMut) {
+    fn on_chunk(&mut self, mut v: Value, ev: &Event, out: &mut BytesMut) {
         let mut changed = false;
         if let Some(top) = v.as_object_mut() {
             for (k, x) in top.iter_mut() {
@@ -474,9 +474,9 @@ impl StreamFilter {
         }
         self.held_sum += self.held();
         if changed {
-            write_event(out, other_lines(raw), v.to_string().as_bytes(), self.eol);
+            write_event(out, ev.other_lines(), v.to_string().as_bytes(), self.eol);
         } else {
-            out.extend_from_slice(raw);
+            out.extend_from_slice(&ev.raw);
         }
     }
 
@@ -634,13 +634,12 @@ impl StreamFilter {
     fn whole_strings(&mut self, v: &mut Value, values: bool, changed: &mut bool) -> Flow {
         match v {
             Value::String(s) if values => match self.whole_once(s) {
-                Some(text) => {
-                    if text != *s {
-                        *s = text;
-                        *changed = true;
-                    }
+                Some(Some(text)) => {
+                    *s = text;
+                    *changed = true;
                     Flow::Go
                 }
+                Some(None) => Flow::Go,
                 None => Flow::Stop,
             },
             Value::Array(items) => {
@@ -669,8 +668,8 @@ impl StreamFilter {
         let mut renamed = Vec::new();
         for k in m.keys() {
             match self.whole_once(k) {
-                Some(text) if text != *k => renamed.push((k.clone(), text)),
-                Some(_) => {}
+                Some(Some(text)) => renamed.push((k.clone(), text)),
+                Some(None) => {}
                 None => return Flow::Stop,
             }
         }
@@ -687,12 +686,13 @@ impl StreamFilter {
         Flow::Go
     }
 
-    /// [`Self::whole`], remembering short strings that match nothing.
-    fn whole_once(&mut self, s: &str) -> Option<String> {
+    /// [`Self::whole`], remembering short strings that match nothing: `Some(None)` when `s` stays as it is,
+    /// `Some(Some(new))` when it changes, `None` when the stream ended.
+    fn whole_once(&mut self, s: &str) -> Option<Option<String>> {
         const MAX_CLEAN: usize = 256;
         const MAX_CLEAN_LEN: usize = 128;
         if self.clean.contains(s) {
-            return Some(s.to_string());
+            return Some(None);
         }
         let mut h = Holding {
             rules: &self.rules,
@@ -706,6 +706,7 @@ impl StreamFilter {
             self.clean.insert(s.to_string());
         }
         self.settle(released)
+            .map(|text| (text != s).then_some(text))
     }
 
     /// A string sent whole (an identifier): inspected as final text, redacted in place or ending the stream.
@@ -847,7 +848,7 @@ impl StreamFilter {
     }
 
     /// A JSON event without pieces to hold: inspected whole as final text (every string, keys too).
-    fn walk_whole(&mut self, data: &str, raw: &Bytes, out: &mut BytesMut) {
+    fn walk_whole(&mut self, data: &str, ev: &Event, out: &mut BytesMut) {
         let opts = super::InspectOptions {
             max_depth: 128,
             opaque: super::OpaquePolicy::Pass,
@@ -856,7 +857,7 @@ impl StreamFilter {
         let Ok(verdict) =
             super::inspect_json(&self.rules, data.as_bytes(), &opts, Direction::Response)
         else {
-            self.scan_whole(data, raw, out);
+            self.scan_whole(data, &ev.raw, out);
             return;
         };
         for h in &verdict.hits {
@@ -864,8 +865,8 @@ impl StreamFilter {
         }
         match (verdict.blocked_by, &verdict.rewritten) {
             (Some(rule), _) => self.end_blocked(rule),
-            (None, Some(body)) => write_event(out, other_lines(raw), body, self.eol),
-            (None, None) => out.extend_from_slice(raw),
+            (None, Some(body)) => write_event(out, ev.other_lines(), body, self.eol),
+            (None, None) => out.extend_from_slice(&ev.raw),
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Event {
     pub data: Option<String>,
     /// The `event` field, if any.
     pub name: Option<String>,
+    /// Whether the event has lines other than its `data` fields (see [`Event::other_lines`]).
+    pub has_other_lines: bool,
 }
 
 impl Event {
@@ -130,12 +132,12 @@ impl Event {
     /// The event's lines other than its `data` fields (comments, `event`, `id`, `retry`, unknown fields), in
     /// order, without their line ends.
     pub fn other_lines(&self) -> impl Iterator<Item = &str> + '_ {
-        other_lines(&self.raw)
+        other_lines(if self.has_other_lines { &self.raw } else { &[] })
     }
 }
 
 /// The lines of an event's bytes other than its `data` fields, split as [`SseParser`] splits them.
-pub fn other_lines(raw: &[u8]) -> impl Iterator<Item = &str> + '_ {
+fn other_lines(raw: &[u8]) -> impl Iterator<Item = &str> + '_ {
     std::str::from_utf8(raw)
         .unwrap_or_default()
         .split(['\n', '\r'])
@@ -209,8 +211,13 @@ fn parse_event(raw: Bytes) -> Result<Event, SseError> {
     let text = std::str::from_utf8(&raw).map_err(|_| SseError::Utf8)?;
     let mut data: Option<String> = None;
     let mut name = None;
+    let mut has_other_lines = false;
     for line in text.split(['\n', '\r']) {
-        if line.is_empty() || line.starts_with(':') {
+        if line.is_empty() {
+            continue;
+        }
+        has_other_lines |= !is_data_line(line);
+        if line.starts_with(':') {
             continue;
         }
         let (field, value) = match line.split_once(':') {
@@ -229,7 +236,12 @@ fn parse_event(raw: Bytes) -> Result<Event, SseError> {
             _ => {}
         }
     }
-    Ok(Event { raw, data, name })
+    Ok(Event {
+        raw,
+        data,
+        name,
+        has_other_lines,
+    })
 }
 
 #[cfg(test)]
