@@ -401,19 +401,43 @@ impl StreamFilter {
     fn on_chunk(&mut self, mut v: Value, ev: &Event, out: &mut BytesMut) {
         let mut changed = false;
         if let Some(top) = v.as_object_mut() {
+            // The envelope (every field but the choices and usage) is most often the last chunk's, already
+            // inspected (and as it left): then only a usage is new.
+            let enveloped = |k: &String| k != "choices" && k != "usage";
+            let same = self
+                .envelope
+                .as_ref()
+                .and_then(Value::as_object)
+                .is_some_and(|prev| {
+                    top.keys().filter(|k| enveloped(k)).count() + 1 == prev.len()
+                        && top
+                            .iter()
+                            .filter(|(k, _)| enveloped(k))
+                            .all(|(k, x)| prev.get(k) == Some(x))
+                });
             for (k, x) in top.iter_mut() {
-                if k != "choices" && self.whole_strings(x, true, &mut changed) == Flow::Stop {
+                let new = k == "usage" || (!same && k != "choices");
+                if new && self.whole_strings(x, true, &mut changed) == Flow::Stop {
                     return;
                 }
             }
-            if self.whole_keys(top, &mut changed) == Flow::Stop {
+            if !same {
+                if self.whole_keys(top, &mut changed) == Flow::Stop {
+                    return;
+                }
+                let mut envelope: Map<String, Value> = top
+                    .iter()
+                    .filter(|(k, _)| enveloped(k))
+                    .map(|(k, x)| (k.clone(), x.clone()))
+                    .collect();
+                envelope.insert("choices".into(), json!([]));
+                self.envelope = Some(Value::Object(envelope));
+            } else if top.contains_key("usage") && self.whole_keys(top, &mut changed) == Flow::Stop
+            {
+                // `usage`'s key is one the last envelope did not have.
                 return;
             }
         }
-        let mut envelope = v.clone();
-        envelope["choices"] = json!([]);
-        envelope.as_object_mut().map(|o| o.remove("usage"));
-        self.envelope = Some(envelope);
         // A choice that finishes now: a text this chunk continues ends in it (its held text and the chunk's
         // piece are one text, judged whole and sent in this chunk — never split in two at the finish); a text
         // it does not continue is released before it (below).
