@@ -276,7 +276,8 @@ impl<S: Source> Reload<S> {
 impl<S: Source> BackgroundService for Reload<S> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // One pending notice is all a reload needs: the watcher's further notices while one waits are dropped.
+        let (tx, mut changes) = tokio::sync::mpsc::channel::<()>(1);
         // The watcher lives as long as this service; its callback runs on notify's own thread.
         let _watcher = if self.watch {
             match watch(&self.dir, self.file.clone(), tx) {
@@ -300,8 +301,16 @@ impl<S: Source> BackgroundService for Reload<S> {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = changes.recv() => {
-                    // Debounce: editors and `git checkout` write in several steps.
-                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, changes.recv()).await {}
+                    // Debounce: editors and `git checkout` write in several steps. A writer that never
+                    // pauses for as long as the debounce holds reloads off no longer than MAX_DEBOUNCES of it.
+                    let deadline = tokio::time::Instant::now() + self.debounce * MAX_DEBOUNCES;
+                    loop {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match tokio::time::timeout(self.debounce.min(left), changes.recv()).await {
+                            Ok(Some(())) if !left.is_zero() => continue,
+                            _ => break,
+                        }
+                    }
                     self.run_off_path().await;
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
@@ -313,10 +322,13 @@ impl<S: Source> BackgroundService for Reload<S> {
     }
 }
 
+/// The longest a stream of changes delays a reload, in debounce periods (2.5 s with the default 250 ms).
+const MAX_DEBOUNCES: u32 = 10;
+
 fn watch(
     dir: &std::path::Path,
     file: Option<std::ffi::OsString>,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    tx: tokio::sync::mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let mode = if file.is_some() {
@@ -334,7 +346,8 @@ fn watch(
                     .any(|p| p.file_name() == Some(f.as_os_str()))
             }) => {}
         Ok(_) => {
-            let _ = tx.send(());
+            // Full: a notice is already waiting, which covers this change too.
+            let _ = tx.try_send(());
         }
         Err(e) => tracing::warn!("rules watcher: {e}"),
     })?;

@@ -325,3 +325,50 @@ async fn sighup_and_post_reload_reload_on_demand() {
         "{text}"
     );
 }
+
+/// A writer that never paused for as long as the debounce (a file rewritten every 100 ms by a generator, a
+/// sync loop) held reloads off for as long as it wrote: each change restarted the wait. A burst of changes now
+/// delays a reload by a bounded time, so the new rules go live while the writer is still writing.
+#[tokio::test]
+async fn a_writer_that_never_pauses_does_not_hold_reloads_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_rules(dir.path());
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
+    let (v1, _) = healthz(&gw).await;
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (dir, writing) = (dir.path().to_path_buf(), writing.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(20);
+            let mut n = 0u64;
+            while writing.load(Ordering::Relaxed) && Instant::now() < until {
+                n += 1;
+                let text = EXTRA.replace("an added rule", &format!("an added rule, edit {n}"));
+                let tmp = dir.join(".extra.toml.tmp");
+                std::fs::write(&tmp, text).expect("write");
+                std::fs::rename(&tmp, dir.join("extra.toml")).expect("rename");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            writing.store(false, Ordering::Relaxed);
+        })
+    };
+    let changed_while_writing = loop {
+        let still = writing.load(Ordering::Relaxed);
+        if healthz(&gw).await.0 != v1 {
+            break still;
+        }
+        if !still {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    writing.store(false, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(
+        changed_while_writing,
+        "the rules reloaded only once the writer stopped"
+    );
+    assert_eq!(reload_errors(&gw).await, 0.0);
+    assert_eq!(healthz(&gw).await.1, 14);
+}
