@@ -718,13 +718,7 @@ impl StreamFilter {
         if self.clean.contains(s) {
             return Some(None);
         }
-        let mut h = Holding {
-            rules: &self.rules,
-            cache: &mut self.cache,
-            monitor: self.monitor,
-            cap: self.max_hold,
-        };
-        let released = HeldText::whole(s, &mut h);
+        let released = self.whole_release(s);
         let nothing = matches!(&released, Release::Text { rules, .. } if rules.is_empty());
         if nothing && s.len() <= MAX_CLEAN_LEN && self.clean.len() < MAX_CLEAN {
             self.clean.insert(s.to_string());
@@ -735,14 +729,19 @@ impl StreamFilter {
 
     /// A string sent whole (an identifier): inspected as final text, redacted in place or ending the stream.
     fn whole(&mut self, s: &str) -> Option<String> {
+        let released = self.whole_release(s);
+        self.settle(released)
+    }
+
+    /// What a string sent whole becomes (not yet counted: `settle` does that).
+    fn whole_release(&mut self, s: &str) -> Release {
         let mut h = Holding {
             rules: &self.rules,
             cache: &mut self.cache,
             monitor: self.monitor,
             cap: self.max_hold,
         };
-        let released = HeldText::whole(s, &mut h);
-        self.settle(released)
+        HeldText::whole(s, &mut h)
     }
 
     /// Bytes held back across every text now.

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::sdk::run_sdk_script;
 use crate::support::{
-    chat_body, key_entry, post, recorded_header, Gateway, GatewayOpts, KeysFile, MockUpstream,
+    chat_as, chat_body, header, key_entry, post, recorded_header, Gateway, GatewayOpts, KeysFile,
+    MockUpstream,
 };
 
 const PROVIDER_KEY: &str = "sk-provider-test-0123456789";
@@ -34,23 +35,6 @@ async fn with_one_key(id: &str, secret: &str, extra: &str) -> (MockUpstream, Key
 
 fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
-}
-
-async fn chat_as(gw: &Gateway, secret: &str, extra: &[(&str, &str)]) -> reqwest::Response {
-    let auth = bearer(secret);
-    let mut headers = vec![("authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    post(
-        gw,
-        "/v1/chat/completions",
-        chat_body("Say hello").into_bytes(),
-        &headers,
-    )
-    .await
-}
-
-fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    binary, chat_body, free_port, key_entry, post, repo_root, Gateway, GatewayOpts, KeysFile,
-    MockUpstream, Redis,
+    binary, chat_as, chat_body, free_port, header, key_entry, post, repo_root, Gateway,
+    GatewayOpts, KeysFile, MockUpstream, Redis,
 };
 
 /// A gateway in gateway_keys mode counting in Redis at `redis_url`. Long windows: no test crosses one.
@@ -27,23 +27,6 @@ async fn redis_gateway(
         keys.path.display().to_string()
     )))
     .await
-}
-
-async fn chat(gw: &Gateway, secret: &str, extra: &[(&str, &str)]) -> reqwest::Response {
-    let auth = format!("Bearer {secret}");
-    let mut headers = vec![("authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    post(
-        gw,
-        "/v1/chat/completions",
-        chat_body("Say hello").into_bytes(),
-        &headers,
-    )
-    .await
-}
-
-fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Waits (up to 15 s: a reconnect and a probe) for the backend gauge to read `want`.
@@ -96,7 +79,7 @@ async fn one_gateway_refuses_past_the_quota_with_counters_in_redis_under_the_ten
     let gw = redis_gateway(&mock, &keys, &redis.url(), "deny").await;
     backend_up(&gw, 1.0).await;
     for remaining in ["2", "1", "0"] {
-        let r = chat(&gw, "pgk_alpha_secret", &[]).await;
+        let r = chat_as(&gw, "pgk_alpha_secret", &[]).await;
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("3"));
         assert_eq!(
@@ -104,7 +87,7 @@ async fn one_gateway_refuses_past_the_quota_with_counters_in_redis_under_the_ten
             Some(remaining)
         );
     }
-    let r = chat(&gw, "pgk_alpha_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_alpha_secret", &[]).await;
     assert_eq!(r.status(), 429);
     assert!(header(&r, "retry-after").is_some());
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
@@ -121,7 +104,7 @@ async fn one_gateway_refuses_past_the_quota_with_counters_in_redis_under_the_ten
 
     // Nothing left in the window: refused from the over-limit cache, without asking Redis again.
     let scripts = redis.calls("evalsha");
-    let r = chat(&gw, "pgk_alpha_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_alpha_secret", &[]).await;
     assert_eq!(r.status(), 429);
     assert!(header(&r, "retry-after").is_some());
     assert_eq!(
@@ -176,8 +159,8 @@ async fn passthrough_callers_are_counted_under_their_own_hash_tag_with_a_shared_
     )
     .await;
     backend_up(&gw, 1.0).await;
-    assert_eq!(chat(&gw, "sk-client-one", &[]).await.status(), 200);
-    assert_eq!(chat(&gw, "sk-client-one", &[]).await.status(), 429);
+    assert_eq!(chat_as(&gw, "sk-client-one", &[]).await.status(), 200);
+    assert_eq!(chat_as(&gw, "sk-client-one", &[]).await.status(), 429);
     let counter = key_with(&redis, "{promptgate:c:h:");
     assert!(counter.contains("}:req:c:h:"), "{counter}");
     assert!(redis.keys().iter().all(|k| !k.contains("sk-client-one")));
@@ -204,7 +187,7 @@ async fn redis_down_at_start_is_decided_by_on_unavailable() {
         let gw = redis_gateway(&mock, &keys, &dead, mode).await;
         let mut got = Vec::new();
         for _ in 0..3 {
-            let r = chat(&gw, "pgk_beta_secret", &[]).await;
+            let r = chat_as(&gw, "pgk_beta_secret", &[]).await;
             if r.status() == 503 {
                 assert_eq!(header(&r, "x-should-retry"), Some("true"), "{mode}");
                 assert_eq!(header(&r, "retry-after"), Some("1"), "{mode}");
@@ -244,16 +227,16 @@ async fn redis_stopped_mid_run_falls_back_and_is_used_again_once_it_returns() {
     ));
     let gw = redis_gateway(&mock, &keys, &redis.url(), "deny").await;
     backend_up(&gw, 1.0).await;
-    assert_eq!(chat(&gw, "pgk_gamma_secret", &[]).await.status(), 200);
+    assert_eq!(chat_as(&gw, "pgk_gamma_secret", &[]).await.status(), 200);
 
     redis.stop();
-    let r = chat(&gw, "pgk_gamma_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_gamma_secret", &[]).await;
     assert_eq!(r.status(), 503, "deny while Redis is gone");
     assert_eq!(gw.metric("promptgate_limits_backend_up").await, Some(0.0));
     let errors = redis_errors(&gw).await;
     assert!(errors >= 1.0, "the failed call is counted");
     // While down, requests do not try Redis: no more errors, one more fallback decision each.
-    let r = chat(&gw, "pgk_gamma_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_gamma_secret", &[]).await;
     assert_eq!(r.status(), 503);
     assert_eq!(
         gw.metric("promptgate_limits_fallback_decisions_total{mode=\"deny\"}")
@@ -269,7 +252,7 @@ async fn redis_stopped_mid_run_falls_back_and_is_used_again_once_it_returns() {
 
     redis.restart();
     backend_up(&gw, 1.0).await;
-    let r = chat(&gw, "pgk_gamma_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_gamma_secret", &[]).await;
     assert_eq!(r.status(), 200, "used again, no gateway restart");
     // A fresh server: the request counted there is the only one.
     let counter = key_with(&redis, "{promptgate:t:team-a}:req:k:gamma:");
@@ -288,9 +271,9 @@ async fn a_flushed_script_is_loaded_again_transparently() {
     ));
     let gw = redis_gateway(&mock, &keys, &redis.url(), "deny").await;
     backend_up(&gw, 1.0).await;
-    assert_eq!(chat(&gw, "pgk_delta_secret", &[]).await.status(), 200);
+    assert_eq!(chat_as(&gw, "pgk_delta_secret", &[]).await.status(), 200);
     let _: String = redis.cmd(&["SCRIPT", "FLUSH"]);
-    let r = chat(&gw, "pgk_delta_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_delta_secret", &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("98"));
     let counter = key_with(&redis, "{promptgate:t:team-a}:req:k:delta:");
@@ -326,10 +309,10 @@ async fn a_permit_is_a_lease_renewed_while_its_stream_lives_and_released_when_it
     assert_eq!(held.status(), 200);
     let set = key_with(&redis, "{promptgate:t:team-a}:conc:k:eps");
     assert_eq!(redis.cmd::<u64>(&["ZCARD", &set]), 1);
-    assert_eq!(chat(&gw, "pgk_eps_secret", &[]).await.status(), 429);
+    assert_eq!(chat_as(&gw, "pgk_eps_secret", &[]).await.status(), 429);
     // Past the 2 s lease the stream still holds its permit: it was renewed.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = chat(&gw, "pgk_eps_secret", &[]).await;
+    let r = chat_as(&gw, "pgk_eps_secret", &[]).await;
     assert_eq!(
         r.status(),
         429,
@@ -344,7 +327,7 @@ async fn a_permit_is_a_lease_renewed_while_its_stream_lives_and_released_when_it
         assert!(Instant::now() < deadline, "the permit was not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(chat(&gw, "pgk_eps_secret", &[]).await.status(), 200);
+    assert_eq!(chat_as(&gw, "pgk_eps_secret", &[]).await.status(), 200);
 }
 
 #[tokio::test]

@@ -654,3 +654,22 @@ pub async fn resp_roundtrip(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A chat completion sent with gateway key `secret` (and `extra` headers).
+pub async fn chat_as(gw: &Gateway, secret: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let auth = format!("Bearer {secret}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    post(
+        gw,
+        "/v1/chat/completions",
+        chat_body("Say hello").into_bytes(),
+        &headers,
+    )
+    .await
+}
+
+/// A response header as text.
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
