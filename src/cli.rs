@@ -300,6 +300,7 @@ fn run_mock(args: MockArgs) -> i32 {
         chunk_bytes: args.chunk_bytes,
         delay: Duration::from_millis(args.delay_ms),
         echo: args.echo,
+        status: None,
     };
     rt.block_on(async move {
         match mock::start(args.listen, config).await {

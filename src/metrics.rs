@@ -175,6 +175,57 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Inspection decisions by direction and decision.
+/// Requests routed to each upstream (the configured `name`: a bounded label), counted once per request.
+pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upstream_requests_total",
+        "Requests routed to each upstream pool.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
+/// Failed attempts per upstream and kind: `connect`, `timeout`, `other`, `status` (a 429/5xx answer that sent
+/// the request to the fallback pool), `no_healthy` (no endpoint was ready).
+pub static UPSTREAM_ATTEMPT_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upstream_attempt_errors_total",
+        "Failed attempts to reach an upstream pool, by kind.",
+        &["upstream", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Endpoints of each pool (every resolved address of every URL).
+pub static UPSTREAM_ENDPOINTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "promptgate_upstream_endpoints",
+        "Endpoints (resolved addresses) of each upstream pool.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
+/// Endpoints of each pool that get traffic now (passing health checks, not ejected).
+pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "promptgate_upstream_healthy_endpoints",
+        "Endpoints of each upstream pool that are healthy and not ejected.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
+/// Endpoints taken out of a pool after a failed connection or a timeout.
+pub static UPSTREAM_EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upstream_ejections_total",
+        "Endpoints ejected from an upstream pool after a connect error or a timeout.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
 pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "promptgate_decisions_total",

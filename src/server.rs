@@ -28,7 +28,7 @@ use crate::live::{self, Live, Source};
 use crate::metrics;
 use crate::proxy::{Edge, Gateway, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore, RulesDir};
-use crate::upstream::{retry, Upstream};
+use crate::upstream::{retry, Upstreams};
 
 /// Why the gateway did not start. Each is reported on stderr and ends the process with exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,12 @@ fn start(server: Server, config: &Config) {
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin,
-        upstream = %config.upstream.url,
+        upstreams = %config
+            .upstreams
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.endpoints.iter().map(|e| e.target.url.as_str()).collect::<Vec<_>>().join("|")))
+            .collect::<Vec<_>>()
+            .join(" "),
         "promptgate started"
     );
     server.run(RunArgs {
@@ -121,10 +126,14 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
         None => Arc::new(Audit::disabled()),
     };
-    let upstream = Upstream::new(
-        &config.upstream,
+    let upstreams = Arc::new(Upstreams::new(
+        &config.upstreams,
         Some(ConnectorOptions::from_server_conf(&server.configuration)),
-    )?;
+    ));
+    // Per pool: endpoint discovery (DNS), health checks, gauges.
+    for pool in upstreams.services() {
+        server.add_service(background_service("upstream pool", pool));
+    }
     let limiter: Arc<dyn Limiter> = match &config.limits_backend {
         LimitsBackend::Local => {
             metrics::LIMITS_BACKEND_UP.set(1);
@@ -140,7 +149,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
     };
     let gateway = Gateway::new(
-        upstream,
+        upstreams,
         store.clone(),
         config.inspect.clone(),
         auth.clone(),
@@ -217,11 +226,12 @@ fn server_conf(config: &Config) -> ServerConf {
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         // Pingora's proxy loop follows the one retry policy (`upstream::retry`): this caps its attempts.
-        max_retries: retry::ATTEMPTS,
+        max_retries: retry::PROXY_ATTEMPTS,
+        // One set of roots for every upstream (the configuration refuses different CA files).
         ca_file: config
-            .upstream
-            .ca_file
-            .as_ref()
+            .upstreams
+            .iter()
+            .find_map(|p| p.endpoints[0].target.ca_file.as_ref())
             .map(|p| p.display().to_string()),
         ..ServerConf::default()
     }

@@ -49,6 +49,22 @@ pub struct Event {
     /// The client's conversation or session id, as it sent it: written only if it is a safe id that no rule
     /// matches (a `user` field holding an email address is not an id to copy into the audit trail).
     pub session_id: Option<String>,
+    /// The pool the request was routed to (its configured name), if it was routed.
+    pub upstream: Option<Arc<str>>,
+    /// Every attempt to reach an upstream, in order (a failover or a fallback makes more than one).
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt to reach an upstream: where it went and how it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub upstream: Arc<str>,
+    /// The endpoint's address.
+    pub endpoint: std::net::SocketAddr,
+    /// The status of the answer, when one came.
+    pub status: Option<u16>,
+    /// Why no answer came: `connect`, `timeout` or `other`.
+    pub error: Option<&'static str>,
 }
 
 /// Matches of one rule in one direction.
@@ -116,6 +132,8 @@ struct Line<'a> {
     usage: Option<Usage>,
     bytes: &'a Bytes,
     session_id: Option<&'a str>,
+    upstream: Option<&'a str>,
+    attempts: &'a [Attempt],
 }
 
 #[derive(Serialize)]
@@ -175,6 +193,8 @@ impl Event {
             usage: self.usage,
             bytes: &self.bytes,
             session_id,
+            upstream: self.upstream.as_deref(),
+            attempts: &self.attempts,
         };
         // Plain data: serialising cannot fail; an empty line would be skipped, never half-written.
         serde_json::to_vec(&line).unwrap_or_default()

@@ -160,12 +160,12 @@ impl Webhook {
         mac.update(&body);
         let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
         // The webhook URL's own path, as configured.
-        let path = match self.upstream.base_path() {
+        let path = match self.upstream.target().base_path() {
             "" => "/",
             p => p,
         };
         let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))?;
-        req.insert_header(http::header::HOST, self.upstream.authority())?;
+        req.insert_header(http::header::HOST, self.upstream.target().authority())?;
         req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         req.insert_header(http::header::USER_AGENT, "promptgate-audit")?;

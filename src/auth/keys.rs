@@ -86,7 +86,7 @@ pub enum ModelPattern {
 }
 
 impl ModelPattern {
-    fn parse(s: &str) -> Self {
+    pub fn parse(s: &str) -> Self {
         match s.strip_suffix('*') {
             Some(prefix) => ModelPattern::Prefix(prefix.to_string()),
             None => ModelPattern::Exact(s.to_string()),
@@ -360,7 +360,7 @@ fn monitor_mode(mode: Option<&str>) -> Result<bool, String> {
 }
 
 /// The provider key in `$var` as the header sent upstream, marked sensitive so that it is never logged.
-fn credential_from_env(var: &str) -> Result<UpstreamCredential, String> {
+pub fn credential_from_env(var: &str) -> Result<UpstreamCredential, String> {
     let value = std::env::var(var)
         .ok()
         .filter(|v| !v.trim().is_empty())

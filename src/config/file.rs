@@ -11,7 +11,7 @@ use super::outline::{line_of, Node, Outline};
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub server: ServerSection,
-    pub upstream: UpstreamSection,
+    pub upstream: Upstreams,
     pub rules: RulesSection,
     pub inspect: InspectSection,
     pub policy: PolicySection,
@@ -228,10 +228,111 @@ impl Default for ServerSection {
     }
 }
 
+/// The upstreams: `[upstream]` (one) or `[[upstream]]` (several, each a pool of endpoints serving some models).
+#[derive(Debug)]
+pub struct Upstreams {
+    pub list: Vec<UpstreamSection>,
+    /// Written as an array of tables (`[[upstream]]`), whose entries are then named by index.
+    pub array: bool,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self {
+            list: vec![UpstreamSection::default()],
+            array: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Upstreams;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table [upstream] or an array of tables [[upstream]]")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Upstreams, A::Error> {
+                let one = UpstreamSection::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(Upstreams {
+                    list: vec![one],
+                    array: false,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Upstreams, A::Error> {
+                let list = Vec::<UpstreamSection>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(Upstreams { list, array: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One endpoint of a pool: a URL, or `{ url = "…", weight = N }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSection {
+    pub url: String,
+    pub weight: usize,
+}
+
+/// `url`: one URL, or a list of URLs and `{ url, weight }` tables.
+fn endpoints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EndpointSection>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Url(String),
+        Weighted { url: String, weight: usize },
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<Entry>),
+    }
+    let urls = Urls::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a URL, or a list of URLs and { url = \"…\", weight = N } tables",
+        )
+    })?;
+    Ok(match urls {
+        Urls::One(url) => vec![EndpointSection { url, weight: 1 }],
+        Urls::Many(list) => list
+            .into_iter()
+            .map(|e| match e {
+                Entry::Url(url) => EndpointSection { url, weight: 1 },
+                Entry::Weighted { url, weight } => EndpointSection { url, weight },
+            })
+            .collect(),
+    })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
-    pub url: String,
+    pub name: String,
+    #[serde(deserialize_with = "endpoints")]
+    pub url: Vec<EndpointSection>,
+    pub models: Vec<String>,
+    pub paths: Vec<String>,
+    pub default: bool,
+    pub key_env: String,
+    pub model_map: std::collections::BTreeMap<String, String>,
+    pub fallback: String,
+    pub balance: String,
+    pub eject_ms: u64,
+    pub health: HealthSection,
+    pub dns: DnsSection,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
@@ -242,13 +343,69 @@ pub struct UpstreamSection {
 impl Default for UpstreamSection {
     fn default() -> Self {
         Self {
-            url: "https://api.openai.com".into(),
+            name: String::new(),
+            url: vec![EndpointSection {
+                url: "https://api.openai.com".into(),
+                weight: 1,
+            }],
+            models: Vec::new(),
+            paths: Vec::new(),
+            default: false,
+            key_env: String::new(),
+            model_map: Default::default(),
+            fallback: String::new(),
+            balance: "round_robin".into(),
+            eject_ms: 10_000,
+            health: HealthSection::default(),
+            dns: DnsSection::default(),
             connect_timeout_ms: 5_000,
             // A non-streamed completion can think for minutes before its first byte.
             read_timeout_ms: 300_000,
             write_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             ca_file: None,
+        }
+    }
+}
+
+/// `[upstream.health]`: the active check of every endpoint of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub enabled: bool,
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_after: usize,
+    pub unhealthy_after: usize,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/v1/models".into(),
+            interval_ms: 5_000,
+            timeout_ms: 2_000,
+            healthy_after: 1,
+            unhealthy_after: 2,
+        }
+    }
+}
+
+/// `[upstream.dns]`: how a pool's host names are resolved again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    pub refresh_ms: u64,
+    pub servers: Vec<String>,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            refresh_ms: 30_000,
+            servers: Vec::new(),
         }
     }
 }
@@ -319,6 +476,8 @@ fn check_sections(outline: &Outline) -> Result<(), (String, String)> {
         }
         let found = match node {
             Node::Table(_) => continue,
+            // The one section that may list several entries.
+            Node::Array if name == "upstream" && outline.opens_array_of_tables(line) => continue,
             Node::Array if outline.opens_array_of_tables(line) => {
                 format!("an array of tables [[{name}]]")
             }

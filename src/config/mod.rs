@@ -13,15 +13,17 @@
 
 mod file;
 mod outline;
+mod pools;
 
 use std::fmt::Display;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
 
 pub use file::FileConfig;
+pub use pools::{Balance, EndpointConfig, HealthConfig, PoolConfig};
 
 /// A configuration that cannot be used. Rendered as one line: `SOURCE: FIELD: WHAT`.
 #[derive(Debug, Error)]
@@ -54,7 +56,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
     pub grace_period: Duration,
-    pub upstream: UpstreamConfig,
+    /// The pools requests are routed to (at least one).
+    pub upstreams: Vec<PoolConfig>,
     pub rules: RulesConfig,
     pub inspect: InspectConfig,
     pub auth: AuthConfig,
@@ -265,23 +268,6 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-impl UpstreamConfig {
-    /// Resolves the upstream host once, before the server starts: Pingora's peer constructor would resolve
-    /// blocking on every build and panic on failure. A failure is a configuration error (exit 2).
-    pub fn resolve(&self) -> Result<SocketAddr, ConfigError> {
-        let err = |message: String| ConfigError {
-            source_name: "upstream".into(),
-            field: "url".into(),
-            message,
-        };
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| err(format!("cannot resolve {:?}: {e}", self.host)))?
-            .next()
-            .ok_or_else(|| err(format!("cannot resolve {:?}: no address", self.host)))
-    }
-}
-
 impl Config {
     /// Loads `path` (or the built-in defaults when `path` is `None`), applies `overrides`, validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -314,7 +300,7 @@ impl Config {
         let src = Source { name: source_name };
         let (listen, admin, threads, grace_period) = server(&raw.server, overrides, &src)?;
         let edge = edge(&raw.server, &raw.limits, &src)?;
-        let upstream = upstream(&raw.upstream, overrides, &src)?;
+        let upstreams = pools::pools(&raw.upstream, overrides, &src)?;
         let rules = rules(&raw.rules, overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
         let (auth, limit_window) = auth(&raw.auth, &raw.limits, &src)?;
@@ -326,7 +312,7 @@ impl Config {
             threads,
             edge,
             grace_period,
-            upstream,
+            upstreams,
             rules,
             inspect,
             auth,
@@ -473,39 +459,6 @@ fn server(
     let threads = src.between("server.threads", s.threads, (1, 256))?;
     let grace_period = Duration::from_secs(s.grace_period_seconds);
     Ok((listen, admin, threads, grace_period))
-}
-
-/// `[upstream]`: the URL (the flag first), the CA file, the timeouts.
-fn upstream(
-    u: &file::UpstreamSection,
-    overrides: &Overrides,
-    src: &Source,
-) -> Result<UpstreamConfig, ConfigError> {
-    let given = overrides.upstream.as_deref();
-    let target = src.flag_or_file(
-        ("--upstream", given),
-        ("upstream.url", &u.url),
-        parse_upstream_url,
-    )?;
-    if let Some(p) = u.ca_file.as_ref().filter(|p| !p.is_file()) {
-        return Err(src.error(
-            "upstream.ca_file",
-            format!("no such file {:?}", p.display().to_string()),
-        ));
-    }
-    Ok(UpstreamConfig {
-        url: given.unwrap_or(&u.url).to_string(),
-        tls: target.tls,
-        host: target.host,
-        port: target.port,
-        authority: target.authority,
-        base_path: target.base_path,
-        connect_timeout: src.millis("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
-        read_timeout: src.millis("upstream.read_timeout_ms", u.read_timeout_ms)?,
-        write_timeout: src.millis("upstream.write_timeout_ms", u.write_timeout_ms)?,
-        idle_timeout: src.millis("upstream.idle_timeout_ms", u.idle_timeout_ms)?,
-        ca_file: u.ca_file.clone(),
-    })
 }
 
 /// `[rules]`: where the rules live (the flag first), reloading, the budget of a rule set.
@@ -938,7 +891,7 @@ mod tests {
             ),
             (
                 "[upstream]\nurl = 5",
-                "x.toml: upstream.url: invalid type",
+                "x.toml: upstream.url: expected a URL, or a list of URLs",
                 Some(2),
             ),
             // The file's shape: each top-level key is one of the sections, and a table.
@@ -954,8 +907,8 @@ mod tests {
                 Some(1),
             ),
             (
-                "[[upstream]]\nurl = \"http://x\"",
-                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                "[[audit]]\ndir = \"x\"",
+                "x.toml: audit: must be a table [audit], found an array of tables [[audit]]",
                 Some(1),
             ),
             (
@@ -964,8 +917,8 @@ mod tests {
                 Some(1),
             ),
             (
-                "[server]\nthreads = 2\n[rules]\nwatch = true\n[[upstream]]",
-                "x.toml: upstream: must be a table [upstream], found an array of tables [[upstream]]",
+                "[server]\nthreads = 2\n[rules]\nwatch = true\n[[limits]]",
+                "x.toml: limits: must be a table [limits], found an array of tables [[limits]]",
                 Some(5),
             ),
             (
@@ -1093,8 +1046,8 @@ mod tests {
         };
         let c = load_str("[server]\nlisten = \"127.0.0.1:2\"", &o).expect("valid");
         assert_eq!(c.listen.port(), 1);
-        assert_eq!(c.upstream.base_path, "/base");
-        assert_eq!(c.upstream.authority, "127.0.0.1:9");
+        assert_eq!(c.upstreams[0].endpoints[0].target.base_path, "/base");
+        assert_eq!(c.upstreams[0].endpoints[0].target.authority, "127.0.0.1:9");
         let bad = Overrides {
             upstream: Some("ftp://x".into()),
             ..Default::default()
@@ -1204,8 +1157,8 @@ mod tests {
             ..Default::default()
         };
         let c = load_str("", &o).expect("valid");
-        assert!(c.upstream.tls);
-        assert_eq!(c.upstream.port, 443);
-        assert_eq!(c.upstream.authority, "127.0.0.1");
+        assert!(c.upstreams[0].endpoints[0].target.tls);
+        assert_eq!(c.upstreams[0].endpoints[0].target.port, 443);
+        assert_eq!(c.upstreams[0].endpoints[0].target.authority, "127.0.0.1");
     }
 }

@@ -150,6 +150,21 @@ pub fn decide(
     result
 }
 
+/// `body` (what would be forwarded for `insp`) with its top-level `model` set to `to`, for a pool that knows
+/// the model by another name: decoded if it was not, parsed and serialised again. `None` when it is not a JSON
+/// object (a form upload keeps its model field).
+pub fn with_model(insp: &BodyInspection, body: &[u8], cap: usize, to: &str) -> Option<Vec<u8>> {
+    let plain = if insp.forward_decoded {
+        std::borrow::Cow::Borrowed(body)
+    } else {
+        std::borrow::Cow::Owned(inspect::decode_body(insp.encoding, body, cap).ok()?)
+    };
+    let mut doc: serde_json::Value = serde_json::from_slice(&plain).ok()?;
+    doc.as_object_mut()?
+        .insert("model".to_string(), serde_json::Value::from(to));
+    serde_json::to_vec(&doc).ok()
+}
+
 fn inspect_raw(
     raw: &[u8],
     insp: &BodyInspection,

@@ -33,6 +33,9 @@ pub struct MockConfig {
     pub delay: Duration,
     /// Answer every completion with what was received.
     pub echo: bool,
+    /// Answer every request (health checks included) with this status and an OpenAI-shaped error, unless the
+    /// request's `x-mock-status` says otherwise: an upstream that is up but failing or rate limited.
+    pub status: Option<u16>,
 }
 
 impl Default for MockConfig {
@@ -42,6 +45,7 @@ impl Default for MockConfig {
             chunk_bytes: None,
             delay: Duration::ZERO,
             echo: false,
+            status: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct MockState {
     config: MockConfig,
     seq: AtomicU64,
     connections: AtomicU64,
+    /// The gateway's health checks: answered, counted here, never recorded (tests assert on what clients sent).
+    health_checks: AtomicU64,
     recorded: Mutex<Vec<Recorded>>,
     released: Mutex<HashSet<String>>,
     release_notify: Notify,
@@ -185,7 +191,9 @@ impl MockState {
                 .or(self.config.chunk_bytes),
             delay: num("x-mock-delay-ms").map_or(self.config.delay, Duration::from_millis),
             latency: num("x-mock-latency-ms").map_or(Duration::ZERO, Duration::from_millis),
-            status: num("x-mock-status").and_then(|s| u16::try_from(s).ok()),
+            status: num("x-mock-status")
+                .and_then(|s| u16::try_from(s).ok())
+                .or(self.config.status),
             echo: self.config.echo
                 || req
                     .header("x-mock-echo")
@@ -228,7 +236,18 @@ impl MockState {
 pub struct Mock {
     pub addr: SocketAddr,
     pub state: Arc<MockState>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
+
+impl Mock {
+    /// Stops serving: the listener closes (new connections are refused) and open connections are dropped,
+    /// as when the upstream process dies. A new mock can be started on the same address.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+use crate::upstream::pool::HEALTH_CHECK_AGENT;
 
 /// Binds `addr` and serves until the runtime stops.
 pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<Mock> {
@@ -243,14 +262,24 @@ pub fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result<Mock>
         ..MockState::default()
     });
     let st = state.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stop_accepting = stopped.clone();
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = stopped_by(&mut stop_accepting) => return,
+            };
+            match accepted {
                 Ok((stream, _)) => {
                     let st = st.clone();
+                    let mut stop_serving = stopped.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(stream, st).await {
-                            tracing::debug!("mock connection ended: {e}");
+                        tokio::select! {
+                            served = serve_connection(stream, st) => if let Err(e) = served {
+                                tracing::debug!("mock connection ended: {e}");
+                            },
+                            () = stopped_by(&mut stop_serving) => {}
                         }
                     });
                 }
@@ -261,17 +290,33 @@ pub fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result<Mock>
             }
         }
     });
-    Ok(Mock { addr, state })
+    Ok(Mock { addr, state, stop })
+}
+
+/// Resolves when the mock is stopped; never when its handle was dropped without stopping it.
+async fn stopped_by(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn serve_connection(mut stream: TcpStream, state: Arc<MockState>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let connection = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    // Numbered when its first recorded request arrives: a health check's connection is not counted.
+    let mut connection = None;
     let mut conn = http1::Connection::new();
     while let Some(req) = conn.read_request(&mut stream).await? {
         let keep_alive = req.keep_alive;
         let mut out = Responder::new(&mut stream, keep_alive);
-        let finished = route(&req, connection, &state, &mut out).await?;
+        let finished = if req.header("user-agent") == Some(HEALTH_CHECK_AGENT) {
+            state.health_checks.fetch_add(1, Ordering::Relaxed);
+            let b = state.behaviour(&req);
+            openai::answer(&req, &b, &state, &mut out).await?
+        } else {
+            let id = *connection
+                .get_or_insert_with(|| state.connections.fetch_add(1, Ordering::Relaxed) + 1);
+            route(&req, id, &state, &mut out).await?
+        };
         if !finished || !keep_alive {
             break;
         }
@@ -316,6 +361,10 @@ async fn control(
                 .map(|r| serde_json::to_vec(&*r).unwrap_or_default())
                 .unwrap_or_default();
             out.json(200, &body).await
+        }
+        ("GET", "health_checks") => {
+            let n = state.health_checks.load(Ordering::Relaxed);
+            out.json(200, format!("{{\"count\":{n}}}").as_bytes()).await
         }
         ("DELETE", "requests") => {
             if let Ok(mut r) = state.recorded.lock() {

@@ -70,6 +70,12 @@ pub enum Rejection {
     MalformedRequest(String),
     #[error("The gateway has too many open connections; try again shortly")]
     TooManyConnections,
+    /// No configured upstream serves the model (or, without a model, the path) of the request.
+    #[error("The model '{0}' does not exist or is not served through this gateway")]
+    ModelNotFound(String),
+    /// Every endpoint of the upstream the request was routed to is out (failed checks or ejected).
+    #[error("No healthy endpoint of upstream '{0}' is available; try again shortly")]
+    NoHealthyUpstream(String),
     #[error("Connection upgrades (WebSocket) are not allowed through the gateway: what flows through an upgraded connection cannot be inspected (inspect.websocket = \"deny\")")]
     UpgradeDenied,
 }
@@ -147,6 +153,8 @@ impl Rejection {
             Rejection::MalformedRequest(_) => (400, "invalid_request_error", "malformed_request"),
             Rejection::TooManyConnections => (503, "server_error", "too_many_connections"),
             Rejection::UpgradeDenied => (403, "permission_error", "upgrade_not_allowed"),
+            Rejection::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found"),
+            Rejection::NoHealthyUpstream(_) => (503, "server_error", "no_healthy_upstream"),
         }
     }
 
@@ -165,6 +173,14 @@ impl Rejection {
             Rejection::ModelNotAllowed(model) => {
                 format!("This key may not use the model '{}'", sanitize_path(model))
             }
+            Rejection::ModelNotFound(model) if model.is_empty() => {
+                "No upstream serves this request: it names no model and no upstream is the default"
+                    .to_string()
+            }
+            Rejection::ModelNotFound(model) => format!(
+                "The model '{}' does not exist or is not served through this gateway",
+                sanitize_path(model)
+            ),
             Rejection::RateLimited(l) => {
                 let what = match l.kind {
                     crate::limits::LimitKind::Requests => "requests per minute",
@@ -221,6 +237,7 @@ impl Rejection {
                 | Rejection::OriginNotAllowed
                 | Rejection::HeadersTooLarge
                 | Rejection::MalformedRequest(_)
+                | Rejection::ModelNotFound(_)
                 | Rejection::UpgradeDenied => Some(false),
                 // The shared limits come back on their own: a retry after a moment will likely be admitted.
                 Rejection::LimitsUnavailable => Some(true),
@@ -228,9 +245,9 @@ impl Rejection {
             },
             retry_after: match self {
                 Rejection::RateLimited(l) => Some(l.retry_after),
-                Rejection::TooManyConnections | Rejection::LimitsUnavailable => {
-                    Some(std::time::Duration::from_secs(1))
-                }
+                Rejection::TooManyConnections
+                | Rejection::LimitsUnavailable
+                | Rejection::NoHealthyUpstream(_) => Some(std::time::Duration::from_secs(1)),
                 _ => None,
             },
             code,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admission::Admission;
+use crate::audit::event::Attempt;
 use crate::inspect::answer::AnswerPolicy;
 use crate::inspect::body::BodyInspection;
 use crate::inspect::stream::StreamFilter;
@@ -15,6 +16,7 @@ use crate::metrics;
 use crate::openai::usage::Usage;
 use crate::openai::Route;
 use crate::rules::RuleSet;
+use crate::upstream::Endpoint;
 
 /// Requests in flight in this process: the drain on shutdown waits for it to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -76,6 +78,14 @@ pub struct RequestCtx {
     pub forwarded: bool,
     /// Attempts made to send it upstream on Pingora's proxy loop (the retry policy counts them).
     pub attempts: usize,
+    /// The pool the request is routed to (an index into `Upstreams::pools`), decided once.
+    pub pool: Option<usize>,
+    /// The endpoint of the current attempt (holds its in-flight count until the request ends).
+    pub endpoint: Option<Endpoint>,
+    /// Endpoints already tried for this request (a failover never picks one twice).
+    pub tried: Vec<std::net::SocketAddr>,
+    /// Every attempt, for the decision event.
+    pub attempts_log: Vec<Attempt>,
     pub timing: Timing,
     /// The code of the error or refusal the gateway answered with, if it did.
     pub error_code: Option<&'static str>,
@@ -97,6 +107,10 @@ impl RequestCtx {
             outcome: Outcome::default(),
             forwarded: false,
             attempts: 0,
+            pool: None,
+            endpoint: None,
+            tried: Vec::new(),
+            attempts_log: Vec::new(),
             timing: Timing::default(),
             error_code: None,
             _in_flight: InFlightGuard::new(),

@@ -36,7 +36,7 @@ pub async fn finish(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mu
     let latency = latency(ctx, Instant::now());
     count(ctx, status, &latency);
     if gw.audit.enabled() {
-        if let Some(event) = event(session, ctx, status, latency) {
+        if let Some(event) = event(gw, session, ctx, status, latency) {
             gw.audit.record(Box::new(event)).await;
         }
     }
@@ -102,7 +102,13 @@ fn count(ctx: &RequestCtx, status: u16, latency: &Latency) {
 
 /// The decision event (`None` before the request had a rule snapshot, which never happens past the first
 /// hook). What the request no longer needs is moved out of its context, which is dropped next.
-fn event(session: &Session, ctx: &mut RequestCtx, status: u16, latency: Latency) -> Option<Event> {
+fn event(
+    gw: &Gateway,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    latency: Latency,
+) -> Option<Event> {
     let rules = ctx.rules.clone()?;
     let o = &ctx.outcome;
     let kind = if o.request.decision == Decision::Block || o.response.decision == Decision::Block {
@@ -161,6 +167,11 @@ fn event(session: &Session, ctx: &mut RequestCtx, status: u16, latency: Latency)
             sent: session.as_ref().body_bytes_sent() as u64,
         },
         session_id,
+        upstream: ctx
+            .pool
+            .and_then(|i| gw.upstreams.pools.get(i))
+            .map(|p| p.name.clone()),
+        attempts: std::mem::take(&mut ctx.attempts_log),
     })
 }
 

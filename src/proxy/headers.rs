@@ -11,7 +11,7 @@ use pingora::Result;
 
 use super::RequestCtx;
 use crate::admission::cors::{self, Preflight};
-use crate::upstream::HOP_BY_HOP;
+use crate::upstream::{Pool, HOP_BY_HOP};
 
 pub const REQUEST_ID: &str = "x-request-id";
 const RULES_VERSION: &str = "x-promptgate-rules-version";
@@ -55,16 +55,16 @@ const CREDENTIALS: [&str; 5] = [
     "openai-insecure-api-key",
 ];
 
-/// The gateway's edits of a request going upstream, on either path.
-pub fn to_upstream(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+/// The gateway's edits of a request going upstream to `pool`, on either path.
+pub fn to_upstream(req: &mut RequestHeader, ctx: &RequestCtx, pool: &Pool) -> Result<()> {
     // Credentials for a proxy are for this hop, never for the upstream.
     req.remove_header(&http::header::PROXY_AUTHORIZATION);
     if let Some(key) = ctx.admission.caller.as_ref().and_then(|c| c.key()) {
-        // Gateway keys stay here; the upstream sees the provider key the entry names, if any.
+        // Gateway keys stay here; the upstream sees the provider key the entry names, else the pool's, if any.
         for name in CREDENTIALS {
             req.remove_header(name);
         }
-        if let Some(credential) = &key.upstream {
+        if let Some(credential) = key.upstream.as_ref().or(pool.credential.as_ref()) {
             req.insert_header(http::header::AUTHORIZATION, credential.0.clone())?;
         }
     }

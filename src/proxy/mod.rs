@@ -40,12 +40,14 @@ use crate::limits::Limiter;
 use crate::metrics;
 use crate::openai::{Rejection, Route};
 use crate::rules::{Direction, RuleStore};
-use crate::upstream::{retry, Upstream};
+use crate::upstream::{retry, Pool, Upstreams};
 use path::Reply;
 
 /// The gateway's proxy logic and everything it consults.
 pub struct Gateway {
-    upstream: Upstream,
+    upstreams: Arc<Upstreams>,
+    /// The answer to `GET /v1/models` when the gateway gives it (several pools: the union of their models).
+    models: Option<Bytes>,
     rules: Arc<RuleStore>,
     inspect: InspectConfig,
     auth: Arc<Auth>,
@@ -58,7 +60,7 @@ pub struct Gateway {
 impl Gateway {
     /// `threads`: the proxy's worker threads (as many large inspections may run at once).
     pub fn new(
-        upstream: Upstream,
+        upstreams: Arc<Upstreams>,
         rules: Arc<RuleStore>,
         inspect: InspectConfig,
         auth: Arc<Auth>,
@@ -67,7 +69,8 @@ impl Gateway {
         threads: usize,
     ) -> Self {
         Self {
-            upstream,
+            models: (upstreams.pools.len() > 1).then(|| models_list(&upstreams)),
+            upstreams,
             rules,
             inspect,
             auth,
@@ -96,8 +99,47 @@ impl Gateway {
                 let header = headers::preflight(&p, ctx)?;
                 session.write_response_header(Box::new(header), true).await
             }
+            Reply::Json(body) => {
+                let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
+                header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                headers::decorate(&mut header, ctx)?;
+                ctx.sent_answer_bytes();
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session.write_response_body(Some(body), true).await
+            }
         }
     }
+
+    /// The pool the request was routed to.
+    fn pool(&self, ctx: &RequestCtx) -> Result<&Arc<Pool>> {
+        ctx.pool
+            .and_then(|i| self.upstreams.pools.get(i))
+            .ok_or_else(|| Rejection::Internal.into_error())
+    }
+}
+
+/// `GET /v1/models` as the gateway answers it with several pools: every exact model name the pools serve
+/// (their `models` and `model_map` names; `prefix*` patterns name families, not models, and are not listed),
+/// owned by the pool that serves it.
+fn models_list(u: &Upstreams) -> Bytes {
+    let data: Vec<serde_json::Value> = u
+        .router
+        .models()
+        .into_iter()
+        .map(|(id, pool)| {
+            serde_json::json!({
+                "id": id,
+                "object": "model",
+                "created": 0,
+                "owned_by": &*u.pools[pool].name,
+            })
+        })
+        .collect();
+    let list = serde_json::json!({ "object": "list", "data": data });
+    Bytes::from(serde_json::to_vec(&list).unwrap_or_default())
 }
 
 #[async_trait]
@@ -171,9 +213,21 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        Ok(self.upstream.peer())
+        let pool = self.pool(ctx)?;
+        match pool.select(&ctx.tried).await {
+            Some(endpoint) => {
+                let peer = Box::new(endpoint.peer.clone());
+                ctx.endpoint = Some(endpoint);
+                Ok(peer)
+            }
+            None if !ctx.tried.is_empty() => Err(Rejection::UpstreamUnreachable.into_error()),
+            None => {
+                pool.count_error("no_healthy");
+                Err(Rejection::NoHealthyUpstream(pool.name.to_string()).into_error())
+            }
+        }
     }
 
     async fn upstream_request_filter(
@@ -185,8 +239,11 @@ impl ProxyHttp for Gateway {
         ctx.forwarded = true;
         ctx.attempts += 1;
         ctx.timing.upstream_sent.get_or_insert_with(Instant::now);
-        self.upstream.target(upstream_request)?;
-        headers::to_upstream(upstream_request, ctx)
+        let pool = self.pool(ctx)?;
+        if let Some(e) = &ctx.endpoint {
+            e.target.target(upstream_request)?;
+        }
+        headers::to_upstream(upstream_request, ctx, pool)
     }
 
     async fn response_filter(
@@ -195,6 +252,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(endpoint), Ok(pool)) = (&ctx.endpoint, self.pool(ctx)) {
+            let status = upstream_response.status.as_u16();
+            ctx.attempts_log
+                .push(attempt(pool, endpoint.addr, Some(status), None));
+        }
         headers::decorate(upstream_response, ctx)
     }
 
@@ -218,11 +280,20 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // A fresh connection that fails is not retried (see `upstream::retry`).
-        e.set_retry(false);
+        // No connection: nothing was sent. The endpoint is ejected and the request moves to another one of
+        // the pool, if there is one it has not tried (see `upstream::retry`).
+        let failed = ctx.endpoint.take();
+        if let (Some(endpoint), Ok(pool)) = (failed, self.pool(ctx)) {
+            let why = retry::failure(&e).unwrap_or(crate::upstream::pool::Failure::Connect);
+            pool.failed(endpoint.addr, why);
+            ctx.tried.push(endpoint.addr);
+            ctx.attempts_log
+                .push(attempt(pool, endpoint.addr, None, Some(&e)));
+        }
+        e.set_retry(ctx.tried.len() < retry::ENDPOINT_ATTEMPTS);
         e
     }
 
@@ -237,7 +308,17 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let before_answer = session.response_written().is_none();
         let replayable = !session.as_ref().retry_buffer_truncated();
-        e.set_retry(before_answer && retry::again(&e, client_reused, ctx.attempts, replayable));
+        let again = before_answer && retry::again(&e, client_reused, ctx.attempts, replayable);
+        if let (Some(endpoint), Ok(pool)) = (&ctx.endpoint, self.pool(ctx)) {
+            if let Some(why @ crate::upstream::pool::Failure::Timeout) = retry::failure(&e) {
+                pool.failed(endpoint.addr, why);
+            }
+            if !again {
+                ctx.attempts_log
+                    .push(attempt(pool, endpoint.addr, None, Some(&e)));
+            }
+        }
+        e.set_retry(again);
         e
     }
 
@@ -302,5 +383,24 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         finish::finish(self, session, e, ctx).await;
+    }
+}
+
+/// One attempt, for the decision event.
+fn attempt(
+    pool: &Pool,
+    endpoint: std::net::SocketAddr,
+    status: Option<u16>,
+    e: Option<&Error>,
+) -> crate::audit::event::Attempt {
+    crate::audit::event::Attempt {
+        upstream: pool.name.clone(),
+        endpoint,
+        status,
+        error: e.map(|e| match retry::failure(e) {
+            Some(crate::upstream::pool::Failure::Connect) => "connect",
+            Some(crate::upstream::pool::Failure::Timeout) => "timeout",
+            None => "other",
+        }),
     }
 }

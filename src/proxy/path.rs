@@ -43,6 +43,8 @@ pub enum Path {
 pub enum Reply {
     Refuse(Rejection),
     Preflight(Preflight),
+    /// A JSON answer the gateway gives itself (`GET /v1/models` over several pools).
+    Json(Bytes),
 }
 
 /// What is done with a request body, known from the route, the settings and the request header.
@@ -168,13 +170,21 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         return refuse(r);
     }
     let req = session.req_header();
+    if let (Some(list), Route::Models, true) =
+        (&gw.models, ctx.route, req.uri.path() == "/v1/models")
+    {
+        if req.method == http::Method::GET {
+            return Path::Respond(Reply::Json(list.clone()));
+        }
+    }
     if is_upgrade(&req.headers) {
         // No body to read: a caller whose admission waits for one is admitted now, with no token estimate.
         let method = req.method.clone();
         let admitted = ctx
             .admission
             .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, None, Ok(()))
-            .await;
+            .await
+            .and_then(|()| route(gw, ctx, session.req_header().uri.path()));
         return match admitted {
             Ok(()) => Path::Proxy,
             Err(r) => refuse(r),
@@ -190,7 +200,10 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         {
             return Err(Rejection::InvalidBody("the request has no body".into()));
         }
-        plan(&gw.inspect, ctx.route, &h, ctx.admission.needs_body()).map(|p| (p, h.present()))
+        // Pools chosen by model: the gateway reads a JSON body to learn it.
+        let needs_body = ctx.admission.needs_body()
+            || (gw.upstreams.router.by_model() && ctx.route.has_json_body());
+        plan(&gw.inspect, ctx.route, &h, needs_body).map(|p| (p, h.present()))
     });
     let (consumed, early) = match planned {
         Err(r) => (false, Err(r)),
@@ -203,11 +216,33 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     let admitted = ctx
         .admission
         .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, facts, early)
-        .await;
+        .await
+        .and_then(|()| route(gw, ctx, session.req_header().uri.path()));
     match admitted {
         Err(r) => refuse(r),
         Ok(()) if consumed => Path::Relay,
         Ok(()) => Path::Proxy,
+    }
+}
+
+/// Routes the request to its pool, once: by the model its body names (or `/v1/models/{model}`), its path, or
+/// the default. Not routable: 404 `model_not_found`, nothing sent.
+fn route(gw: &Gateway, ctx: &mut RequestCtx, path: &str) -> Result<(), Rejection> {
+    let model = ctx
+        .body
+        .as_ref()
+        .and_then(|b| b.facts.model.as_deref())
+        .or_else(|| {
+            path.strip_prefix("/v1/models/")
+                .filter(|m| !m.is_empty() && !m.contains('/'))
+        });
+    match gw.upstreams.route(model, path) {
+        Some(i) => {
+            ctx.pool = Some(i);
+            gw.upstreams.pools[i].count_request();
+            Ok(())
+        }
+        None => Err(Rejection::ModelNotFound(model.unwrap_or("").to_string())),
     }
 }
 

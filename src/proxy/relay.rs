@@ -20,7 +20,10 @@ use super::headers::{self, Framing};
 use super::{answer, stream, Gateway, RequestCtx};
 use crate::inspect::answer::{Handling, SNIFF_BYTES};
 use crate::openai::usage::Usage;
+use crate::openai::Rejection;
+use crate::upstream::pool::Failure;
 use crate::upstream::Exchange;
+use crate::upstream::{retry, Pool};
 
 /// Makes the upstream exchange and answers the client. `Err` goes to `fail_to_proxy` (which maps upstream
 /// failures to 502 / 504 and writes rejections).
@@ -30,11 +33,9 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> R
         .as_mut()
         .and_then(|b| b.forward.take())
         .unwrap_or_default();
-    let mut req = gw.upstream.request(session.req_header(), body.len())?;
-    headers::to_upstream(&mut req, ctx)?;
     ctx.forwarded = true;
     ctx.timing.upstream_sent = Some(Instant::now());
-    let sent = unless_client_leaves(session, gw.upstream.send(&req, &body)).await;
+    let sent = exchange(gw, session, ctx, body).await;
     let mut up = sent.inspect_err(|_| ctx.timing.upstream_done = Some(Instant::now()))?;
     let header = up.header()?.clone();
     // What an inspected route's answer is, its first bytes say (not the label the upstream put on it).
@@ -48,6 +49,117 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> R
         Handling::Hold => answer::hold(gw, session, ctx, up, &header, first).await,
         Handling::Filter => stream::filter(gw, session, ctx, up, &header, first).await,
         Handling::Pass => pass(session, ctx, up, &header, first).await,
+    }
+}
+
+/// Sends the request to its pool and returns the answer whose header came: on another endpoint of the pool
+/// when a connection cannot be made (nothing was sent), on the pool's fallback when the answer is a 429 or a
+/// 5xx (nothing of it has reached the client yet). Every attempt goes into the decision event.
+async fn exchange<'g>(
+    gw: &'g Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+) -> Result<Exchange<'g>> {
+    let mut at = ctx.pool.ok_or_else(|| Rejection::Internal.into_error())?;
+    let mut pools = 0;
+    loop {
+        let pool = &gw.upstreams.pools[at];
+        let up = attempt_pool(gw, session, ctx, pool, &body).await?;
+        pools += 1;
+        let status = up.header()?.status.as_u16();
+        match pool.fallback {
+            Some(next) if (status == 429 || status >= 500) && pools < retry::POOL_ATTEMPTS => {
+                // Dropped unread: its connection closes; the client has seen nothing of it.
+                pool.count_error("status");
+                drop(up);
+                ctx.endpoint = None;
+                at = next;
+                gw.upstreams.pools[at].count_request();
+            }
+            _ => {
+                ctx.pool = Some(at);
+                return Ok(up);
+            }
+        }
+    }
+}
+
+/// One pool's attempts: endpoints tried in turn while connections cannot be made, at most
+/// `retry::ENDPOINT_ATTEMPTS`.
+async fn attempt_pool<'g>(
+    gw: &'g Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool: &Pool,
+    body: &Bytes,
+) -> Result<Exchange<'g>> {
+    let body = match ctx.body.as_ref().zip(
+        ctx.body
+            .as_ref()
+            .and_then(|b| b.facts.model.as_deref())
+            .and_then(|m| pool.mapped_model(m)),
+    ) {
+        // The pool knows the model by another name: the body is sent with it (decoded, re-serialised).
+        Some((insp, to)) => match crate::inspect::body::with_model(
+            insp,
+            body,
+            gw.inspect.max_decoded_body_bytes,
+            to,
+        ) {
+            Some(renamed) => (Bytes::from(renamed), true),
+            None => (body.clone(), false),
+        },
+        None => (body.clone(), false),
+    };
+    let (body, renamed) = body;
+    let decoded = renamed || ctx.body.as_ref().is_some_and(|b| b.forward_decoded);
+    let mut tries = 0;
+    loop {
+        let Some(endpoint) = pool.select(&ctx.tried).await else {
+            pool.count_error("no_healthy");
+            return Err(Rejection::NoHealthyUpstream(pool.name.to_string()).into_error());
+        };
+        let mut req = endpoint.target.request(session.req_header(), body.len())?;
+        if decoded {
+            // The body goes as the gateway rewrote it: plain.
+            req.remove_header(&http::header::CONTENT_ENCODING);
+        }
+        headers::to_upstream(&mut req, ctx, pool)?;
+        let peer = endpoint.peer.clone();
+        let sent = unless_client_leaves(
+            session,
+            crate::upstream::send(&gw.upstreams.connector, peer, &req, &body),
+        )
+        .await;
+        match sent {
+            Ok(up) => {
+                let status = up.header()?.status.as_u16();
+                ctx.attempts_log
+                    .push(super::attempt(pool, endpoint.addr, Some(status), None));
+                ctx.endpoint = Some(endpoint);
+                return Ok(up);
+            }
+            // The client left: nothing to try again for.
+            Err(e) if e.esource() == &pingora::ErrorSource::Downstream => return Err(e),
+            Err(e) => {
+                let why = retry::failure(&e);
+                match why {
+                    Some(why) => pool.failed(endpoint.addr, why),
+                    None => pool.count_error("other"),
+                }
+                ctx.attempts_log
+                    .push(super::attempt(pool, endpoint.addr, None, Some(&e)));
+                ctx.tried.push(endpoint.addr);
+                tries += 1;
+                let another = why == Some(Failure::Connect)
+                    && tries < retry::ENDPOINT_ATTEMPTS
+                    && pool.select_now(&ctx.tried).is_some();
+                if !another {
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

@@ -2,26 +2,31 @@
 //! talks to one — the relay (requests whose body the gateway consumed), Pingora's proxy loop (requests it did
 //! not), and the audit webhook.
 //!
-//! - [`Upstream`]: one configured upstream — its peer (resolved once at start: building a Pingora peer resolves
-//!   DNS blocking and panics on failure), the `Host` it expects, its base path, its timeouts — and its pool of
-//!   keep-alive connections (one Pingora connector per upstream).
-//! - [`Upstream::target`]: the two header edits every request to it needs, whoever sends it: `Host` and the
-//!   base path. [`Upstream::request`] builds a relayed request from the client's: hop-by-hop fields dropped
-//!   ([`HOP_BY_HOP`]), the held body's length declared.
-//! - [`Upstream::send`]: connect (pooled), send a request with a body the gateway holds, read the response
-//!   header, under the one retry policy ([`retry`]). The answer is read through the returned [`Exchange`]; its
-//!   connection goes back to the pool only when the answer was read to its end ([`Exchange::finish`]).
-//!   Dropping an exchange drops its connection — which is how a cut stream cancels the upstream's generation.
+//! - [`Upstreams`] (`pool.rs`, `route.rs`): the configured pools. A request is routed once to one pool by its
+//!   model, its path or the default ([`route::Router`]); within the pool an endpoint is selected
+//!   (pingora-load-balancing: weighted round robin, or least connections), among those passing active health
+//!   checks and not passively ejected; host names are resolved again in the background (`dns.rs`).
+//! - [`Target`]: where one endpoint is and the two header edits every request to it needs, whoever sends it:
+//!   `Host` and the base path. [`Target::request`] builds a relayed request from the client's: hop-by-hop
+//!   fields dropped ([`HOP_BY_HOP`]), the held body's length declared.
+//! - [`send`]: connect (pooled), send a request with a body the gateway holds, read the response header, under
+//!   the one retry policy ([`retry`]). The answer is read through the returned [`Exchange`]; its connection goes
+//!   back to the pool only when the answer was read to its end ([`Exchange::finish`]). Dropping an exchange
+//!   drops its connection — which is how a cut stream cancels the upstream's generation.
+//! - [`Upstream`]: one fixed target with its own connections (the audit webhook).
 //!
 //! Pingora's proxy loop owns a connector of its own: `HttpProxy::new` creates it and pingora-proxy 0.9.1 has no
 //! way to hand it one (`ProxyServiceBuilder::custom` takes only a custom-protocol connector). Requests on the
-//! `Proxy` path therefore use Pingora's pool of connections to the same peer; they take the peer, the timeouts
-//! and the retry policy from here. Everything else shares the pool below.
+//! `Proxy` path therefore use Pingora's pool of connections to the same peers; they take the endpoint, the
+//! timeouts and the retry policy from here. Everything else shares the connector of [`Upstreams`].
 //!
 //! Nothing here knows about inspection, callers or the client's connection.
 
+pub mod pool;
 pub mod retry;
+pub mod route;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,6 +39,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::config::{ConfigError, UpstreamConfig};
+
+pub use pool::{Endpoint, Pool, PoolService, Upstreams};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields each side sets for itself: never copied from
 /// one connection to the other by the relay.
@@ -48,22 +55,19 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "content-length",
 ];
 
-/// One upstream: where requests go, and the pool of connections to it.
-pub struct Upstream {
+/// Where one endpoint is: the `Host` it expects, its base path, and a peer template (TLS, SNI, timeouts) that
+/// is pointed at one of its addresses per request.
+#[derive(Clone)]
+pub struct Target {
     peer: HttpPeer,
     authority: Arc<str>,
     base_path: Arc<str>,
-    connector: Connector,
 }
 
-impl Upstream {
-    /// Resolves the host and builds the peer; fails when the host does not resolve. `options` configure the
-    /// pool (its size) and TLS (the trusted roots); `None` takes Pingora's defaults and the system roots.
-    pub fn new(
-        cfg: &UpstreamConfig,
-        options: Option<ConnectorOptions>,
-    ) -> Result<Self, ConfigError> {
-        let mut peer = HttpPeer::new(cfg.resolve()?, cfg.tls, cfg.host.clone());
+impl Target {
+    /// `addr`: the first address to use (a pool points the peer at each selected address in turn).
+    pub fn new(cfg: &UpstreamConfig, addr: SocketAddr) -> Self {
+        let mut peer = HttpPeer::new(addr, cfg.tls, cfg.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(cfg.connect_timeout);
         o.read_timeout = Some(cfg.read_timeout);
@@ -72,30 +76,31 @@ impl Upstream {
         // Certificates are verified against the host name the operator configured, which is also the SNI.
         o.verify_cert = true;
         o.verify_hostname = true;
-        Ok(Self {
+        Self {
             peer,
             authority: Arc::from(cfg.authority.as_str()),
             base_path: Arc::from(cfg.base_path.as_str()),
-            connector: Connector::new(options),
-        })
+        }
     }
 
-    /// The peer, for Pingora's proxy loop (a clone: building one resolves DNS, cloning does not).
-    pub fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+    /// The peer at `addr` (an address of this endpoint's host).
+    pub fn peer_at(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = self.peer.clone();
+        peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+        peer
     }
 
-    /// The `Host` this upstream expects.
+    /// The `Host` this endpoint expects.
     pub fn authority(&self) -> &str {
         &self.authority
     }
 
-    /// The path of the upstream's URL (`""` when it has none).
+    /// The path of the endpoint's URL (`""` when it has none).
     pub fn base_path(&self) -> &str {
         &self.base_path
     }
 
-    /// Points a request at this upstream: `Host` set to its authority, its base path (if any) prepended.
+    /// Points a request at this endpoint: `Host` set to its authority, its base path (if any) prepended.
     pub fn target(&self, req: &mut RequestHeader) -> Result<()> {
         req.insert_header(http::header::HOST, &*self.authority)?;
         if let Some(uri) = self.rewrite_uri(&req.uri) {
@@ -105,7 +110,7 @@ impl Upstream {
     }
 
     /// A request to relay with a body of `body_len` bytes the gateway holds: the client's header without its
-    /// hop-by-hop and framing fields, pointed at this upstream, with the length declared.
+    /// hop-by-hop and framing fields, pointed at this endpoint, with the length declared.
     pub fn request(&self, client: &RequestHeader, body_len: usize) -> Result<RequestHeader> {
         let mut req = client.clone();
         for h in HOP_BY_HOP {
@@ -116,7 +121,7 @@ impl Upstream {
         Ok(req)
     }
 
-    /// Prepends the upstream URL's base path, if it has one.
+    /// Prepends the endpoint URL's base path, if it has one.
     fn rewrite_uri(&self, uri: &Uri) -> Option<Uri> {
         if self.base_path.is_empty() {
             return None;
@@ -124,52 +129,98 @@ impl Upstream {
         let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
         format!("{}{pq}", self.base_path).parse().ok()
     }
+}
 
-    /// Connects (reusing a pooled connection when one is idle), sends `req` and `body`, and reads the response
-    /// header. Failures are retried as [`retry`] says; errors come back marked as the upstream's.
+/// One fixed upstream with its own pool of connections (the audit webhook's receiver).
+pub struct Upstream {
+    target: Target,
+    connector: Connector,
+}
+
+impl Upstream {
+    /// Resolves the host (once: the webhook's receiver is resolved at start) and builds the peer. `options`
+    /// configure the pool (its size) and TLS (the trusted roots); `None` takes Pingora's defaults.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        options: Option<ConnectorOptions>,
+    ) -> Result<Self, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let err = |message: String| ConfigError {
+            source_name: "upstream".into(),
+            field: "url".into(),
+            message,
+        };
+        let addr = (cfg.host.as_str(), cfg.port)
+            .to_socket_addrs()
+            .map_err(|e| err(format!("cannot resolve {:?}: {e}", cfg.host)))?
+            .next()
+            .ok_or_else(|| err(format!("cannot resolve {:?}: no address", cfg.host)))?;
+        Ok(Self {
+            target: Target::new(cfg, addr),
+            connector: Connector::new(options),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Sends `req` and `body` (see [`send`]).
     pub async fn send(&self, req: &RequestHeader, body: &Bytes) -> Result<Exchange<'_>> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&self.peer)
-                .await
-                .map_err(|e| e.into_up())?;
-            if let HttpSession::H1(s) = &mut session {
-                s.read_timeout = self.peer.options.read_timeout;
-                s.write_timeout = self.peer.options.write_timeout;
-            }
-            let sent = async {
-                session.write_request_header(Box::new(req.clone())).await?;
-                session.write_request_body(body.clone(), true).await?;
-                session.finish_request_body().await?;
-                session.read_response_header().await
-            }
+        send(&self.connector, self.target.peer.clone(), req, body).await
+    }
+}
+
+/// Connects to `peer` (reusing a pooled connection when one is idle), sends `req` and `body`, and reads the
+/// response header. Failures are retried as [`retry`] says; errors come back marked as the upstream's.
+pub async fn send<'a>(
+    connector: &'a Connector,
+    peer: HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<Exchange<'a>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut session, reused) = connector
+            .get_http_session(&peer)
             .await
-            .map_err(|e| e.into_up());
-            match sent {
-                Ok(()) => {
-                    return Ok(Exchange {
-                        upstream: self,
-                        session,
-                    })
-                }
-                Err(e) if retry::again(&e, reused, attempt, true) => continue,
-                Err(e) => return Err(e),
+            .map_err(|e| e.into_up())?;
+        if let HttpSession::H1(s) = &mut session {
+            s.read_timeout = peer.options.read_timeout;
+            s.write_timeout = peer.options.write_timeout;
+        }
+        let sent = async {
+            session.write_request_header(Box::new(req.clone())).await?;
+            session.write_request_body(body.clone(), true).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await
+        }
+        .await
+        .map_err(|e| e.into_up());
+        match sent {
+            Ok(()) => {
+                return Ok(Exchange {
+                    connector,
+                    peer,
+                    session,
+                })
             }
+            Err(e) if retry::again(&e, reused, attempt, true) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// One answer being read from the upstream. Dropped before its end, it takes its connection with it.
 pub struct Exchange<'a> {
-    upstream: &'a Upstream,
+    connector: &'a Connector,
+    peer: HttpPeer,
     session: HttpSession,
 }
 
 impl Exchange<'_> {
-    /// The response header (read by [`Upstream::send`]).
+    /// The response header (read by [`send`]).
     pub fn header(&self) -> Result<&ResponseHeader> {
         self.session.response_header().ok_or_else(|| {
             Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up()
@@ -206,10 +257,9 @@ impl Exchange<'_> {
         if let HttpSession::H1(s) = &mut self.session {
             s.respect_keepalive();
         }
-        let peer = &self.upstream.peer;
-        self.upstream
-            .connector
-            .release_http_session(self.session, peer, peer.options.idle_timeout)
+        let idle = self.peer.options.idle_timeout;
+        self.connector
+            .release_http_session(self.session, &self.peer, idle)
             .await;
     }
 }
@@ -218,7 +268,7 @@ impl Exchange<'_> {
 mod tests {
     use super::*;
 
-    fn upstream(url_base: &str) -> Upstream {
+    fn upstream(url_base: &str) -> Target {
         let cfg = UpstreamConfig {
             url: format!("http://127.0.0.1:9{url_base}"),
             tls: false,
@@ -232,7 +282,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(1),
             ca_file: None,
         };
-        Upstream::new(&cfg, None).expect("upstream")
+        Target::new(&cfg, "127.0.0.1:9".parse().expect("addr"))
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //! before any byte of the answer arrived, other than by a timeout. That is the keep-alive race every pooled
 //! client meets: the upstream closed the idle connection just as the request went out.
 //!
+//! **Moved to another endpoint of the pool** ([`failure`] is `Connect`): a connection that could not be made
+//! (refused, unreachable, TLS failure, connect timeout). Nothing was sent, so this is always safe; the endpoint
+//! is ejected for a while (`upstream/pool.rs`). At most [`ENDPOINT_ATTEMPTS`] endpoints per pool.
+//!
+//! **Moved to the fallback pool**: a 429 or 5xx answer of a pool that names a `fallback`, on the relay path,
+//! before any byte of it went to the client (`proxy/relay.rs`); each pool at most once.
+//!
 //! **Not retried:**
-//! - timeouts: the upstream may be working on the request (a generation is paid for);
-//! - failures on a fresh connection (refused, unreachable, reset): the upstream is down or refusing, and an
-//!   immediate second try only doubles the client's wait;
+//! - timeouts after the request went out: the upstream may be working on it (a generation is paid for); the
+//!   endpoint is ejected, the client gets 504;
+//! - a connection reset or closed after the request went out, on a fresh connection: the upstream may have
+//!   read it;
 //! - anything after the response header: part of the answer may already be on its way to the client;
 //! - a request whose body the gateway can no longer send again (Pingora's loop keeps at most 64 KiB of a
 //!   streamed body for a retry).
@@ -21,8 +29,30 @@
 
 use pingora::{Error, ErrorType};
 
-/// Attempts per request, the first included.
+/// Attempts on one connection slot, the first included (the keep-alive race allows one more).
 pub const ATTEMPTS: usize = 2;
+
+/// Endpoints of one pool tried for one request when connections cannot be made.
+pub const ENDPOINT_ATTEMPTS: usize = 3;
+
+/// Pools one request may go to (its own, then fallbacks).
+pub const POOL_ATTEMPTS: usize = 3;
+
+/// Attempts Pingora's proxy loop may make for one request: every endpoint, each with its keep-alive retry.
+pub const PROXY_ATTEMPTS: usize = ENDPOINT_ATTEMPTS * ATTEMPTS;
+
+/// What a failed attempt says about its endpoint: `Connect` (no connection: nothing was sent), `Timeout`
+/// (no answer in time), or nothing (the endpoint answered, or the failure is not the endpoint's).
+pub fn failure(e: &Error) -> Option<super::pool::Failure> {
+    use super::pool::Failure;
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | InvalidCert | SocketError | BindError => Some(Failure::Connect),
+        ReadTimedout | WriteTimedout => Some(Failure::Timeout),
+        _ => None,
+    }
+}
 
 /// Whether attempt number `attempt` (from 1), which failed with `e` before any answer byte, is tried again.
 /// `reused`: it ran on a pooled connection; `replayable`: the whole request body can be sent again.

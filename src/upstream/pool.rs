@@ -1,0 +1,576 @@
+//! The pools requests are routed to. One [`Pool`] per `[[upstream]]` entry: its endpoints (every resolved
+//! address of every URL, from the pool's discovery), a pingora-load-balancing [`LoadBalancer`] over them, and
+//! the state selection needs that the balancer does not keep — requests in flight per endpoint (for least
+//! connections) and passive ejection (an endpoint whose connection failed or timed out gets no traffic for
+//! `eject_ms`).
+//!
+//! An endpoint gets a request when it is in the current membership, passes the active health check (a `GET`
+//! of the configured path, any answer below 500; [`PoolHealth`]), is not ejected, and was not already tried
+//! for this request. None left: the request fails with 503 `no_healthy_upstream`.
+//!
+//! The request path reads only atomics and `ArcSwap` snapshots: membership and health are the balancer's
+//! (lock-free on selection); the per-endpoint state is a copy-on-write map that changes only when a new
+//! address is first seen. [`PoolService`] runs discovery (DNS) and the health checks in the background and
+//! publishes the gauges.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Result;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::health_check::HealthCheck;
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use prometheus::{IntCounter, IntGauge};
+
+use super::route::Router;
+use super::Target;
+use crate::auth::keys::UpstreamCredential;
+use crate::config::{Balance, HealthConfig, PoolConfig};
+use crate::metrics;
+
+/// The `User-Agent` of health checks: an upstream's logs (and the mock) can tell them from client requests.
+pub const HEALTH_CHECK_AGENT: &str = "promptgate-health-check";
+
+/// Which URL of its pool a backend address came from (kept in `Backend::ext`).
+#[derive(Debug, Clone, Copy)]
+pub struct UrlIndex(pub usize);
+
+/// All pools, the router between them, and the connections the gateway's own exchanges use.
+pub struct Upstreams {
+    pub pools: Vec<Arc<Pool>>,
+    pub router: Router,
+    pub connector: Connector,
+}
+
+impl Upstreams {
+    /// Builds every pool (no I/O: discovery and health checks start with the [`PoolService`]s).
+    pub fn new(cfg: &[PoolConfig], options: Option<ConnectorOptions>) -> Self {
+        let names: Vec<&str> = cfg.iter().map(|p| p.name.as_str()).collect();
+        let pools = cfg
+            .iter()
+            .map(|p| {
+                let fallback = p
+                    .fallback
+                    .as_ref()
+                    .and_then(|f| names.iter().position(|n| n == f));
+                Arc::new(Pool::new(p, fallback, options.clone()))
+            })
+            .collect();
+        Self {
+            pools,
+            router: Router::new(cfg),
+            connector: Connector::new(options),
+        }
+    }
+
+    /// The pool serving `model` on `path`, if any.
+    pub fn route(&self, model: Option<&str>, path: &str) -> Option<usize> {
+        self.router.route(model, path)
+    }
+
+    /// The background services: one per pool (discovery, health checks, gauges).
+    pub fn services(&self) -> Vec<PoolService> {
+        self.pools
+            .iter()
+            .map(|p| PoolService { pool: p.clone() })
+            .collect()
+    }
+}
+
+/// What selection needs to know of one endpoint address beyond the balancer's health.
+#[derive(Debug, Default)]
+struct EndpointState {
+    in_flight: AtomicUsize,
+    /// Milliseconds since the pool's epoch until which the endpoint is ejected (0: never ejected).
+    ejected_until: AtomicU64,
+}
+
+/// Counts one request on an endpoint for as long as it lives (least connections reads the count).
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoint selected for one attempt.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The URL of the pool it belongs to (its `Host`, base path, TLS name).
+    pub target: Target,
+    pub peer: HttpPeer,
+    _in_flight: InFlight,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Why an attempt on an endpoint failed, as far as the pool cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection could not be made (refused, unreachable, TLS, connect timeout): nothing was sent.
+    Connect,
+    /// The endpoint did not answer in time after the request was sent.
+    Timeout,
+}
+
+/// One pool: see the module doc.
+pub struct Pool {
+    pub name: Arc<str>,
+    pub credential: Option<UpstreamCredential>,
+    pub model_map: HashMap<String, String>,
+    /// The pool a 429 / 5xx answer is retried on.
+    pub fallback: Option<usize>,
+    targets: Vec<Target>,
+    lb: LoadBalancer<RoundRobin>,
+    balance: Balance,
+    state: ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>,
+    /// Where least-connections starts among equals (spreads ties).
+    turn: AtomicUsize,
+    eject: Duration,
+    epoch: Instant,
+    health: Option<HealthConfig>,
+    dns_refresh: Duration,
+    /// The first discovery has run: until then a request waits for it (at start, briefly).
+    discovered: AtomicBool,
+    first: tokio::sync::Notify,
+    /// Waited for the first discovery at most this long.
+    connect_timeout: Duration,
+    requests: IntCounter,
+    ejections: IntCounter,
+    endpoints_gauge: IntGauge,
+    healthy_gauge: IntGauge,
+}
+
+impl Pool {
+    fn new(cfg: &PoolConfig, fallback: Option<usize>, options: Option<ConnectorOptions>) -> Self {
+        let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let targets: Vec<Target> = cfg
+            .endpoints
+            .iter()
+            .map(|e| Target::new(&e.target, unspecified))
+            .collect();
+        let discovery = discovery(cfg);
+        let mut lb = LoadBalancer::from_backends(Backends::new(discovery));
+        if let Some(h) = &cfg.health {
+            lb.set_health_check(Box::new(PoolHealth {
+                name: Arc::from(cfg.name.as_str()),
+                targets: targets.clone(),
+                path: h.path.clone(),
+                timeout: h.timeout,
+                healthy_after: h.healthy_after,
+                unhealthy_after: h.unhealthy_after,
+                credential: cfg.credential.clone(),
+                connector: Connector::new(options),
+            }));
+        }
+        let name = cfg.name.as_str();
+        let errors = |kind| metrics::UPSTREAM_ATTEMPT_ERRORS.with_label_values(&[name, kind]);
+        // Every kind of a pool is listed from the start (a dashboard sees zeros, not gaps).
+        for kind in ["connect", "timeout", "other", "status", "no_healthy"] {
+            errors(kind);
+        }
+        Self {
+            name: Arc::from(name),
+            credential: cfg.credential.clone(),
+            model_map: cfg.model_map.clone().into_iter().collect(),
+            fallback,
+            targets,
+            lb,
+            balance: cfg.balance,
+            state: ArcSwap::default(),
+            turn: AtomicUsize::new(0),
+            eject: cfg.eject,
+            epoch: Instant::now(),
+            health: cfg.health.clone(),
+            dns_refresh: cfg.dns_refresh,
+            discovered: AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
+            connect_timeout: cfg
+                .endpoints
+                .first()
+                .map_or(Duration::from_secs(5), |e| e.target.connect_timeout),
+            requests: metrics::UPSTREAM_REQUESTS.with_label_values(&[name]),
+            ejections: metrics::UPSTREAM_EJECTIONS.with_label_values(&[name]),
+            endpoints_gauge: metrics::UPSTREAM_ENDPOINTS.with_label_values(&[name]),
+            healthy_gauge: metrics::UPSTREAM_HEALTHY.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts a request routed here (once per request, whatever its attempts).
+    pub fn count_request(&self) {
+        self.requests.inc();
+    }
+
+    /// Counts a failed attempt of `kind` (see `UPSTREAM_ATTEMPT_ERRORS`).
+    pub fn count_error(&self, kind: &str) {
+        metrics::UPSTREAM_ATTEMPT_ERRORS
+            .with_label_values(&[&self.name, kind])
+            .inc();
+    }
+
+    /// The name this pool knows `model` by, when its `model_map` renames it.
+    pub fn mapped_model(&self, model: &str) -> Option<&str> {
+        self.model_map.get(model).map(String::as_str)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Waits (at most the connect timeout) for the first discovery, then selects an endpoint for a request
+    /// that already tried `tried`.
+    pub async fn select(&self, tried: &[SocketAddr]) -> Option<Endpoint> {
+        if !self.discovered.load(Ordering::Acquire) {
+            let first = self.first.notified();
+            if !self.discovered.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(self.connect_timeout, first).await;
+            }
+        }
+        self.select_now(tried)
+    }
+
+    /// Selects an endpoint that is ready (member, healthy, not ejected) and not in `tried`. Ejection never
+    /// empties a pool: when every healthy endpoint is ejected, they are all candidates again (only failed
+    /// health checks take a pool's last endpoints out) — a pool of one is not closed for `eject_ms` by one
+    /// timeout.
+    pub fn select_now(&self, tried: &[SocketAddr]) -> Option<Endpoint> {
+        let now = self.now_ms();
+        self.pick(tried, Some(now))
+            .or_else(|| self.pick(tried, None))
+    }
+
+    /// The balancer's pick among healthy endpoints not in `tried` (and, with `now`, not ejected at `now`).
+    fn pick(&self, tried: &[SocketAddr], now: Option<u64>) -> Option<Endpoint> {
+        let state = self.state.load();
+        let usable = |b: &Backend, healthy: bool| {
+            healthy
+                && b.as_inet().is_some_and(|a| {
+                    !tried.contains(a)
+                        && now.is_none_or(|now| {
+                            state
+                                .get(a)
+                                .is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= now)
+                        })
+                })
+        };
+        let backend = match self.balance {
+            Balance::RoundRobin => self.lb.select_with(b"", 256, usable)?,
+            Balance::LeastConnections => {
+                let all = self.lb.backends().get_backend();
+                let n = all.len().max(1);
+                let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+                let load = |b: &Backend| {
+                    let flying = b
+                        .as_inet()
+                        .and_then(|a| state.get(a))
+                        .map_or(0, |s| s.in_flight.load(Ordering::Relaxed));
+                    // in_flight / weight, compared in thousandths.
+                    (flying as u64 * 1000) / b.weight.max(1) as u64
+                };
+                all.iter()
+                    .skip(start)
+                    .chain(all.iter().take(start))
+                    .filter(|b| usable(b, self.lb.backends().ready(b)))
+                    .min_by_key(|b| load(b))?
+                    .clone()
+            }
+        };
+        let addr = *backend.as_inet()?;
+        let index = backend.ext.get::<UrlIndex>().map_or(0, |i| i.0);
+        let target = self.targets.get(index)?.clone();
+        let st = self.state_of(addr);
+        st.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Endpoint {
+            addr,
+            peer: target.peer_at(addr),
+            target,
+            _in_flight: InFlight(st),
+        })
+    }
+
+    /// The state of `addr`, created when it is first seen (the only write: copy-on-write, pruned to the
+    /// current membership so the map stays bounded).
+    fn state_of(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        if let Some(s) = self.state.load().get(&addr) {
+            return s.clone();
+        }
+        let members = self.lb.backends().get_backend();
+        let mut made = None;
+        self.state.rcu(|map| {
+            let mut map: HashMap<SocketAddr, Arc<EndpointState>> = map
+                .iter()
+                .filter(|(a, _)| members.iter().any(|b| b.as_inet() == Some(a)))
+                .map(|(a, s)| (*a, s.clone()))
+                .collect();
+            let s = map.entry(addr).or_default().clone();
+            made = Some(s);
+            map
+        });
+        made.unwrap_or_default()
+    }
+
+    /// A failed attempt: the endpoint gets no traffic for the ejection period.
+    pub fn failed(&self, addr: SocketAddr, why: Failure) {
+        self.count_error(match why {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+        });
+        let until = self.now_ms() + self.eject.as_millis() as u64;
+        let st = self.state_of(addr);
+        if st.ejected_until.swap(until, Ordering::Relaxed) <= self.now_ms() {
+            self.ejections.inc();
+            tracing::warn!(upstream = %self.name, endpoint = %addr, ?why, eject_ms = self.eject.as_millis() as u64, "endpoint ejected");
+            self.publish();
+        }
+    }
+
+    /// Endpoints now, and those that would get traffic.
+    fn counts(&self) -> (usize, usize) {
+        let all = self.lb.backends().get_backend();
+        let now = self.now_ms();
+        let state = self.state.load();
+        let ready = all
+            .iter()
+            .filter(|b| {
+                self.lb.backends().ready(b)
+                    && b.as_inet().is_some_and(|a| {
+                        state
+                            .get(a)
+                            .is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= now)
+                    })
+            })
+            .count();
+        (all.len(), ready)
+    }
+
+    fn publish(&self) {
+        let (all, ready) = self.counts();
+        self.endpoints_gauge.set(all as i64);
+        self.healthy_gauge.set(ready as i64);
+    }
+
+    /// One discovery round; the first one releases the requests waiting for it.
+    async fn discover(&self) -> bool {
+        let ok = match self.lb.update().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(upstream = %self.name, "endpoint discovery failed, the last endpoints stay: {e}");
+                false
+            }
+        };
+        if !self.discovered.swap(true, Ordering::AcqRel) {
+            self.first.notify_waiters();
+        }
+        ok
+    }
+}
+
+/// The active health check of a pool's endpoints: `GET path` with the pool's `Host` and credential, healthy on
+/// any answer below 500 within the timeout.
+struct PoolHealth {
+    name: Arc<str>,
+    targets: Vec<Target>,
+    path: String,
+    timeout: Duration,
+    healthy_after: usize,
+    unhealthy_after: usize,
+    credential: Option<UpstreamCredential>,
+    connector: Connector,
+}
+
+impl PoolHealth {
+    async fn probe(&self, target: &Backend) -> Result<u16> {
+        use pingora::{Error, ErrorType};
+        let addr = *target
+            .as_inet()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "not an inet address"))?;
+        let index = target.ext.get::<UrlIndex>().map_or(0, |i| i.0);
+        let t = self
+            .targets
+            .get(index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown endpoint"))?;
+        let mut peer = t.peer_at(addr);
+        peer.options.connection_timeout = Some(self.timeout);
+        peer.options.read_timeout = Some(self.timeout);
+        let mut req = RequestHeader::build("GET", self.path.as_bytes(), None)?;
+        t.target(&mut req)?;
+        req.insert_header(http::header::USER_AGENT, HEALTH_CHECK_AGENT)?;
+        if let Some(c) = &self.credential {
+            req.insert_header(http::header::AUTHORIZATION, c.0.clone())?;
+        }
+        // A fresh connection each time (this connector never gets one back to pool): a check proves the endpoint
+        // accepts connections now.
+        let (mut session, _) = self.connector.get_http_session(&peer).await?;
+        session.write_request_header(Box::new(req)).await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        Ok(session.response_header().map_or(0, |h| h.status.as_u16()))
+    }
+}
+
+#[async_trait]
+impl HealthCheck for PoolHealth {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        use pingora::{Error, ErrorType};
+        match tokio::time::timeout(self.timeout, self.probe(target)).await {
+            Ok(Ok(status)) if (1..500).contains(&status) => Ok(()),
+            Ok(Ok(status)) => Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "health check answered with a server error",
+            ),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Error::e_explain(ErrorType::ReadTimedout, "health check timed out"),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if healthy {
+            tracing::info!(upstream = %self.name, endpoint = %target.addr, "endpoint healthy");
+        } else {
+            tracing::warn!(upstream = %self.name, endpoint = %target.addr, "endpoint unhealthy");
+        }
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        format!("upstream {} endpoint {}", self.name, target.addr)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy_after
+        } else {
+            self.unhealthy_after
+        }
+    }
+}
+
+/// Discovery and health checks of one pool, in the background; publishes its gauges after each round.
+pub struct PoolService {
+    pool: Arc<Pool>,
+}
+
+#[async_trait]
+impl BackgroundService for PoolService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let p = &self.pool;
+        let mut next_discovery = tokio::time::Instant::now();
+        let mut next_check = next_discovery;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_discovery {
+                let ok = p.discover().await;
+                // Nothing known yet (a name that does not resolve at start): ask again soon.
+                let empty = p.lb.backends().get_backend().is_empty();
+                let wait = if ok && !empty {
+                    p.dns_refresh
+                } else {
+                    p.dns_refresh.min(Duration::from_secs(1))
+                };
+                next_discovery = tokio::time::Instant::now() + wait;
+            }
+            if let Some(h) = &p.health {
+                if now >= next_check {
+                    p.lb.backends().run_health_check(true).await;
+                    next_check = tokio::time::Instant::now() + h.interval;
+                }
+            }
+            p.publish();
+            let next = match &p.health {
+                Some(_) => next_discovery.min(next_check),
+                None => next_discovery,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The addresses of a pool, for tests and the admin view: every member with whether it gets traffic.
+impl Pool {
+    pub fn members(&self) -> BTreeSet<(SocketAddr, bool)> {
+        let now = self.now_ms();
+        let state = self.state.load();
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| {
+                let a = *b.as_inet()?;
+                let ejected = state
+                    .get(&a)
+                    .is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now);
+                Some((a, self.lb.backends().ready(b) && !ejected))
+            })
+            .collect()
+    }
+}
+
+/// How a discovered address becomes a backend of the pool (weight from its URL, the URL's index in `ext`).
+pub fn backend(addr: SocketAddr, weight: usize, index: usize) -> Backend {
+    let mut b = Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+        weight,
+        ext: http::Extensions::new(),
+    };
+    b.ext.insert(UrlIndex(index));
+    b
+}
+
+/// Kept for the discovery's signature.
+pub type Discovery = Box<dyn ServiceDiscovery + Send + Sync + 'static>;
+
+/// The pool's discovery: every URL's host resolved (all addresses), each address a backend.
+fn discovery(cfg: &PoolConfig) -> Discovery {
+    Box::new(SystemDiscovery {
+        targets: cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.target.host.clone(), e.target.port, e.weight, i))
+            .collect(),
+    })
+}
+
+struct SystemDiscovery {
+    targets: Vec<(String, u16, usize, usize)>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for SystemDiscovery {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut out = BTreeSet::new();
+        for (host, port, weight, index) in &self.targets {
+            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::ConnectNoRoute, "resolve", e)
+                })?;
+            for a in addrs {
+                out.insert(backend(a, *weight, *index));
+            }
+        }
+        Ok((out, HashMap::new()))
+    }
+}
