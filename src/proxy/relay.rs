@@ -31,6 +31,9 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> R
         .and_then(|b| b.forward.take())
         .unwrap_or_default();
     let mut req = gw.upstream.request(session.req_header(), body.len())?;
+    // The exchange speaks HTTP/1.1 to the upstream whatever the client spoke (an HTTP/2 request's header says
+    // HTTP/2, which would go out as the request line's version).
+    req.set_version(http::Version::HTTP_11);
     headers::to_upstream(&mut req, ctx)?;
     ctx.forwarded = true;
     ctx.timing.upstream_sent = Some(Instant::now());
@@ -147,7 +150,9 @@ pub async fn unless_client_leaves<T>(
             done = &mut work => return done,
             // The request body is read whole by now: the only thing the client can still send is its close.
             idle = session.as_mut().read_body_or_idle(true), if watch_client => match idle {
-                Err(e) if e.etype() == &ErrorType::ConnectionClosed || e.etype() == &ErrorType::ReadError => {
+                // HTTP/1: the connection closed. HTTP/2: the stream was reset or the connection ended (an
+                // HTTP/2 session's idle wait only ever ends that way).
+                Err(e) if matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::H2Error) => {
                     return Err(Error::explain(ErrorType::ConnectionClosed, "the client left").into_down());
                 }
                 // Anything else (a pipelined request's bytes): stop watching, finish the work.
