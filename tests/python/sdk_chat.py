@@ -1,18 +1,23 @@
 """Drives the gateway with the official `openai` package: one plain and one streamed chat completion.
 
 Environment: PROMPTGATE_BASE_URL (e.g. http://127.0.0.1:8080/v1), MOCK_CONTENT (the answer the mock is told to
-send). Prints one JSON object with what the SDK returned.
+send), PROMPTGATE_CA_FILE (optional: for an https:// base URL, the only CA trusted). Prints one JSON object with
+what the SDK returned.
 """
 import json
 import os
+import ssl
 
+import httpx
 import openai
 
+ca_file = os.environ.get("PROMPTGATE_CA_FILE")
 client = openai.OpenAI(
     base_url=os.environ["PROMPTGATE_BASE_URL"],
     api_key="sk-test-not-a-real-key",
     default_headers={"x-mock-content": os.environ["MOCK_CONTENT"], "x-mock-chunks": "5"},
     max_retries=0,
+    http_client=httpx.Client(verify=ssl.create_default_context(cafile=ca_file)) if ca_file else None,
 )
 
 plain = client.chat.completions.create(
@@ -36,4 +41,5 @@ print(json.dumps({
     "stream": "".join(chunks),
     "stream_events": len(chunks),
     "sdk_version": openai.__version__,
+    "http_version": plain._raw_response.http_version if hasattr(plain, "_raw_response") else None,
 }))
