@@ -133,15 +133,12 @@ impl CertFiles {
             }),
         })?;
         let provider = ring::default_provider();
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| {
-                key_err(TlsError::BadKey {
-                    path: self.key.clone(),
-                    error: e.to_string(),
-                })
-            })?;
+        let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+            key_err(TlsError::BadKey {
+                path: self.key.clone(),
+                error: e.to_string(),
+            })
+        })?;
         let certified = CertifiedKey::new(chain, signing);
         // The key's public half must be the leaf's: a key of another certificate fails every handshake.
         match certified.keys_match() {
@@ -290,7 +287,10 @@ mod tests {
             which(files(dir.path(), &a.cert, &b.key).load()),
             Some(Which::Key)
         );
-        assert_eq!(which(files(dir.path(), &a.cert, "").load()), Some(Which::Key));
+        assert_eq!(
+            which(files(dir.path(), &a.cert, "").load()),
+            Some(Which::Key)
+        );
         let half = &a.cert[..a.cert.len() / 2];
         assert_eq!(
             which(files(dir.path(), half, &a.key).load()),
@@ -317,7 +317,13 @@ mod tests {
             files: f.clone(),
         })
         .expect("opens");
-        let first = live.snapshot().key.end_entity_cert().expect("leaf").clone().into_owned();
+        let first = live
+            .snapshot()
+            .key
+            .end_entity_cert()
+            .expect("leaf")
+            .clone()
+            .into_owned();
         assert_eq!(live.reload().label(), "unchanged");
         // The new certificate is written, its key not yet: refused, the old one still served.
         std::fs::write(&f.cert, &b.cert).expect("write");

@@ -963,7 +963,10 @@ mod tests {
         };
         let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).expect("cert");
         let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).expect("cert");
-        let (cert, key) = (write("a.crt", &a.cert.pem()), write("a.key", &a.key_pair.serialize_pem()));
+        let (cert, key) = (
+            write("a.crt", &a.cert.pem()),
+            write("a.key", &a.key_pair.serialize_pem()),
+        );
         let other_key = write("b.key", &b.key_pair.serialize_pem());
         let junk = write("junk.pem", "not pem");
         let entry = |listen: &str, cert: &str, key: &str| {
@@ -975,13 +978,34 @@ mod tests {
         assert_eq!(c.tls[0].listen.port(), 8443);
         assert!(!c.h2c);
         let cases = [
-            (entry("127.0.0.1:8443", &cert, &other_key), "server.tls[0].key_file: "),
-            (entry("127.0.0.1:8443", &junk, &key), "server.tls[0].cert_file: "),
-            (entry("127.0.0.1:8443", "/nonexistent/c.pem", &key), "server.tls[0].cert_file: cannot read"),
-            (entry("127.0.0.1:8443", &cert, ""), "server.tls[0].key_file: is required"),
-            (entry("127.0.0.1:8080", &cert, &key), "server.tls[0].listen: 127.0.0.1:8080 is already"),
-            (format!("{ok}{}", entry("127.0.0.1:8443", &cert, &key)), "server.tls[1].listen: "),
-            (entry("nope", &cert, &key), "server.tls[0].listen: invalid address"),
+            (
+                entry("127.0.0.1:8443", &cert, &other_key),
+                "server.tls[0].key_file: ",
+            ),
+            (
+                entry("127.0.0.1:8443", &junk, &key),
+                "server.tls[0].cert_file: ",
+            ),
+            (
+                entry("127.0.0.1:8443", "/nonexistent/c.pem", &key),
+                "server.tls[0].cert_file: cannot read",
+            ),
+            (
+                entry("127.0.0.1:8443", &cert, ""),
+                "server.tls[0].key_file: is required",
+            ),
+            (
+                entry("127.0.0.1:8080", &cert, &key),
+                "server.tls[0].listen: 127.0.0.1:8080 is already",
+            ),
+            (
+                format!("{ok}{}", entry("127.0.0.1:8443", &cert, &key)),
+                "server.tls[1].listen: ",
+            ),
+            (
+                entry("nope", &cert, &key),
+                "server.tls[0].listen: invalid address",
+            ),
         ];
         for (text, want) in cases {
             let err = load_str(&text, &Overrides::default()).expect_err(want);

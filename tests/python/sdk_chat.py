@@ -8,7 +8,6 @@ import json
 import os
 import ssl
 
-import httpx
 import openai
 
 ca_file = os.environ.get("PROMPTGATE_CA_FILE")
@@ -17,7 +16,8 @@ client = openai.OpenAI(
     api_key="sk-test-not-a-real-key",
     default_headers={"x-mock-content": os.environ["MOCK_CONTENT"], "x-mock-chunks": "5"},
     max_retries=0,
-    http_client=httpx.Client(verify=ssl.create_default_context(cafile=ca_file)) if ca_file else None,
+    # The SDK's own HTTP client class (httpx or its successor, whichever this SDK version uses).
+    http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=ca_file)) if ca_file else None,
 )
 
 plain = client.chat.completions.create(
@@ -41,5 +41,4 @@ print(json.dumps({
     "stream": "".join(chunks),
     "stream_events": len(chunks),
     "sdk_version": openai.__version__,
-    "http_version": plain._raw_response.http_version if hasattr(plain, "_raw_response") else None,
 }))
