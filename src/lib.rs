@@ -8,10 +8,10 @@
 //!
 //! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),
 //! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
-//! for the rules and the keys), `server` (assembly, background services, shutdown),
-//! `admin` (health, metrics, reload), `cli` (subcommands), `mock` (the mock upstream of the demo, the tests
-//! and the benchmarks), `harness` (hidden, not the product: the property checks behind the fuzz targets in
-//! `tests/fuzz/` and their corpus replay).
+//! for the rules, the keys and the certificates), `server` (assembly: listeners plain and TLS, background
+//! services, shutdown), `tls` (the TLS listeners' certificates), `admin` (health, metrics, reload), `cli`
+//! (subcommands), `mock` (the mock upstream of the demo, the tests and the benchmarks), `harness` (hidden, not
+//! the product: the property checks behind the fuzz targets in `tests/fuzz/` and their corpus replay).
 
 pub mod admin;
 pub mod admission;
@@ -30,4 +30,5 @@ pub mod openai;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -265,6 +265,27 @@ pub static RULES_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Certificate reloads of the TLS listeners by result (`ok`, `unchanged`, `error`: refused, the last good
+/// certificate still served).
+pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_tls_reload_total",
+        "Certificate reloads of the TLS listeners, by result.",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests by the HTTP version the client spoke (`h1`, `h2`).
+pub static PROTOCOLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_requests_by_protocol_total",
+        "Requests by the HTTP version the client spoke.",
+        &["protocol"]
+    )
+    .expect("metric registers once")
+});
+
 /// The live rule-set version: one series with value 1.
 pub static RULES_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -434,6 +455,8 @@ pub fn init() {
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&RULES_RELOADS);
+    LazyLock::force(&TLS_RELOADS);
+    LazyLock::force(&PROTOCOLS);
     LazyLock::force(&DECISIONS);
     LazyLock::force(&STREAM_HELD_BYTES);
     LazyLock::force(&INSPECTION_ERRORS);

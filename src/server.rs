@@ -1,7 +1,12 @@
-//! Assembles and runs the Pingora server: the listeners (the proxy service, the admin service) and the
-//! background services — the audit writer and webhook, the rules and keys reloads, and the drain that ends the
-//! process once in-flight requests are done after SIGTERM / SIGINT and their events are on disk. Nothing here
-//! starts a thread or a task of its own before Pingora runs (it may daemonise first).
+//! Assembles and runs the Pingora server: the listeners (the proxy service — plaintext HTTP/1.1, with
+//! prior-knowledge h2c when `server.h2c` is on, and the TLS listeners, HTTP/2 or HTTP/1.1 by ALPN — and the
+//! admin service) and the background services — the audit writer and webhook, the rules, keys and certificate
+//! reloads, and the drain that ends the process once in-flight requests are done after SIGTERM / SIGINT and
+//! their events are on disk. Nothing here starts a thread or a task of its own before Pingora runs (it may
+//! daemonise first).
+//!
+//! Signals: SIGHUP reloads the rules, the keys and the certificates (Pingora itself does not use it: its
+//! graceful upgrade is SIGQUIT); SIGTERM and SIGINT drain; SIGQUIT is Pingora's graceful upgrade.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,7 +20,10 @@ use pingora::services::listening::Service;
 
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::default_h2_options;
 
 use crate::admin::AdminApp;
 use crate::audit::webhook::Webhook;
@@ -28,6 +36,7 @@ use crate::live::{self, Live, Source};
 use crate::metrics;
 use crate::proxy::{Edge, Gateway, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore, RulesDir};
+use crate::tls::{CertSource, ServerCert, TlsError};
 use crate::upstream::{retry, Upstreams};
 
 /// Why the gateway did not start. Each is reported on stderr and ends the process with exit code 2.
@@ -46,9 +55,11 @@ pub enum StartError {
     },
     #[error("limits.redis: {0}")]
     Limits(String),
+    #[error("{field}: {error}")]
+    Tls { field: String, error: TlsError },
     #[error("{field}: cannot listen on {addr}: {error}")]
     Listen {
-        field: &'static str,
+        field: String,
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
@@ -73,8 +84,11 @@ pub fn run_with_mock(config: Config, mock: std::net::TcpListener) -> Result<(), 
 }
 
 fn start(server: Server, config: &Config) {
+    let tls: Vec<String> = config.tls.iter().map(|t| t.listen.to_string()).collect();
     tracing::info!(
         listen = %config.listen,
+        tls = %tls.join(","),
+        h2c = config.h2c,
         admin = %config.admin,
         upstreams = %config
             .upstreams
@@ -159,10 +173,15 @@ fn build(config: &Config) -> Result<Server, StartError> {
     );
     let mut proxy = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();
-    // The edge reads each request head (bounded in time and size) before Pingora's loop parses it.
-    let mut service = Service::new("promptgate".to_string(), Edge::new(proxy, config.edge));
+    client_protocols(&mut proxy, config);
+    // The edge reads each HTTP/1 request head (bounded in time and size) before Pingora's loop parses it.
+    let mut service = Service::new(
+        "promptgate".to_string(),
+        Edge::new(proxy, config.edge, config.h2c),
+    );
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.
     service.add_tcp(&config.listen.to_string());
+    let certs = add_tls_listeners(&mut service, config)?;
     server.add_service(service);
 
     let mut admin = Service::new(
@@ -174,16 +193,66 @@ fn build(config: &Config) -> Result<Server, StartError> {
     server.add_service(admin);
     server.add_service(background_service("drain", Drain { audit }));
     add_reloads(&mut server, config, &store, &auth);
+    add_cert_reloads(&mut server, config, certs);
     Ok(server)
 }
 
+/// HTTP/2 for the proxy: prior-knowledge h2c on the plaintext listener when `server.h2c` is on (on TLS
+/// listeners ALPN decides); a request's header list bounded like an HTTP/1 head (`limits.max_header_bytes`);
+/// an idle connection closed after as long as an idle HTTP/1 keep-alive one.
+fn client_protocols(proxy: &mut pingora::proxy::HttpProxy<Gateway>, config: &Config) {
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.h2c;
+    options.h2_idle_timeout = Some(crate::proxy::KEEPALIVE_IDLE);
+    proxy.server_options = Some(options);
+    let mut h2 = default_h2_options();
+    h2.max_header_list_size(u32::try_from(config.edge.max_header_bytes).unwrap_or(u32::MAX));
+    proxy.h2_options = Some(h2);
+}
+
+/// The TLS listeners: each presents its live certificate (swapped by reloads, never read on the handshake
+/// path) and offers h2 and http/1.1 by ALPN.
+fn add_tls_listeners(
+    service: &mut Service<Edge>,
+    config: &Config,
+) -> Result<Vec<Arc<Live<CertSource>>>, StartError> {
+    let mut certs = Vec::with_capacity(config.tls.len());
+    for (i, t) in config.tls.iter().enumerate() {
+        let source = CertSource {
+            listen: t.listen,
+            files: t.files.clone(),
+        };
+        // Checked with the config already; the files may have changed since.
+        let live = Arc::new(Live::open(source).map_err(|mut errors| StartError::Tls {
+            field: format!("server.tls[{i}]"),
+            error: errors.remove(0),
+        })?);
+        let mut settings = TlsSettings::intermediate("", "").map_err(|e| StartError::Tls {
+            field: format!("server.tls[{i}]"),
+            error: TlsError::Listener(e.to_string()),
+        })?;
+        settings.set_cert_resolver(Arc::new(ServerCert(live.clone())));
+        settings.enable_h2();
+        service.add_tls_with_settings(&t.listen.to_string(), None, settings);
+        tracing::info!(listen = %t.listen, cert = %t.files.cert.display(), version = live.peek().version, "TLS listener");
+        certs.push(live);
+    }
+    Ok(certs)
+}
+
 /// Pingora retries a busy address in the background and the rest of the server comes up without it: check
-/// both addresses first, so a gateway that cannot listen fails at start with a clear line.
+/// every address first, so a gateway that cannot listen fails at start with a clear line.
 fn check_addresses(config: &Config) -> Result<(), StartError> {
-    for (field, addr) in [
-        ("server.listen", config.listen),
-        ("server.admin", config.admin),
-    ] {
+    let tls = config
+        .tls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("server.tls[{i}].listen"), t.listen));
+    let plain = [
+        ("server.listen".to_string(), config.listen),
+        ("server.admin".to_string(), config.admin),
+    ];
+    for (field, addr) in plain.into_iter().chain(tls) {
         std::net::TcpListener::bind(addr).map_err(|error| StartError::Listen {
             field,
             addr,
@@ -241,8 +310,11 @@ fn server_conf(config: &Config) -> ServerConf {
 fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, auth: &Arc<Auth>) {
     let rules_reload = Reload {
         live: store.clone(),
-        dir: config.rules.dir.clone(),
-        file: None,
+        watched: vec![Watched {
+            dir: config.rules.dir.clone(),
+            file: None,
+            recursive: true,
+        }],
         watch: config.rules.watch,
         debounce: config.rules.debounce,
     };
@@ -254,8 +326,11 @@ fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, aut
         };
         let reload = Reload {
             live: keys,
-            dir,
-            file: path.file_name().map(|f| f.to_os_string()),
+            watched: vec![Watched {
+                dir,
+                file: path.file_name().map(|f| f.to_os_string()),
+                recursive: false,
+            }],
             watch: config.auth.watch,
             debounce: config.rules.debounce,
         };
@@ -263,16 +338,58 @@ fn add_reloads(server: &mut Server, config: &Config, store: &Arc<RuleStore>, aut
     }
 }
 
-/// Reloads one live set (rules, keys) when its files change (if watching) and on SIGHUP, never on the
-/// request path.
+/// The certificate reloads, one per TLS listener: on SIGHUP, and whenever anything changes in the directory
+/// of its certificate or key file (not only the files themselves: a Kubernetes secret is swapped through a
+/// `..data` symlink, and a reload of unchanged files stops at their hash).
+fn add_cert_reloads(server: &mut Server, config: &Config, certs: Vec<Arc<Live<CertSource>>>) {
+    for live in certs {
+        let files = &live.source().files;
+        let mut watched: Vec<Watched> = Vec::with_capacity(2);
+        for path in [&files.cert, &files.key] {
+            let dir = parent_dir(path);
+            if !watched.iter().any(|w| w.dir == dir) {
+                watched.push(Watched {
+                    dir,
+                    file: None,
+                    recursive: false,
+                });
+            }
+        }
+        let reload = Reload {
+            live,
+            watched,
+            watch: true,
+            debounce: config.rules.debounce,
+        };
+        server.add_service(background_service("certificate reload", reload));
+    }
+}
+
+/// The directory a file is in (`.` for a bare name).
+fn parent_dir(path: &std::path::Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Reloads one live set (rules, keys, a certificate) when its files change (if watching) and on SIGHUP,
+/// never on the request path.
 struct Reload<S: Source> {
     live: Arc<Live<S>>,
-    /// The directory watched.
-    dir: std::path::PathBuf,
-    /// Only changes to this file in `dir` count (`None`: any file under `dir`).
-    file: Option<std::ffi::OsString>,
+    /// The directories watched.
+    watched: Vec<Watched>,
     watch: bool,
     debounce: Duration,
+}
+
+/// One directory a reload watches.
+struct Watched {
+    dir: std::path::PathBuf,
+    /// Only changes to this file in `dir` count (`None`: any file in `dir`).
+    file: Option<std::ffi::OsString>,
+    /// Whether changes in `dir`'s subdirectories count.
+    recursive: bool,
 }
 
 impl<S: Source> Reload<S> {
@@ -289,16 +406,19 @@ impl<S: Source> BackgroundService for Reload<S> {
         // One pending notice is all a reload needs: the watcher's further notices while one waits are dropped.
         let (tx, mut changes) = tokio::sync::mpsc::channel::<()>(1);
         // The watcher lives as long as this service; its callback runs on notify's own thread.
-        let _watcher = if self.watch {
-            match watch(&self.dir, self.file.clone(), tx) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::error!(dir = %self.dir.display(), "cannot watch for {} changes ({e}); reload with SIGHUP or POST /reload", S::NAME);
-                    None
-                }
-            }
+        let _watchers: Vec<_> = if self.watch {
+            self.watched
+                .iter()
+                .filter_map(|w| match watch(w, tx.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::error!(dir = %w.dir.display(), "cannot watch for {} changes ({e}); reload with SIGHUP (or POST /reload for rules and keys)", S::NAME);
+                        None
+                    }
+                })
+                .collect()
         } else {
-            None
+            Vec::new()
         };
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -336,16 +456,16 @@ impl<S: Source> BackgroundService for Reload<S> {
 const MAX_DEBOUNCES: u32 = 10;
 
 fn watch(
-    dir: &std::path::Path,
-    file: Option<std::ffi::OsString>,
+    watched: &Watched,
     tx: tokio::sync::mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
-    let mode = if file.is_some() {
-        RecursiveMode::NonRecursive
-    } else {
+    let mode = if watched.recursive {
         RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
     };
+    let file = watched.file.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
         // Editors replace files through temporaries: any event naming the file counts.
@@ -361,7 +481,7 @@ fn watch(
         }
         Err(e) => tracing::warn!("rules watcher: {e}"),
     })?;
-    w.watch(dir, mode)?;
+    w.watch(&watched.dir, mode)?;
     Ok(w)
 }
 

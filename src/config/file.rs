@@ -212,6 +212,19 @@ pub struct ServerSection {
     pub header_timeout_ms: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// `[[server.tls]]`: the TLS listeners.
+    pub tls: Vec<TlsListenerSection>,
+    /// Prior-knowledge HTTP/2 in cleartext on `server.listen`.
+    pub h2c: bool,
+}
+
+/// One `[[server.tls]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerSection {
+    pub listen: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerSection {
@@ -224,6 +237,8 @@ impl Default for ServerSection {
             header_timeout_ms: 10_000,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            tls: Vec::new(),
+            h2c: false,
         }
     }
 }

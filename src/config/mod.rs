@@ -54,6 +54,10 @@ pub struct Config {
     pub threads: usize,
     /// What a client connection may cost before its request is admitted.
     pub edge: EdgeConfig,
+    /// The TLS listeners (`[[server.tls]]`), each with its certificate; HTTP/2 or HTTP/1.1 by ALPN.
+    pub tls: Vec<TlsListener>,
+    /// Prior-knowledge HTTP/2 in cleartext on `listen` (`server.h2c`).
+    pub h2c: bool,
     /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
     pub grace_period: Duration,
     /// The pools requests are routed to (at least one).
@@ -143,6 +147,14 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: usize,
+}
+
+/// One TLS listener: its address and its certificate's files (checked at start: readable, parsed, the key
+/// the certificate's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub files: crate::tls::CertFiles,
 }
 
 /// What happens to a request asking to upgrade its connection (a WebSocket).
@@ -300,6 +312,7 @@ impl Config {
         let src = Source { name: source_name };
         let (listen, admin, threads, grace_period) = server(&raw.server, overrides, &src)?;
         let edge = edge(&raw.server, &raw.limits, &src)?;
+        let tls = tls_listeners(&raw.server.tls, [listen, admin], &src)?;
         let upstreams = pools::pools(&raw.upstream, overrides, &src)?;
         let rules = rules(&raw.rules, overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
@@ -311,6 +324,8 @@ impl Config {
             admin,
             threads,
             edge,
+            tls,
+            h2c: raw.server.h2c,
             grace_period,
             upstreams,
             rules,
@@ -459,6 +474,44 @@ fn server(
     let threads = src.between("server.threads", s.threads, (1, 256))?;
     let grace_period = Duration::from_secs(s.grace_period_seconds);
     Ok((listen, admin, threads, grace_period))
+}
+
+/// `[[server.tls]]`: each listener's address (not one already taken) and its certificate, read and checked
+/// now so that a bad pair fails the start (and `promptgate check`) naming the field.
+fn tls_listeners(
+    entries: &[file::TlsListenerSection],
+    taken: [SocketAddr; 2],
+    src: &Source,
+) -> Result<Vec<TlsListener>, ConfigError> {
+    let mut out: Vec<TlsListener> = Vec::with_capacity(entries.len());
+    for (i, t) in entries.iter().enumerate() {
+        let field = |name: &str| format!("server.tls[{i}].{name}");
+        let listen = parse_addr(&t.listen).map_err(|m| src.error(&field("listen"), m))?;
+        if taken.contains(&listen) || out.iter().any(|o| o.listen == listen) {
+            return Err(src.error(
+                &field("listen"),
+                format!("{listen} is already server.listen, server.admin or another TLS listener"),
+            ));
+        }
+        for (name, path) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            if path.as_os_str().is_empty() {
+                return Err(src.error(&field(name), "is required (a PEM file)"));
+            }
+        }
+        let files = crate::tls::CertFiles {
+            cert: t.cert_file.clone(),
+            key: t.key_file.clone(),
+        };
+        files.load().map_err(|(which, e)| {
+            let name = match which {
+                crate::tls::Which::Cert => "cert_file",
+                crate::tls::Which::Key => "key_file",
+            };
+            src.error(&field(name), e.to_string())
+        })?;
+        out.push(TlsListener { listen, files });
+    }
+    Ok(out)
 }
 
 /// `[rules]`: where the rules live (the flag first), reloading, the budget of a rule set.
@@ -851,6 +904,66 @@ mod tests {
             format!("{:?}", shipped.expect("parses")),
             format!("{:?}", FileConfig::default())
         );
+    }
+
+    #[test]
+    fn tls_listeners_are_checked_at_start_naming_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p.display().to_string()
+        };
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).expect("cert");
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).expect("cert");
+        let (cert, key) = (
+            write("a.crt", &a.cert.pem()),
+            write("a.key", &a.key_pair.serialize_pem()),
+        );
+        let other_key = write("b.key", &b.key_pair.serialize_pem());
+        let junk = write("junk.pem", "not pem");
+        let entry = |listen: &str, cert: &str, key: &str| {
+            format!("[[server.tls]]\nlisten = \"{listen}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n")
+        };
+        let ok = entry("127.0.0.1:8443", &cert, &key);
+        let c = load_str(&ok, &Overrides::default()).expect("valid");
+        assert_eq!(c.tls.len(), 1);
+        assert_eq!(c.tls[0].listen.port(), 8443);
+        assert!(!c.h2c);
+        let cases = [
+            (
+                entry("127.0.0.1:8443", &cert, &other_key),
+                "server.tls[0].key_file: ",
+            ),
+            (
+                entry("127.0.0.1:8443", &junk, &key),
+                "server.tls[0].cert_file: ",
+            ),
+            (
+                entry("127.0.0.1:8443", "/nonexistent/c.pem", &key),
+                "server.tls[0].cert_file: cannot read",
+            ),
+            (
+                entry("127.0.0.1:8443", &cert, ""),
+                "server.tls[0].key_file: is required",
+            ),
+            (
+                entry("127.0.0.1:8080", &cert, &key),
+                "server.tls[0].listen: 127.0.0.1:8080 is already",
+            ),
+            (
+                format!("{ok}{}", entry("127.0.0.1:8443", &cert, &key)),
+                "server.tls[1].listen: ",
+            ),
+            (
+                entry("nope", &cert, &key),
+                "server.tls[0].listen: invalid address",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load_str(&text, &Overrides::default()).expect_err(want);
+            assert!(err.starts_with(&format!("x.toml: {want}")), "{want}: {err}");
+        }
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //!   `Connection: close` and closes;
 //! - keeps Pingora's keep-alive loop: the next request on the connection meets the same checks.
 //!
+//! The same holds on TLS listeners for a connection that negotiated HTTP/1.1 (or no ALPN). A connection that
+//! speaks HTTP/2 — `h2` by ALPN, or the prior-knowledge preface on the plaintext listener when `server.h2c` is
+//! on — goes to Pingora's HTTP/2 loop, which frames and bounds each stream's header list itself (set from the
+//! same limits in `server.rs`); its streams reach the same hooks as HTTP/1 requests. The connection caps count
+//! every connection, whatever it speaks.
+//!
 //! Scanning the head is linear: the end of the head is searched only in the bytes that just arrived, and the
 //! head is parsed once, when complete.
 
@@ -28,7 +34,7 @@ use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,8 +45,13 @@ use crate::config::EdgeConfig;
 use crate::metrics;
 use crate::openai::Rejection;
 
-/// How long an idle keep-alive connection waits for the first byte of its next request (as Pingora's own).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long an idle keep-alive connection waits for the first byte of its next request (as Pingora's own); an
+/// idle HTTP/2 connection is closed after as long.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// What opens every prior-knowledge HTTP/2 connection, up to its blank line (RFC 9113 §3.4): an HTTP/1 head
+/// to the reader of heads (`PRI * HTTP/2.0`), which is where it is recognised.
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// Counter slots for per-address connection counts (a power of two).
 const ADDRESS_SLOTS: usize = 4096;
@@ -50,13 +61,16 @@ pub struct Edge {
     proxy: Arc<HttpProxy<Gateway>>,
     cfg: EdgeConfig,
     connections: Arc<Connections>,
+    /// Prior-knowledge HTTP/2 accepted on plaintext connections (`server.h2c`).
+    h2c: bool,
 }
 
 impl Edge {
-    pub fn new(proxy: HttpProxy<Gateway>, cfg: EdgeConfig) -> Self {
+    pub fn new(proxy: HttpProxy<Gateway>, cfg: EdgeConfig, h2c: bool) -> Self {
         Self {
             proxy: Arc::new(proxy),
             cfg,
+            h2c,
             connections: Arc::new(Connections::new(
                 cfg.max_connections,
                 cfg.max_connections_per_ip,
@@ -82,27 +96,36 @@ impl ServerApp for Edge {
             refuse(stream, &Rejection::TooManyConnections).await;
             return None;
         };
-        // Only plain TCP streams are read here (the gateway listens in plaintext HTTP/1.1); anything else goes
-        // to Pingora's own loop as it is.
-        if !stream.as_any().is::<TcpStream>() {
+        // HTTP/2 negotiated by ALPN: Pingora's HTTP/2 loop (the slot is held until the connection ends).
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let mut stream = stream;
-        let mut idle = Duration::from_secs(60);
+        let mut idle = KEEPALIVE_IDLE;
+        let mut first = true;
         loop {
-            let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
-                return None;
-            };
-            match read_head(&mut tcp, idle, &self.cfg).await {
-                Head::Complete(head) => tcp.rewind(&head),
+            let head = match read_head(&mut stream, idle, &self.cfg).await {
+                Head::Complete(head) => head,
                 Head::Closed => return None,
                 Head::Refused(reason, rejection) => {
                     metrics::EDGE_REFUSED.with_label_values(&[reason]).inc();
-                    refuse(tcp, &rejection).await;
+                    refuse(stream, &rejection).await;
                     return None;
                 }
+            };
+            if first && self.h2c && head.starts_with(H2_PREFACE_HEAD) {
+                // Prior-knowledge h2c opens a plaintext connection; the preface goes back to the stream for
+                // Pingora's HTTP/2 handshake (its server options say h2c).
+                let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
+                    return None;
+                };
+                tcp.rewind(&head);
+                return self.proxy.process_new(tcp, shutdown).await;
             }
-            let mut session = ServerSession::new_http1(tcp);
+            first = false;
+            let mut session = ServerSession::new_http1(stream);
+            // Pingora parses the head from the bytes read here, then reads on from the stream.
+            session.set_pipelined_prefix(head);
             let open = !*shutdown.borrow();
             // As Pingora's own loop: keep-alive unless the server is shutting down.
             session.set_keepalive(open.then_some(KEEPALIVE_IDLE.as_secs()));
@@ -129,7 +152,7 @@ enum Head {
 }
 
 /// Reads one request head: its first byte within `idle`, the rest within the header timeout.
-async fn read_head(stream: &mut TcpStream, idle: Duration, cfg: &EdgeConfig) -> Head {
+async fn read_head(stream: &mut Stream, idle: Duration, cfg: &EdgeConfig) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
     match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => {}

@@ -33,6 +33,11 @@ pub async fn finish(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mu
         .map(|r| r.status.as_u16())
         .or_else(|| e.and_then(Rejection::from_error).map(|r| r.status()))
         .unwrap_or(0);
+    let protocol = match session.req_header().version {
+        http::Version::HTTP_2 => "h2",
+        _ => "h1",
+    };
+    metrics::PROTOCOLS.with_label_values(&[protocol]).inc();
     let latency = latency(ctx, Instant::now());
     count(ctx, status, &latency);
     if gw.audit.enabled() {

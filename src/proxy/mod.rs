@@ -30,7 +30,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{RequestCtx, IN_FLIGHT};
-pub use edge::Edge;
+pub use edge::{Edge, KEEPALIVE_IDLE};
 pub use path::Path;
 
 use crate::audit::Audit;

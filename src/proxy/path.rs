@@ -192,7 +192,10 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     }
     ctx.answers = AnswerPolicy::for_route(ctx.route, &gw.inspect);
     let method = req.method.clone();
-    let planned = BodyHeader::of(&req.headers).and_then(|h| {
+    let unframed = unframed_body(session);
+    let req = session.req_header();
+    let planned = BodyHeader::of(&req.headers).and_then(|mut h| {
+        h.chunked |= unframed;
         if gw.inspect.enabled
             && method == http::Method::POST
             && ctx.route.has_json_body()
@@ -244,6 +247,16 @@ fn route(gw: &Gateway, ctx: &mut RequestCtx, path: &str) -> Result<(), Rejection
         }
         None => Err(Rejection::ModelNotFound(model.unwrap_or("").to_string())),
     }
+}
+
+/// Whether the request has a body its header does not announce: HTTP/2 frames a body with neither
+/// `Content-Length` nor `Transfer-Encoding`, so a stream not ended with its header has one of unknown length,
+/// which is planned, bounded and inspected like a chunked one (never taken for "no body").
+fn unframed_body(session: &mut Session) -> bool {
+    let req = session.req_header();
+    req.version == http::Version::HTTP_2
+        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !session.as_mut().is_body_empty()
 }
 
 fn refuse(r: Rejection) -> Path {

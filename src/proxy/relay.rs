@@ -259,7 +259,9 @@ pub async fn unless_client_leaves<T>(
             done = &mut work => return done,
             // The request body is read whole by now: the only thing the client can still send is its close.
             idle = session.as_mut().read_body_or_idle(true), if watch_client => match idle {
-                Err(e) if e.etype() == &ErrorType::ConnectionClosed || e.etype() == &ErrorType::ReadError => {
+                // HTTP/1: the connection closed. HTTP/2: the stream was reset or the connection ended (an
+                // HTTP/2 session's idle wait only ever ends that way).
+                Err(e) if matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::H2Error) => {
                     return Err(Error::explain(ErrorType::ConnectionClosed, "the client left").into_down());
                 }
                 // Anything else (a pipelined request's bytes): stop watching, finish the work.

@@ -113,6 +113,9 @@ impl Target {
     /// hop-by-hop and framing fields, pointed at this endpoint, with the length declared.
     pub fn request(&self, client: &RequestHeader, body_len: usize) -> Result<RequestHeader> {
         let mut req = client.clone();
+        // The exchange speaks HTTP/1.1 to the upstream whatever the client spoke (an HTTP/2 request's header
+        // says HTTP/2, which would go out as the request line's version).
+        req.set_version(http::Version::HTTP_11);
         for h in HOP_BY_HOP {
             req.remove_header(h);
         }

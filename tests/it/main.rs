@@ -19,3 +19,4 @@ mod rules_engine;
 mod rules_reload;
 mod sdk;
 mod streams;
+mod tls;

@@ -14,8 +14,19 @@ async fn stream(
     content: &str,
     headers: &[(&str, String)],
 ) -> (Vec<String>, Vec<String>, Option<Value>, String) {
-    let mut req = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
+    let url = gw.url("/v1/chat/completions");
+    stream_via(&reqwest::Client::new(), &url, content, headers).await
+}
+
+/// [`stream`] with the client and the URL given (HTTP/2, TLS).
+async fn stream_via(
+    client: &reqwest::Client,
+    url: &str,
+    content: &str,
+    headers: &[(&str, String)],
+) -> (Vec<String>, Vec<String>, Option<Value>, String) {
+    let mut req = client
+        .post(url)
         .header("content-type", "application/json")
         .header(
             "x-mock-content",
@@ -79,6 +90,14 @@ fn assert_no_fragment(raw: &str, value: &str, what: &str) {
 async fn a_value_split_across_two_deltas_at_every_byte_never_leaks() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock.url()).await;
+    let url = gw.url("/v1/chat/completions");
+    split_values_never_leak(&reqwest::Client::new(), &url).await;
+}
+
+/// Values redacted or blocked, each split across two deltas at every byte, through `client` to the chat
+/// completions `url`: no fragment reaches the client, a redacted stream is whole, a blocked one ends at the
+/// block. Shared by the HTTP/1.1 and the HTTP/2 (`tls.rs`) runs.
+pub async fn split_values_never_leak(client: &reqwest::Client, url: &str) {
     let cases: [(&str, Option<&str>); 5] = [
         ("jane.doe@example.com", Some("[EMAIL]")),
         ("4111 1111 1111 1111", Some("[CARD]")),
@@ -91,7 +110,7 @@ async fn a_value_split_across_two_deltas_at_every_byte_never_leaks() {
         let start = text.find(value).expect("found");
         for cut in (start..=start + value.len()).filter(|&c| text.is_char_boundary(c)) {
             let (texts, _, error, raw) =
-                stream(&gw, &text, &[("x-mock-split-at", cut.to_string())]).await;
+                stream_via(client, url, &text, &[("x-mock-split-at", cut.to_string())]).await;
             let what = format!("{value} cut at {cut}");
             assert_no_fragment(&raw, value, &what);
             match replacement {
