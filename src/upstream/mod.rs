@@ -20,6 +20,7 @@
 //!
 //! Nothing here knows about inspection, callers or the client's connection.
 
+pub mod dns;
 pub mod retry;
 
 use std::sync::Arc;
