@@ -174,6 +174,17 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Failed DNS lookups of upstream hosts, by pool (`upstream`: the pool's name from the config, a bounded set).
+/// The pool kept the host's last good addresses.
+pub static UPSTREAM_DNS_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_upstream_dns_failures_total",
+        "Failed DNS lookups of upstream hosts (the last good addresses were kept), by pool.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
 /// Inspection decisions by direction and decision.
 /// Requests routed to each upstream (the configured `name`: a bounded label), counted once per request.
 pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -454,6 +465,7 @@ pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&UPSTREAM_DNS_FAILURES);
     LazyLock::force(&RULES_RELOADS);
     LazyLock::force(&TLS_RELOADS);
     LazyLock::force(&PROTOCOLS);

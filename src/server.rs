@@ -55,6 +55,8 @@ pub enum StartError {
     },
     #[error("limits.redis: {0}")]
     Limits(String),
+    #[error("upstream.dns: {0}")]
+    Resolver(crate::upstream::dns::DnsError),
     #[error("{field}: {error}")]
     Tls { field: String, error: TlsError },
     #[error("{field}: cannot listen on {addr}: {error}")]
@@ -140,10 +142,13 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
         None => Arc::new(Audit::disabled()),
     };
-    let upstreams = Arc::new(Upstreams::new(
-        &config.upstreams,
-        Some(ConnectorOptions::from_server_conf(&server.configuration)),
-    ));
+    let upstreams = Arc::new(
+        Upstreams::new(
+            &config.upstreams,
+            Some(ConnectorOptions::from_server_conf(&server.configuration)),
+        )
+        .map_err(StartError::Resolver)?,
+    );
     // Per pool: endpoint discovery (DNS), health checks, gauges.
     for pool in upstreams.services() {
         server.add_service(background_service("upstream pool", pool));

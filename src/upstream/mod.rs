@@ -22,6 +22,7 @@
 //!
 //! Nothing here knows about inspection, callers or the client's connection.
 
+pub mod dns;
 pub mod pool;
 pub mod retry;
 pub mod route;

@@ -28,12 +28,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Result;
-use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use prometheus::{IntCounter, IntGauge};
 
+use super::dns;
 use super::route::Router;
 use super::Target;
 use crate::auth::keys::UpstreamCredential;
@@ -42,10 +42,6 @@ use crate::metrics;
 
 /// The `User-Agent` of health checks: an upstream's logs (and the mock) can tell them from client requests.
 pub const HEALTH_CHECK_AGENT: &str = "promptgate-health-check";
-
-/// Which URL of its pool a backend address came from (kept in `Backend::ext`).
-#[derive(Debug, Clone, Copy)]
-pub struct UrlIndex(pub usize);
 
 /// All pools, the router between them, and the connections the gateway's own exchanges use.
 pub struct Upstreams {
@@ -56,7 +52,11 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds every pool (no I/O: discovery and health checks start with the [`PoolService`]s).
-    pub fn new(cfg: &[PoolConfig], options: Option<ConnectorOptions>) -> Self {
+    /// Fails only when a pool's resolver cannot be built (the system's resolver configuration unreadable).
+    pub fn new(
+        cfg: &[PoolConfig],
+        options: Option<ConnectorOptions>,
+    ) -> Result<Self, dns::DnsError> {
         let names: Vec<&str> = cfg.iter().map(|p| p.name.as_str()).collect();
         let pools = cfg
             .iter()
@@ -65,14 +65,14 @@ impl Upstreams {
                     .fallback
                     .as_ref()
                     .and_then(|f| names.iter().position(|n| n == f));
-                Arc::new(Pool::new(p, fallback, options.clone()))
+                Pool::new(p, fallback, options.clone()).map(Arc::new)
             })
-            .collect();
-        Self {
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             pools,
             router: Router::new(cfg),
             connector: Connector::new(options),
-        }
+        })
     }
 
     /// The pool serving `model` on `path`, if any.
@@ -162,15 +162,33 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn new(cfg: &PoolConfig, fallback: Option<usize>, options: Option<ConnectorOptions>) -> Self {
+    fn new(
+        cfg: &PoolConfig,
+        fallback: Option<usize>,
+        options: Option<ConnectorOptions>,
+    ) -> Result<Self, dns::DnsError> {
         let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
         let targets: Vec<Target> = cfg
             .endpoints
             .iter()
             .map(|e| Target::new(&e.target, unspecified))
             .collect();
-        let discovery = discovery(cfg);
-        let mut lb = LoadBalancer::from_backends(Backends::new(discovery));
+        // A lookup round ends well before the next one is due.
+        let timeout = cfg.dns_refresh.min(dns::DEFAULT_TIMEOUT);
+        let resolver = Arc::new(dns::Resolver::new(&cfg.dns_servers, timeout)?);
+        let hosts = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, e)| dns::Target {
+                host: e.target.host.clone(),
+                port: e.target.port,
+                weight: e.weight,
+                index,
+            })
+            .collect();
+        let discovery = dns::DnsDiscovery::new(resolver, hosts, Some(Arc::from(cfg.name.as_str())));
+        let mut lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
         if let Some(h) = &cfg.health {
             lb.set_health_check(Box::new(PoolHealth {
                 name: Arc::from(cfg.name.as_str()),
@@ -189,7 +207,7 @@ impl Pool {
         for kind in ["connect", "timeout", "other", "status", "no_healthy"] {
             errors(kind);
         }
-        Self {
+        Ok(Self {
             name: Arc::from(name),
             credential: cfg.credential.clone(),
             model_map: cfg.model_map.clone().into_iter().collect(),
@@ -213,7 +231,7 @@ impl Pool {
             ejections: metrics::UPSTREAM_EJECTIONS.with_label_values(&[name]),
             endpoints_gauge: metrics::UPSTREAM_ENDPOINTS.with_label_values(&[name]),
             healthy_gauge: metrics::UPSTREAM_HEALTHY.with_label_values(&[name]),
-        }
+        })
     }
 
     /// Counts a request routed here (once per request, whatever its attempts).
@@ -296,7 +314,7 @@ impl Pool {
             }
         };
         let addr = *backend.as_inet()?;
-        let index = backend.ext.get::<UrlIndex>().map_or(0, |i| i.0);
+        let index = dns::target_index(&backend).unwrap_or(0);
         let target = self.targets.get(index)?.clone();
         let st = self.state_of(addr);
         st.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -404,7 +422,7 @@ impl PoolHealth {
         let addr = *target
             .as_inet()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "not an inet address"))?;
-        let index = target.ext.get::<UrlIndex>().map_or(0, |i| i.0);
+        let index = dns::target_index(target).unwrap_or(0);
         let t = self
             .targets
             .get(index)
@@ -524,53 +542,5 @@ impl Pool {
                 Some((a, self.lb.backends().ready(b) && !ejected))
             })
             .collect()
-    }
-}
-
-/// How a discovered address becomes a backend of the pool (weight from its URL, the URL's index in `ext`).
-pub fn backend(addr: SocketAddr, weight: usize, index: usize) -> Backend {
-    let mut b = Backend {
-        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-        weight,
-        ext: http::Extensions::new(),
-    };
-    b.ext.insert(UrlIndex(index));
-    b
-}
-
-/// Kept for the discovery's signature.
-pub type Discovery = Box<dyn ServiceDiscovery + Send + Sync + 'static>;
-
-/// The pool's discovery: every URL's host resolved (all addresses), each address a backend.
-fn discovery(cfg: &PoolConfig) -> Discovery {
-    Box::new(SystemDiscovery {
-        targets: cfg
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.target.host.clone(), e.target.port, e.weight, i))
-            .collect(),
-    })
-}
-
-struct SystemDiscovery {
-    targets: Vec<(String, u16, usize, usize)>,
-}
-
-#[async_trait]
-impl ServiceDiscovery for SystemDiscovery {
-    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut out = BTreeSet::new();
-        for (host, port, weight, index) in &self.targets {
-            let addrs = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::ConnectNoRoute, "resolve", e)
-                })?;
-            for a in addrs {
-                out.insert(backend(a, *weight, *index));
-            }
-        }
-        Ok((out, HashMap::new()))
     }
 }

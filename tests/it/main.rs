@@ -2,10 +2,12 @@
 //! `promptgate` executable; the upstream is the project's mock (a real HTTP server task) or, for TLS, a Python
 //! HTTPS server; clients are `reqwest`, raw TCP and the official `openai` Python package.
 
+mod dns_server;
 mod support;
 
 mod answers;
 mod audit;
+mod dns;
 mod fleet;
 mod forwarding;
 mod fuzz_corpus;
