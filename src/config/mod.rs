@@ -1264,6 +1264,127 @@ mod tests {
     }
 
     #[test]
+    fn upstream_pools_are_checked_naming_the_entry_at_fault() {
+        let two = |a: &str, b: &str| {
+            format!("[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n{a}\n[[upstream]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\n{b}\n")
+        };
+        let none = Overrides::default();
+        let cases = [
+            (two("default = true", "models = [\"m\"]"), None),
+            (
+                two("default = true", ""),
+                Some("x.toml: upstream[1]: \"b\" serves nothing"),
+            ),
+            (
+                two("default = true", "default = true"),
+                Some("only one upstream can be the default"),
+            ),
+            (
+                two("default = true\nfallback = \"c\"", "paths = [\"/v1/x\"]"),
+                Some("upstream[0].fallback: \"c\""),
+            ),
+            (
+                two("default = true\nfallback = \"a\"", "paths = [\"/v1/x\"]"),
+                Some("upstream[0].fallback"),
+            ),
+            (
+                two("models = [\"a*b\"]", "default = true"),
+                Some("upstream[0].models: \"a*b\""),
+            ),
+            (
+                two("models = [\"*\"]", "default = true"),
+                Some("upstream[0].models"),
+            ),
+            (
+                two("paths = [\"v1\"]", "default = true"),
+                Some("upstream[0].paths"),
+            ),
+            (
+                two("balance = \"random\"", "default = true"),
+                Some("upstream[0].balance"),
+            ),
+            (
+                two(
+                    "default = true\nkey_env = \"PG_TEST_UNSET_POOL_KEY\"",
+                    "models = [\"m\"]",
+                ),
+                Some("upstream[0].key_env"),
+            ),
+            (
+                two(
+                    "default = true\n[upstream.health]\ninterval_ms = 0",
+                    "models = [\"m\"]",
+                ),
+                Some("upstream[0].health.interval_ms"),
+            ),
+            (
+                two(
+                    "default = true\n[upstream.dns]\nservers = [\"x\"]",
+                    "models = [\"m\"]",
+                ),
+                Some("upstream[0].dns.servers"),
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = []\ndefault = true".to_string(),
+                Some("upstream[0].url: at least one URL"),
+            ),
+            (
+                "[[upstream]]\nurl = \"http://x\"".to_string(),
+                Some("upstream[0].name: every [[upstream]] needs a name"),
+            ),
+            (
+                "[[upstream]]\nname = \"a b\"\nurl = \"http://x\"".to_string(),
+                Some("upstream[0].name"),
+            ),
+            (
+                two("default = true", "models = [\"m\"]").replace("name = \"b\"", "name = \"a\""),
+                Some("upstream[1].name: \"a\" names two upstreams"),
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = [{ url = \"http://x\", weight = 0 }]"
+                    .to_string(),
+                Some("weight"),
+            ),
+        ];
+        for (text, want) in &cases {
+            let got = load_str(text, &none);
+            match (want, &got) {
+                (None, Ok(_)) => {}
+                (Some(w), Err(e)) if e.contains(w) => {}
+                _ => panic!("{text}\n got {got:?}\n want {want:?}"),
+            }
+        }
+        // `--upstream` replaces the one pool's URL; with several it is refused.
+        let flag = Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            ..Overrides::default()
+        };
+        let err = load_str(&two("default = true", "models = [\"m\"]"), &flag).expect_err("several");
+        assert!(
+            err.starts_with("command line: --upstream: replaces the URL of the one upstream"),
+            "{err}"
+        );
+        // Weighted endpoints and a single table's implicit name and default.
+        let c = load_str(
+            "[upstream]\nurl = [\"http://127.0.0.1:1\", { url = \"https://h.example:8443/v1\", weight = 3 }]",
+            &none,
+        )
+        .expect("valid");
+        let p = &c.upstreams[0];
+        assert_eq!((p.name.as_str(), p.default), ("default", true));
+        let eps: Vec<(&str, usize, bool)> = p
+            .endpoints
+            .iter()
+            .map(|e| (e.target.authority.as_str(), e.weight, e.target.tls))
+            .collect();
+        assert_eq!(
+            eps,
+            [("127.0.0.1:1", 1, false), ("h.example:8443", 3, true)]
+        );
+        assert_eq!(p.endpoints[1].target.base_path, "/v1");
+    }
+
+    #[test]
     fn https_upstream_keeps_host_for_sni() {
         let o = Overrides {
             upstream: Some("https://127.0.0.1".into()),

@@ -62,14 +62,19 @@ async fn exchange<'g>(
     body: Bytes,
 ) -> Result<Exchange<'g>> {
     let mut at = ctx.pool.ok_or_else(|| Rejection::Internal.into_error())?;
-    let mut pools = 0;
+    // Each pool at most once: fallbacks that point back end the chain.
+    let mut visited = vec![at];
     loop {
         let pool = &gw.upstreams.pools[at];
         let up = attempt_pool(gw, session, ctx, pool, &body).await?;
-        pools += 1;
         let status = up.header()?.status.as_u16();
         match pool.fallback {
-            Some(next) if (status == 429 || status >= 500) && pools < retry::POOL_ATTEMPTS => {
+            Some(next)
+                if (status == 429 || status >= 500)
+                    && !visited.contains(&next)
+                    && visited.len() < retry::POOL_ATTEMPTS =>
+            {
+                visited.push(next);
                 // Dropped unread: its connection closes; the client has seen nothing of it.
                 pool.count_error("status");
                 drop(up);

@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::{json, Value};
 
 use crate::sdk::run_sdk_script;
-use crate::support::{post, recorded_header, Gateway, GatewayOpts, MockUpstream};
+use crate::support::{header, post, recorded_header, Gateway, GatewayOpts, MockUpstream};
 
 const AWS: &str = "AKIAIOSFODNN7EXAMPLE";
 
@@ -728,4 +728,56 @@ async fn opaque_inputs_and_unknown_routes_follow_their_policy() {
         .map(|r| r["path"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(paths, ["/v1/chat/completions", "/v1/files"]);
+}
+
+/// A compressed body that a rule redacts is rewritten from its decoded text: it must go upstream as the plain
+/// JSON it now is, without the `Content-Encoding` the client gave the original (an upstream would otherwise try
+/// to gunzip plain JSON and refuse the request). A clean compressed body goes as it came.
+#[tokio::test]
+async fn a_redacted_compressed_body_goes_upstream_plain_without_its_encoding() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock.url()).await;
+    let text = "my ssn is 078-05-1120 thanks";
+    let redacted =
+        json!({"model": "m", "messages": [{"role": "user", "content": text}]}).to_string();
+    let clean =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]}).to_string();
+    for (what, body, enc) in [
+        ("gzip", gzip(redacted.as_bytes()), "gzip"),
+        ("br", brotli(redacted.as_bytes()), "br"),
+    ] {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            body,
+            &[("content-encoding", enc)],
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(resp.headers()["x-promptgate-decision"], "redact", "{what}");
+        let got = mock.received().await;
+        let rec = got.last().expect("received");
+        assert_eq!(recorded_header(rec, "content-encoding"), None, "{what}");
+        let sent: Value =
+            serde_json::from_str(rec["body"].as_str().expect("body")).expect("plain JSON");
+        assert_eq!(
+            sent["messages"][0]["content"], "my ssn is [SSN] thanks",
+            "{what}"
+        );
+    }
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        gzip(clean.as_bytes()),
+        &[("content-encoding", "gzip")],
+    )
+    .await;
+    // (The mock does not decode bodies: it refuses this one, but it received it.)
+    assert_eq!(header(&resp, "x-mock"), Some("1"));
+    let got = mock.received().await;
+    assert_eq!(
+        recorded_header(got.last().expect("received"), "content-encoding"),
+        Some("gzip"),
+        "a body the gateway did not change goes as it came"
+    );
 }

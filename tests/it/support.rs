@@ -191,7 +191,12 @@ impl Gateway {
             .arg(config.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
-            .args(["--upstream", &opts.upstream])
+            // An empty upstream: the config's own `[[upstream]]` entries are used.
+            .args(if opts.upstream.is_empty() {
+                Vec::new()
+            } else {
+                vec!["--upstream", opts.upstream.as_str()]
+            })
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file"))
             .stderr(stderr)
             .spawn()
