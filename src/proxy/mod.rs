@@ -46,8 +46,9 @@ use path::Reply;
 /// The gateway's proxy logic and everything it consults.
 pub struct Gateway {
     upstreams: Arc<Upstreams>,
-    /// The answer to `GET /v1/models` when the gateway gives it (several pools: the union of their models).
-    models: Option<Bytes>,
+    /// `GET /v1/models` when the gateway answers it (several pools: the union of their models), as
+    /// (model, owning pool).
+    models: Option<Vec<(String, Arc<str>)>>,
     rules: Arc<RuleStore>,
     inspect: InspectConfig,
     auth: Arc<Auth>,
@@ -69,7 +70,14 @@ impl Gateway {
         threads: usize,
     ) -> Self {
         Self {
-            models: (upstreams.pools.len() > 1).then(|| models_list(&upstreams)),
+            models: (upstreams.pools.len() > 1).then(|| {
+                upstreams
+                    .router
+                    .models()
+                    .into_iter()
+                    .map(|(m, i)| (m.to_string(), upstreams.pools[i].name.clone()))
+                    .collect()
+            }),
             upstreams,
             rules,
             inspect,
@@ -123,18 +131,19 @@ impl Gateway {
 
 /// `GET /v1/models` as the gateway answers it with several pools: every exact model name the pools serve
 /// (their `models` and `model_map` names; `prefix*` patterns name families, not models, and are not listed),
-/// owned by the pool that serves it.
-fn models_list(u: &Upstreams) -> Bytes {
-    let data: Vec<serde_json::Value> = u
-        .router
-        .models()
-        .into_iter()
+/// owned by the pool that serves it — only those the caller's key may use.
+pub(crate) fn models_list<'a>(
+    models: impl Iterator<Item = &'a (String, Arc<str>)>,
+    allowed: impl Fn(&str) -> bool,
+) -> Bytes {
+    let data: Vec<serde_json::Value> = models
+        .filter(|(id, _)| allowed(id))
         .map(|(id, pool)| {
             serde_json::json!({
                 "id": id,
                 "object": "model",
                 "created": 0,
-                "owned_by": &*u.pools[pool].name,
+                "owned_by": &**pool,
             })
         })
         .collect();

@@ -174,7 +174,9 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         (&gw.models, ctx.route, req.uri.path() == "/v1/models")
     {
         if req.method == http::Method::GET {
-            return Path::Respond(Reply::Json(list.clone()));
+            let key = ctx.admission.caller.as_ref().and_then(|c| c.key());
+            let body = super::models_list(list.iter(), |m| key.is_none_or(|k| k.allows_model(m)));
+            return Path::Respond(Reply::Json(body));
         }
     }
     if is_upgrade(&req.headers) {

@@ -260,6 +260,9 @@ impl Pool {
     pub async fn select(&self, tried: &[SocketAddr]) -> Option<Endpoint> {
         if !self.discovered.load(Ordering::Acquire) {
             let first = self.first.notified();
+            tokio::pin!(first);
+            // Registered before the flag is read again: a notification in between is not missed.
+            first.as_mut().enable();
             if !self.discovered.load(Ordering::Acquire) {
                 let _ = tokio::time::timeout(self.connect_timeout, first).await;
             }

@@ -197,9 +197,14 @@ async fn a_pools_credential_goes_upstream_unless_the_key_names_its_own() {
     let openai = MockUpstream::start().await;
     let azure = MockUpstream::start().await;
     let keys = KeysFile::new(&format!(
-        "{}{}",
+        "{}{}{}",
         key_entry("own", "pgk_own_secret", "upstream_key_env = \"PG_KEY_OWN\""),
-        key_entry("plain", "pgk_plain_secret", "")
+        key_entry("plain", "pgk_plain_secret", ""),
+        key_entry(
+            "scoped",
+            "pgk_scoped_secret",
+            "allowed_models = [\"gpt-4o\", \"gpt-4o-*\"]"
+        )
     ));
     let audit = tempfile::tempdir().expect("tempdir");
     let gw = Gateway::start_with(
@@ -215,7 +220,7 @@ key_env = "PG_POOL_OPENAI"
 [[upstream]]
 name = "azure"
 url = "{}"
-models = ["gpt-4o"]
+models = ["gpt-4o", "o3-mini"]
 key_env = "PG_POOL_AZURE"
 
 [auth]
@@ -262,6 +267,40 @@ dir = {:?}
         ["Bearer sk-pool-azure", "Bearer sk-own-key"]
     );
     assert_eq!(auth(openai.received().await), ["Bearer sk-pool-openai"]);
+
+    // The models list shows a key only the models it may use.
+    let list = |secret: &'static str| {
+        let gw = &gw;
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(gw.url("/v1/models"))
+                .header("authorization", format!("Bearer {secret}"))
+                .send()
+                .await
+                .expect("models")
+                .json()
+                .await
+                .expect("json");
+            v["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|m| m["id"].as_str().expect("id").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("pgk_plain_secret").await, ["gpt-4o", "o3-mini"]);
+    assert_eq!(list("pgk_scoped_secret").await, ["gpt-4o"]);
+    let models: Value = reqwest::get(gw.url("/v1/models"))
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        models["error"]["code"], "invalid_api_key",
+        "no key, no list"
+    );
 }
 
 #[tokio::test]
