@@ -3,7 +3,8 @@
 //! The way of one request, module by module:
 //! `proxy` (Pingora's hooks; the path decided once: answer now, relay, or proxy) → `admission` (who is
 //! calling and may they: `auth`, `limits`, CORS) → `inspect` (the body judged against `rules`) → `upstream`
-//! (the exchange: peer, pool, retry policy) → `inspect` again for the answer (held whole or filtered as a
+//! (the pool routed to, the endpoint selected — balanced, health-checked, re-resolved — the exchange and its
+//! retry policy) → `inspect` again for the answer (held whole or filtered as a
 //! stream) → `audit` (the decision event) and `metrics`.
 //!
 //! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),

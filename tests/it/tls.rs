@@ -424,3 +424,53 @@ async fn openai_sdk_plain_and_streamed_chat_over_https() {
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Limits and decision events over HTTP/2, where one connection carries many requests at once: each stream is
+/// one request to the limiter and one event in the audit trail, exactly as each HTTP/1.1 request is.
+#[tokio::test]
+async fn limits_and_decision_events_count_each_h2_stream_as_one_request() {
+    let mock = MockUpstream::start().await;
+    let ca = Ca::new("test CA");
+    let audit = tempfile::tempdir().expect("tempdir");
+    let gw = TlsGateway::start(
+        &mock.url(),
+        &ca.leaf("gw-1", 1),
+        &format!(
+            "[limits.per_caller]\nrequests_per_minute = 4\n[audit]\ndir = {:?}\n",
+            audit.path().display().to_string()
+        ),
+    )
+    .await;
+    let c = client(&ca.pem(), Alpn::Both);
+    let url = gw.url("/v1/chat/completions");
+    // Ten requests at once on one HTTP/2 connection (reqwest multiplexes them), from one caller.
+    let sends = (0..10).map(|i| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            c.post(&url)
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer sk-caller-one")
+                .body(chat_body(&format!("request {i}")))
+                .send()
+                .await
+                .expect("send")
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    assert!(answers.iter().all(|r| r.version() == Version::HTTP_2));
+    let ok = answers.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<&reqwest::Response> = answers.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!((ok, limited.len()), (4, 6), "the quota, exactly");
+    assert!(limited
+        .iter()
+        .all(|r| r.headers().contains_key("x-ratelimit-limit-requests")));
+    assert_eq!(mock.received().await.len(), 4);
+    let events = crate::support::wait_file_events(audit.path(), 10).await;
+    assert_eq!(events.len(), 10, "one event per stream");
+    let codes = events
+        .iter()
+        .filter(|e| e["error"] == "rate_limit_exceeded")
+        .count();
+    assert_eq!(codes, 6);
+}
