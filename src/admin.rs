@@ -1,4 +1,5 @@
-//! The admin listener, on its own address: `GET /healthz`, `GET /metrics`, `POST /reload` (rules and keys).
+//! The admin listener, on its own address: `GET /healthz` (with every upstream pool's endpoints and whether
+//! each gets traffic), `GET /metrics`, `POST /reload` (rules and keys).
 //! It never serves the data path, and it reaches the live sets only through `live` (never through `server`,
 //! which assembles it).
 
@@ -14,20 +15,27 @@ use crate::auth::KeyStore;
 use crate::live::{self, Live, Source};
 use crate::metrics;
 use crate::rules::RuleStore;
+use crate::upstream::Upstreams;
 
 /// Answers the admin endpoints.
 pub struct AdminApp {
     started: Instant,
     rules: Arc<RuleStore>,
     keys: Option<Arc<KeyStore>>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl AdminApp {
-    pub fn new(rules: Arc<RuleStore>, keys: Option<Arc<KeyStore>>) -> Self {
+    pub fn new(
+        rules: Arc<RuleStore>,
+        keys: Option<Arc<KeyStore>>,
+        upstreams: Arc<Upstreams>,
+    ) -> Self {
         Self {
             started: Instant::now(),
             rules,
             keys,
+            upstreams,
         }
     }
 
@@ -37,8 +45,23 @@ impl AdminApp {
             let k = k.peek();
             serde_json::json!({"version": k.version(), "count": k.len()})
         });
+        // Every pool's endpoints (resolved addresses) and whether each gets traffic now.
+        let upstreams: Vec<serde_json::Value> = self
+            .upstreams
+            .pools
+            .iter()
+            .map(|p| {
+                let endpoints: Vec<serde_json::Value> = p
+                    .members()
+                    .into_iter()
+                    .map(|(addr, ready)| serde_json::json!({"address": addr.to_string(), "ready": ready}))
+                    .collect();
+                serde_json::json!({"name": &*p.name, "endpoints": endpoints})
+            })
+            .collect();
         serde_json::json!({
             "status": "ok",
+            "upstreams": upstreams,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "rules": {"version": set.version(), "count": set.rules().len()},

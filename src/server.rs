@@ -168,7 +168,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
         }
     };
     let gateway = Gateway::new(
-        upstreams,
+        upstreams.clone(),
         store.clone(),
         config.inspect.clone(),
         auth.clone(),
@@ -191,7 +191,11 @@ fn build(config: &Config) -> Result<Server, StartError> {
 
     let mut admin = Service::new(
         "promptgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(store.clone(), auth.keys().cloned())),
+        HttpServer::new_app(AdminApp::new(
+            store.clone(),
+            auth.keys().cloned(),
+            upstreams,
+        )),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());

@@ -160,6 +160,19 @@ model_map = {{ "llama-3-70b" = "meta-llama/Meta-Llama-3-70B-Instruct" }}
     assert_eq!(list["object"], "list");
     assert_eq!(openai.received().await.len(), 3, "answered by the gateway");
 
+    // The admin view lists every pool with its endpoints and whether each gets traffic.
+    let health: Value = reqwest::get(gw.admin_url("/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["upstreams"][0]["name"], "openai");
+    assert_eq!(
+        health["upstreams"][1]["endpoints"],
+        json!([{"address": vllm.addr.to_string(), "ready": true}])
+    );
+
     // Each decision event names the pool; the metric counts per pool.
     let events = wait_events(audit.path(), 9).await;
     let pools: Vec<&str> = ids
