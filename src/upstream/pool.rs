@@ -207,6 +207,8 @@ impl Pool {
         for kind in ["connect", "timeout", "other", "status", "no_healthy"] {
             errors(kind);
         }
+        // Counted by discovery on its first failure; exported at zero until then like the others.
+        metrics::UPSTREAM_DNS_FAILURES.with_label_values(&[name]);
         Ok(Self {
             name: Arc::from(name),
             credential: cfg.credential.clone(),
