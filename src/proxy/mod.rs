@@ -302,7 +302,8 @@ impl ProxyHttp for Gateway {
             ctx.attempts_log
                 .push(attempt(pool, endpoint.addr, None, Some(&e)));
         }
-        e.set_retry(ctx.tried.len() < retry::ENDPOINT_ATTEMPTS);
+        let another = self.pool(ctx).is_ok_and(|p| p.has_untried(&ctx.tried));
+        e.set_retry(another && ctx.tried.len() < retry::ENDPOINT_ATTEMPTS);
         e
     }
 

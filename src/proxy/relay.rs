@@ -159,7 +159,7 @@ async fn attempt_pool<'g>(
                 tries += 1;
                 let another = why == Some(Failure::Connect)
                     && tries < retry::ENDPOINT_ATTEMPTS
-                    && pool.select_now(&ctx.tried).is_some();
+                    && pool.has_untried(&ctx.tried);
                 if !another {
                     return Err(e);
                 }

@@ -207,6 +207,8 @@ impl Pool {
         for kind in ["connect", "timeout", "other", "status", "no_healthy"] {
             errors(kind);
         }
+        // Counted by discovery on its first failure; exported at zero until then like the others.
+        metrics::UPSTREAM_DNS_FAILURES.with_label_values(&[name]);
         Ok(Self {
             name: Arc::from(name),
             credential: cfg.credential.clone(),
@@ -278,6 +280,16 @@ impl Pool {
         let now = self.now_ms();
         self.pick(tried, Some(now))
             .or_else(|| self.pick(tried, None))
+    }
+
+    /// Whether some healthy endpoint is not in `tried` (what [`Pool::select_now`] would find, ejected ones
+    /// included), without selecting it: no balancer turn is taken, no request counted.
+    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
+        self.lb
+            .backends()
+            .get_backend()
+            .iter()
+            .any(|b| self.lb.backends().ready(b) && b.as_inet().is_some_and(|a| !tried.contains(a)))
     }
 
     /// The balancer's pick among healthy endpoints not in `tried` (and, with `now`, not ejected at `now`).

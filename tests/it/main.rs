@@ -16,6 +16,7 @@ mod keys_limits;
 mod lifecycle;
 mod limits_redis;
 mod paths;
+mod pool_health;
 mod pools;
 mod requests;
 mod rules_engine;

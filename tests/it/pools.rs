@@ -14,7 +14,7 @@ use crate::support::{
 
 /// A gateway configured only by its `[[upstream]]` entries (no `--upstream` flag), auditing into `audit`.
 async fn pools_gateway(toml: &str, audit: &std::path::Path) -> Gateway {
-    Gateway::start_with(GatewayOpts::new("").toml(&format!(
+    Gateway::start_with(GatewayOpts::no_upstream_flag().toml(&format!(
         "{toml}\n[audit]\ndir = {:?}\n",
         audit.display().to_string()
     )))
@@ -221,7 +221,7 @@ async fn a_pools_credential_goes_upstream_unless_the_key_names_its_own() {
     ));
     let audit = tempfile::tempdir().expect("tempdir");
     let gw = Gateway::start_with(
-        GatewayOpts::new("")
+        GatewayOpts::no_upstream_flag()
             .toml(&format!(
                 r#"
 [[upstream]]

@@ -45,6 +45,8 @@ pub fn free_port() -> u16 {
 pub struct MockUpstream {
     pub addr: SocketAddr,
     client: reqwest::Client,
+    mock: mock::Mock,
+    config: MockConfig,
 }
 
 impl MockUpstream {
@@ -53,13 +55,62 @@ impl MockUpstream {
     }
 
     pub async fn start_with(config: MockConfig) -> Self {
-        let m = mock::start("127.0.0.1:0".parse().expect("addr"), config)
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), config).await
+    }
+
+    /// A mock on `addr` (any loopback address: Linux routes all of 127/8 to the loopback interface).
+    pub async fn start_at(addr: SocketAddr, config: MockConfig) -> Self {
+        let m = mock::start(addr, config.clone())
             .await
             .expect("mock starts");
         Self {
             addr: m.addr,
             client: reqwest::Client::new(),
+            mock: m,
+            config,
         }
+    }
+
+    /// Stops the mock as a crashed upstream stops (its connections dropped) and returns once its address
+    /// refuses connections. What it recorded is gone with it.
+    pub async fn stop(&self) {
+        self.mock.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "mock on {} did not stop",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Serves again on the same address, with the same config and an empty record.
+    pub async fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => assert!(Instant::now() < deadline, "rebind {}: {e}", self.addr),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.mock = mock::serve(listener, self.config.clone()).expect("mock restarts");
+    }
+
+    /// The gateway's health checks this mock has answered (never among [`MockUpstream::received`]).
+    pub async fn health_checks(&self) -> u64 {
+        let v: Value = self
+            .client
+            .get(format!("{}/__mock/health_checks", self.url()))
+            .send()
+            .await
+            .expect("mock control")
+            .json()
+            .await
+            .expect("json");
+        v["count"].as_u64().expect("count")
     }
 
     pub fn url(&self) -> String {
@@ -144,6 +195,21 @@ impl GatewayOpts {
         self.toml.push('\n');
         self
     }
+
+    /// No `--upstream` on the command line: the config's `[[upstream]]` entries stand (the flag replaces the
+    /// URL of the one entry and is refused with several).
+    pub fn no_upstream_flag() -> Self {
+        Self::new("")
+    }
+}
+
+/// `--upstream URL`, or nothing for an empty URL (see [`GatewayOpts::no_upstream_flag`]).
+fn upstream_flag(url: &str) -> Vec<&str> {
+    if url.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--upstream", url]
+    }
 }
 
 impl Gateway {
@@ -191,12 +257,7 @@ impl Gateway {
             .arg(config.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
-            // An empty upstream: the config's own `[[upstream]]` entries are used.
-            .args(if opts.upstream.is_empty() {
-                Vec::new()
-            } else {
-                vec!["--upstream", opts.upstream.as_str()]
-            })
+            .args(upstream_flag(&opts.upstream))
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file"))
             .stderr(stderr)
             .spawn()
