@@ -207,6 +207,8 @@ impl Pool {
         for kind in ["connect", "timeout", "other", "status", "no_healthy"] {
             errors(kind);
         }
+        // So are its DNS failures (counted by its discovery, which sees the first one only later).
+        metrics::UPSTREAM_DNS_FAILURES.with_label_values(&[name]);
         Ok(Self {
             name: Arc::from(name),
             credential: cfg.credential.clone(),
