@@ -37,16 +37,19 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
 # start_gateway NAME EXTRA_TOML [BINARY] → sets GW_URL, GW_ADMIN (the admin address's URL) and GW_PID. Each gateway gets its own audit directory
-# unless EXTRA_TOML configures [audit] (one gateway per directory).
+# unless EXTRA_TOML configures [audit] (one gateway per directory). The gateway forwards to the mock
+# (`--upstream`) unless EXTRA_TOML configures its own [[upstream]] pools (the flag would replace their URLs).
 start_gateway() {
   local name=$1 extra=$2 bin=${3:-$BIN} gp ap
+  local upstream=(--upstream "http://127.0.0.1:$MOCK_PORT")
+  if [[ $extra == *"[[upstream]]"* ]]; then upstream=(); fi
   gp=$(port); ap=$(port)
   if [[ $extra != *"[audit]"* ]]; then extra="$extra
 [audit]
 dir = \"$WORK/$name-audit\""; fi
   printf '[server]\nthreads = %s\ngrace_period_seconds = 1\n%s\n' "$GW_THREADS" "$extra" >"$WORK/$name.toml"
   RUST_LOG=error "${PIN_GW[@]}" "$bin" run --config "$WORK/$name.toml" --listen "127.0.0.1:$gp" --admin "127.0.0.1:$ap" \
-    --upstream "http://127.0.0.1:$MOCK_PORT" >/dev/null 2>"$WORK/$name.log" &
+    "${upstream[@]}" >/dev/null 2>"$WORK/$name.log" &
   GW_PID=$!
   PIDS+=($GW_PID)
   wait_http "http://127.0.0.1:$ap/healthz"

@@ -741,13 +741,20 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
         }
     }
     assert!(queried >= 20, "{queried}");
-    // And the families a fresh gateway exports right away are there.
+    // And the families a fresh gateway exports right away are there; a pool lists its own series when it is
+    // built, so the dashboard's upstream row shows zeros from the start, not gaps.
     for family in [
         "promptgate_requests_total",
         "promptgate_gateway_overhead_seconds_bucket",
         "promptgate_audit_events_written_total",
         "promptgate_audit_sink_up",
         "promptgate_rule_matches_total",
+        "promptgate_upstream_requests_total{upstream=\"default\"}",
+        "promptgate_upstream_attempt_errors_total{kind=\"no_healthy\",upstream=\"default\"}",
+        "promptgate_upstream_endpoints{upstream=\"default\"}",
+        "promptgate_upstream_healthy_endpoints{upstream=\"default\"}",
+        "promptgate_upstream_ejections_total{upstream=\"default\"}",
+        "promptgate_upstream_dns_failures_total{upstream=\"default\"}",
     ] {
         assert!(text.contains(family), "{family} missing from /metrics");
     }
