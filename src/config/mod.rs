@@ -23,7 +23,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use file::FileConfig;
-pub use pools::{Balance, EndpointConfig, HealthConfig, PoolConfig};
+pub use pools::{Balance, EndpointConfig, HealthConfig, KeyHeader, PoolConfig};
 
 /// A configuration that cannot be used. Rendered as one line: `SOURCE: FIELD: WHAT`.
 #[derive(Debug, Error)]

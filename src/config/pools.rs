@@ -19,6 +19,15 @@ pub enum Balance {
     LeastConnections,
 }
 
+/// The header a pool's upstream reads its key from (`key_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer KEY` (OpenAI and most OpenAI-compatible servers).
+    Authorization,
+    /// `api-key: KEY` (Azure OpenAI keys).
+    ApiKey,
+}
+
 /// The active health check of a pool's endpoints (`[upstream.health]`).
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -51,6 +60,8 @@ pub struct PoolConfig {
     pub paths: Vec<String>,
     /// It serves what no other pool does.
     pub default: bool,
+    /// The header the provider credential goes in (`key_header`).
+    pub key_header: KeyHeader,
     /// The provider credential sent in place of a gateway key (a key's own `upstream_key_env` wins).
     pub credential: Option<UpstreamCredential>,
     /// Client model name → the name this pool knows the model by.
@@ -240,6 +251,16 @@ fn pool(
     } else {
         Some(credential_from_env(&p.key_env).map_err(|m| src.error(&f("key_env"), m))?)
     };
+    let key_header = match p.key_header.as_str() {
+        "authorization" => KeyHeader::Authorization,
+        "api-key" => KeyHeader::ApiKey,
+        other => {
+            return Err(src.error(
+                &f("key_header"),
+                format!("{other:?}: expected \"authorization\" or \"api-key\""),
+            ))
+        }
+    };
     let balance = match p.balance.as_str() {
         "round_robin" => Balance::RoundRobin,
         "least_connections" => Balance::LeastConnections,
@@ -285,6 +306,7 @@ fn pool(
         models: p.models.iter().map(|m| ModelPattern::parse(m)).collect(),
         paths: p.paths.clone(),
         default: p.default,
+        key_header,
         credential,
         model_map: p.model_map.clone(),
         fallback: (!p.fallback.is_empty()).then(|| p.fallback.clone()),

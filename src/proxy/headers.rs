@@ -65,7 +65,7 @@ pub fn to_upstream(req: &mut RequestHeader, ctx: &RequestCtx, pool: &Pool) -> Re
             req.remove_header(name);
         }
         if let Some(credential) = key.upstream.as_ref().or(pool.credential.as_ref()) {
-            req.insert_header(http::header::AUTHORIZATION, credential.0.clone())?;
+            pool.put_credential(req, credential)?;
         }
     }
     if ctx.answers.inspects() {

@@ -37,7 +37,7 @@ use super::dns;
 use super::route::Router;
 use super::Target;
 use crate::auth::keys::UpstreamCredential;
-use crate::config::{Balance, HealthConfig, PoolConfig};
+use crate::config::{Balance, HealthConfig, KeyHeader, PoolConfig};
 use crate::metrics;
 
 /// The `User-Agent` of health checks: an upstream's logs (and the mock) can tell them from client requests.
@@ -137,6 +137,7 @@ pub enum Failure {
 pub struct Pool {
     pub name: Arc<str>,
     pub credential: Option<UpstreamCredential>,
+    key_header: KeyHeader,
     pub model_map: HashMap<String, String>,
     /// The pool a 429 / 5xx answer is retried on.
     pub fallback: Option<usize>,
@@ -198,6 +199,7 @@ impl Pool {
                 healthy_after: h.healthy_after,
                 unhealthy_after: h.unhealthy_after,
                 credential: cfg.credential.clone(),
+                key_header: cfg.key_header,
                 connector: Connector::new(options),
             }));
         }
@@ -212,6 +214,7 @@ impl Pool {
         Ok(Self {
             name: Arc::from(name),
             credential: cfg.credential.clone(),
+            key_header: cfg.key_header,
             model_map: cfg.model_map.clone().into_iter().collect(),
             fallback,
             targets,
@@ -234,6 +237,11 @@ impl Pool {
             endpoints_gauge: metrics::UPSTREAM_ENDPOINTS.with_label_values(&[name]),
             healthy_gauge: metrics::UPSTREAM_HEALTHY.with_label_values(&[name]),
         })
+    }
+
+    /// Puts a provider credential on a request to this pool, in the header the pool reads keys from.
+    pub fn put_credential(&self, req: &mut RequestHeader, c: &UpstreamCredential) -> Result<()> {
+        put_credential(req, self.key_header, c)
     }
 
     /// Counts a request routed here (once per request, whatever its attempts).
@@ -418,6 +426,27 @@ impl Pool {
     }
 }
 
+/// `Authorization: Bearer KEY`, or `api-key: KEY` (the credential holds the bearer form; its key is what
+/// follows `Bearer `).
+fn put_credential(
+    req: &mut RequestHeader,
+    header: KeyHeader,
+    c: &UpstreamCredential,
+) -> Result<()> {
+    match header {
+        KeyHeader::Authorization => req.insert_header(http::header::AUTHORIZATION, c.0.clone()),
+        KeyHeader::ApiKey => {
+            let raw = c.0.as_bytes();
+            let key = raw.strip_prefix(b"Bearer ").unwrap_or(raw);
+            let mut value = http::HeaderValue::from_bytes(key).map_err(|_| {
+                pingora::Error::explain(pingora::ErrorType::InternalError, "invalid credential")
+            })?;
+            value.set_sensitive(true);
+            req.insert_header("api-key", value)
+        }
+    }
+}
+
 /// The active health check of a pool's endpoints: `GET path` with the pool's `Host` and credential, healthy on
 /// any answer below 500 within the timeout.
 struct PoolHealth {
@@ -428,6 +457,7 @@ struct PoolHealth {
     healthy_after: usize,
     unhealthy_after: usize,
     credential: Option<UpstreamCredential>,
+    key_header: KeyHeader,
     connector: Connector,
 }
 
@@ -449,7 +479,7 @@ impl PoolHealth {
         t.target(&mut req)?;
         req.insert_header(http::header::USER_AGENT, HEALTH_CHECK_AGENT)?;
         if let Some(c) = &self.credential {
-            req.insert_header(http::header::AUTHORIZATION, c.0.clone())?;
+            put_credential(&mut req, self.key_header, c)?;
         }
         // A fresh connection each time (this connector never gets one back to pool): a check proves the endpoint
         // accepts connections now.

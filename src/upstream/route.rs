@@ -110,6 +110,7 @@ mod tests {
             models: models.iter().map(|m| ModelPattern::parse(m)).collect(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             default,
+            key_header: crate::config::KeyHeader::Authorization,
             credential: None,
             model_map: map
                 .iter()

@@ -1,6 +1,6 @@
 //! Several upstreams at once, seen from outside: requests routed by model (and path) to the right mock, a
 //! pool's `model_map` renaming the model in the body it receives, an unroutable model refused with nothing
-//! sent, `GET /v1/models` answered from the pools, a pool's provider credential, and the fallback pool on a 429
+//! sent, `GET /v1/models` answered from the pools, a pool's provider credential (in `Authorization` or `api-key`), and the fallback pool on a 429
 //! or 5xx answer that no byte of has reached the client. Each mock records what it received; the decision
 //! events say where each request went and every attempt.
 
@@ -235,6 +235,7 @@ name = "azure"
 url = "{}"
 models = ["gpt-4o", "o3-mini"]
 key_env = "PG_POOL_AZURE"
+key_header = "api-key"
 
 [auth]
 mode = "gateway_keys"
@@ -275,10 +276,17 @@ dir = {:?}
             })
             .collect()
     };
-    assert_eq!(
-        auth(azure.received().await),
-        ["Bearer sk-pool-azure", "Bearer sk-own-key"]
-    );
+    // The Azure-style pool reads its key from `api-key`: the pool's, or the key entry's own, goes there, and
+    // no `Authorization` goes with it.
+    let to_azure = azure.received().await;
+    let api_keys: Vec<&str> = to_azure
+        .iter()
+        .map(|r| recorded_header(r, "api-key").expect("api-key"))
+        .collect();
+    assert_eq!(api_keys, ["sk-pool-azure", "sk-own-key"]);
+    assert!(to_azure
+        .iter()
+        .all(|r| recorded_header(r, "authorization").is_none()));
     assert_eq!(auth(openai.received().await), ["Bearer sk-pool-openai"]);
 
     // The models list shows a key only the models it may use.
