@@ -46,9 +46,8 @@ use path::Reply;
 /// The gateway's proxy logic and everything it consults.
 pub struct Gateway {
     upstreams: Arc<Upstreams>,
-    /// `GET /v1/models` when the gateway answers it (several pools: the union of their models), as
-    /// (model, owning pool).
-    models: Option<Vec<(String, Arc<str>)>>,
+    /// The gateway answers `GET /v1/models` itself (several pools: the union of their models).
+    pub(crate) answers_models: bool,
     rules: Arc<RuleStore>,
     inspect: InspectConfig,
     auth: Arc<Auth>,
@@ -70,14 +69,7 @@ impl Gateway {
         threads: usize,
     ) -> Self {
         Self {
-            models: (upstreams.pools.len() > 1).then(|| {
-                upstreams
-                    .router
-                    .models()
-                    .into_iter()
-                    .map(|(m, i)| (m.to_string(), upstreams.pools[i].name.clone()))
-                    .collect()
-            }),
+            answers_models: upstreams.pools.len() > 1,
             upstreams,
             rules,
             inspect,
@@ -129,21 +121,35 @@ impl Gateway {
     }
 }
 
-/// `GET /v1/models` as the gateway answers it with several pools: every exact model name the pools serve
-/// (their `models` and `model_map` names; `prefix*` patterns name families, not models, and are not listed),
-/// owned by the pool that serves it — only those the caller's key may use.
-pub(crate) fn models_list<'a>(
-    models: impl Iterator<Item = &'a (String, Arc<str>)>,
-    allowed: impl Fn(&str) -> bool,
-) -> Bytes {
+/// `GET /v1/models` as the gateway answers it with several pools, owned by the pool that serves each: every
+/// exact name in the pools' `models` and `model_map`, and every id a pool's upstream listed in its last
+/// `/v1/models` health check that routing would send to that pool (so a `prefix*` or default pool lists the
+/// models its upstream really has) — only those the caller's key may use. Sorted by id.
+pub(crate) fn models_list(u: &Upstreams, allowed: impl Fn(&str) -> bool) -> Bytes {
+    let mut seen = std::collections::HashSet::new();
+    let mut models: Vec<(String, usize)> = Vec::new();
+    for (id, i) in u.router.models() {
+        if seen.insert(id.to_string()) {
+            models.push((id.to_string(), i));
+        }
+    }
+    for (i, pool) in u.pools.iter().enumerate() {
+        for id in pool.listed_models().iter() {
+            if u.route(Some(id), "/v1/models") == Some(i) && seen.insert(id.clone()) {
+                models.push((id.clone(), i));
+            }
+        }
+    }
+    models.sort_unstable();
     let data: Vec<serde_json::Value> = models
+        .iter()
         .filter(|(id, _)| allowed(id))
-        .map(|(id, pool)| {
+        .map(|(id, i)| {
             serde_json::json!({
                 "id": id,
                 "object": "model",
                 "created": 0,
-                "owned_by": &**pool,
+                "owned_by": &*u.pools[*i].name,
             })
         })
         .collect();

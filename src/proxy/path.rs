@@ -170,14 +170,14 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         return refuse(r);
     }
     let req = session.req_header();
-    if let (Some(list), Route::Models, true) =
-        (&gw.models, ctx.route, req.uri.path() == "/v1/models")
+    if gw.answers_models
+        && ctx.route == Route::Models
+        && req.uri.path() == "/v1/models"
+        && req.method == http::Method::GET
     {
-        if req.method == http::Method::GET {
-            let key = ctx.admission.caller.as_ref().and_then(|c| c.key());
-            let body = super::models_list(list.iter(), |m| key.is_none_or(|k| k.allows_model(m)));
-            return Path::Respond(Reply::Json(body));
-        }
+        let key = ctx.admission.caller.as_ref().and_then(|c| c.key());
+        let body = super::models_list(&gw.upstreams, |m| key.is_none_or(|k| k.allows_model(m)));
+        return Path::Respond(Reply::Json(body));
     }
     if is_upgrade(&req.headers) {
         // No body to read: a caller whose admission waits for one is admitted now, with no token estimate.

@@ -141,6 +141,8 @@ pub struct Pool {
     pub model_map: HashMap<String, String>,
     /// The pool a 429 / 5xx answer is retried on.
     pub fallback: Option<usize>,
+    /// The model ids the pool's upstream listed in its last answer to a `GET /v1/models` health check.
+    listed: Arc<ArcSwap<Vec<String>>>,
     targets: Vec<Target>,
     lb: LoadBalancer<RoundRobin>,
     balance: Balance,
@@ -190,6 +192,7 @@ impl Pool {
             .collect();
         let discovery = dns::DnsDiscovery::new(resolver, hosts, Some(Arc::from(cfg.name.as_str())));
         let mut lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
+        let listed = Arc::new(ArcSwap::default());
         if let Some(h) = &cfg.health {
             lb.set_health_check(Box::new(PoolHealth {
                 name: Arc::from(cfg.name.as_str()),
@@ -200,6 +203,7 @@ impl Pool {
                 unhealthy_after: h.unhealthy_after,
                 credential: cfg.credential.clone(),
                 key_header: cfg.key_header,
+                listed: (h.path == "/v1/models").then(|| listed.clone()),
                 connector: Connector::new(options),
             }));
         }
@@ -217,6 +221,7 @@ impl Pool {
             key_header: cfg.key_header,
             model_map: cfg.model_map.clone().into_iter().collect(),
             fallback,
+            listed,
             targets,
             lb,
             balance: cfg.balance,
@@ -254,6 +259,12 @@ impl Pool {
         metrics::UPSTREAM_ATTEMPT_ERRORS
             .with_label_values(&[&self.name, kind])
             .inc();
+    }
+
+    /// The model ids the upstream listed in its last `GET /v1/models` health check (empty until one answered
+    /// 200 with a list: e.g. a check without a key gets 401).
+    pub fn listed_models(&self) -> Arc<Vec<String>> {
+        self.listed.load_full()
     }
 
     /// The name this pool knows `model` by, when its `model_map` renames it.
@@ -426,6 +437,24 @@ impl Pool {
     }
 }
 
+/// The largest model list a health check reads.
+const MAX_MODEL_LIST_BYTES: usize = 1 << 20;
+
+/// The ids of an OpenAI model list (`{"data": [{"id": …}, …]}`), at most 10,000, each a plausible model name.
+fn model_ids(body: &[u8]) -> Option<Vec<String>> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ids = doc
+        .get("data")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("id")?.as_str())
+        .filter(|id| crate::openai::is_safe_name(id))
+        .take(10_000)
+        .map(str::to_string)
+        .collect();
+    Some(ids)
+}
+
 /// `Authorization: Bearer KEY`, or `api-key: KEY` (the credential holds the bearer form; its key is what
 /// follows `Bearer `).
 fn put_credential(
@@ -458,6 +487,8 @@ struct PoolHealth {
     unhealthy_after: usize,
     credential: Option<UpstreamCredential>,
     key_header: KeyHeader,
+    /// Where the model ids of a `GET /v1/models` check go (the check path is `/v1/models`).
+    listed: Option<Arc<ArcSwap<Vec<String>>>>,
     connector: Connector,
 }
 
@@ -487,7 +518,22 @@ impl PoolHealth {
         session.write_request_header(Box::new(req)).await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
-        Ok(session.response_header().map_or(0, |h| h.status.as_u16()))
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        if let (Some(listed), 200) = (&self.listed, status) {
+            // The check asked for the model list: keep what it says (bounded; an unreadable answer keeps the
+            // last list).
+            let mut body = Vec::new();
+            while let Some(chunk) = session.read_response_body().await? {
+                if body.len() + chunk.len() > MAX_MODEL_LIST_BYTES {
+                    return Ok(status);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if let Some(ids) = model_ids(&body) {
+                listed.store(Arc::new(ids));
+            }
+        }
+        Ok(status)
     }
 }
 
@@ -587,5 +633,24 @@ impl Pool {
                 Some((a, self.lb.backends().ready(b) && !ejected))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_list_keeps_only_ids_shaped_like_model_names() {
+        let body = br#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"meta-llama/Llama-3-70B"},{"id":"bad id\n"},{"id":7},{"nope":1},{"id":""}]}"#;
+        assert_eq!(
+            model_ids(body),
+            Some(vec![
+                "gpt-4o".to_string(),
+                "meta-llama/Llama-3-70B".to_string()
+            ])
+        );
+        assert_eq!(model_ids(b"{\"data\": 5}"), None);
+        assert_eq!(model_ids(b"not json"), None);
     }
 }

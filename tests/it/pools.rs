@@ -310,7 +310,15 @@ dir = {:?}
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(list("pgk_plain_secret").await, ["gpt-4o", "o3-mini"]);
+    // The default pool's upstream lists its own models (the mock: `mock-gpt`) to the health check, which
+    // carries the pool's key: the list learns them once a check has answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut plain = list("pgk_plain_secret").await;
+    while plain.len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        plain = list("pgk_plain_secret").await;
+    }
+    assert_eq!(plain, ["gpt-4o", "mock-gpt", "o3-mini"]);
     assert_eq!(list("pgk_scoped_secret").await, ["gpt-4o"]);
     let models: Value = reqwest::get(gw.url("/v1/models"))
         .await
