@@ -233,7 +233,7 @@ impl ProxyHttp for Gateway {
         let pool = self.pool(ctx)?;
         match pool.select(&ctx.tried).await {
             Some(endpoint) => {
-                let peer = Box::new(endpoint.peer.clone());
+                let peer = Box::new(endpoint.target.peer().clone());
                 ctx.endpoint = Some(endpoint);
                 Ok(peer)
             }

@@ -99,26 +99,13 @@ async fn attempt_pool<'g>(
     pool: &Pool,
     body: &Bytes,
 ) -> Result<Exchange<'g>> {
-    let body = match ctx.body.as_ref().zip(
-        ctx.body
-            .as_ref()
-            .and_then(|b| b.facts.model.as_deref())
-            .and_then(|m| pool.mapped_model(m)),
-    ) {
-        // The pool knows the model by another name: the body is sent with it (decoded, re-serialised).
-        Some((insp, to)) => match crate::inspect::body::with_model(
-            insp,
-            body,
-            gw.inspect.max_decoded_body_bytes,
-            to,
-        ) {
-            Some(renamed) => (Bytes::from(renamed), true),
-            None => (body.clone(), false),
-        },
-        None => (body.clone(), false),
-    };
-    let (body, renamed) = body;
-    let decoded = renamed || ctx.body.as_ref().is_some_and(|b| b.forward_decoded);
+    // The pool knows the model by another name: the body is sent with it (decoded, re-serialised).
+    let renamed = ctx.body.as_ref().and_then(|insp| {
+        let to = pool.mapped_model(insp.facts.model.as_deref()?)?;
+        crate::inspect::body::with_model(insp, body, gw.inspect.max_decoded_body_bytes, to)
+    });
+    let decoded = renamed.is_some() || ctx.body.as_ref().is_some_and(|b| b.forward_decoded);
+    let body = renamed.map_or_else(|| body.clone(), Bytes::from);
     let mut tries = 0;
     loop {
         let Some(endpoint) = pool.select(&ctx.tried).await else {
@@ -131,7 +118,7 @@ async fn attempt_pool<'g>(
             req.remove_header(&http::header::CONTENT_ENCODING);
         }
         headers::to_upstream(&mut req, ctx, pool)?;
-        let peer = endpoint.peer.clone();
+        let peer = endpoint.target.peer().clone();
         let sent = unless_client_leaves(
             session,
             crate::upstream::send(&gw.upstreams.connector, peer, &req, &body),

@@ -187,6 +187,17 @@ pub struct Target {
     pub index: usize,
 }
 
+impl Target {
+    pub fn new(host: &str, port: u16, weight: usize, index: usize) -> Self {
+        Self {
+            host: host.to_string(),
+            port,
+            weight,
+            index,
+        }
+    }
+}
+
 /// The index of the URL a [`Backend`] came from, stored in its `ext`. Read it with [`target_index`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetIndex(pub usize);
@@ -305,15 +316,6 @@ impl ServiceDiscovery for DnsDiscovery {
 mod tests {
     use super::*;
 
-    fn target(host: &str, port: u16, weight: usize, index: usize) -> Target {
-        Target {
-            host: host.into(),
-            port,
-            weight,
-            index,
-        }
-    }
-
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
@@ -336,7 +338,7 @@ mod tests {
 
     #[test]
     fn one_backend_per_address_with_the_targets_port_weight_and_index() {
-        let targets = [target("a", 443, 3, 0), target("b", 8080, 1, 1)];
+        let targets = [Target::new("a", 443, 3, 0), Target::new("b", 8080, 1, 1)];
         let addrs = [
             Some(vec![ip("10.0.0.1"), ip("2001:db8::1")]),
             Some(vec![ip("10.0.0.2")]),
@@ -359,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_target_never_resolved_contributes_nothing_and_none_resolved_is_none() {
-        let targets = [target("a", 80, 1, 0), target("b", 80, 1, 1)];
+        let targets = [Target::new("a", 80, 1, 0), Target::new("b", 80, 1, 1)];
         assert!(backends(&targets, &[None, None]).is_none());
         let set = backends(&targets, &[None, Some(vec![ip("10.0.0.9")])]).expect("one resolved");
         assert_eq!(set.len(), 1);
@@ -368,13 +370,13 @@ mod tests {
 
     #[test]
     fn two_urls_on_one_address_and_weight_collapse_into_the_first_listed() {
-        let targets = [target("a", 443, 1, 0), target("b", 443, 1, 1)];
+        let targets = [Target::new("a", 443, 1, 0), Target::new("b", 443, 1, 1)];
         let same = Some(vec![ip("10.0.0.1")]);
         let set = backends(&targets, &[same.clone(), same]).expect("resolved");
         assert_eq!(set.len(), 1);
         assert_eq!(set.iter().next().and_then(target_index), Some(0));
         // A different weight is a different backend: both stay.
-        let targets = [target("a", 443, 1, 0), target("b", 443, 2, 1)];
+        let targets = [Target::new("a", 443, 1, 0), Target::new("b", 443, 2, 1)];
         let same = Some(vec![ip("10.0.0.1")]);
         assert_eq!(
             backends(&targets, &[same.clone(), same]).map(|s| s.len()),

@@ -84,11 +84,16 @@ impl Target {
         }
     }
 
-    /// The peer at `addr` (an address of this endpoint's host).
-    pub fn peer_at(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = self.peer.clone();
-        peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
-        peer
+    /// This endpoint at `addr` (one address of its host).
+    pub fn at(&self, addr: SocketAddr) -> Target {
+        let mut t = self.clone();
+        t.peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+        t
+    }
+
+    /// The peer (address, TLS name, timeouts) requests to this endpoint connect to.
+    pub fn peer(&self) -> &HttpPeer {
+        &self.peer
     }
 
     /// The `Host` this endpoint expects.

@@ -26,7 +26,6 @@ use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::Result;
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
@@ -110,9 +109,8 @@ impl Drop for InFlight {
 /// The endpoint selected for one attempt.
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// The URL of the pool it belongs to (its `Host`, base path, TLS name).
+    /// Its URL's `Host`, base path and TLS name, with the peer pointed at `addr`.
     pub target: Target,
-    pub peer: HttpPeer,
     _in_flight: InFlight,
 }
 
@@ -183,12 +181,7 @@ impl Pool {
             .endpoints
             .iter()
             .enumerate()
-            .map(|(index, e)| dns::Target {
-                host: e.target.host.clone(),
-                port: e.target.port,
-                weight: e.weight,
-                index,
-            })
+            .map(|(index, e)| dns::Target::new(&e.target.host, e.target.port, e.weight, index))
             .collect();
         let discovery = dns::DnsDiscovery::new(resolver, hosts, Some(Arc::from(cfg.name.as_str())));
         let mut lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
@@ -317,12 +310,7 @@ impl Pool {
         let usable = |b: &Backend, healthy: bool| {
             healthy
                 && b.as_inet().is_some_and(|a| {
-                    !tried.contains(a)
-                        && now.is_none_or(|now| {
-                            state
-                                .get(a)
-                                .is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= now)
-                        })
+                    !tried.contains(a) && now.is_none_or(|now| !ejected(&state, a, now))
                 })
         };
         let backend = match self.balance {
@@ -349,12 +337,11 @@ impl Pool {
         };
         let addr = *backend.as_inet()?;
         let index = dns::target_index(&backend).unwrap_or(0);
-        let target = self.targets.get(index)?.clone();
+        let target = self.targets.get(index)?.at(addr);
         let st = self.state_of(addr);
         st.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Endpoint {
             addr,
-            peer: target.peer_at(addr),
             target,
             _in_flight: InFlight(st),
         })
@@ -404,12 +391,7 @@ impl Pool {
         let ready = all
             .iter()
             .filter(|b| {
-                self.lb.backends().ready(b)
-                    && b.as_inet().is_some_and(|a| {
-                        state
-                            .get(a)
-                            .is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= now)
-                    })
+                self.lb.backends().ready(b) && b.as_inet().is_some_and(|a| !ejected(&state, a, now))
             })
             .count();
         (all.len(), ready)
@@ -435,6 +417,13 @@ impl Pool {
         }
         ok
     }
+}
+
+/// Whether `addr` is ejected at `now` (ms since the pool's epoch).
+fn ejected(state: &HashMap<SocketAddr, Arc<EndpointState>>, addr: &SocketAddr, now: u64) -> bool {
+    state
+        .get(addr)
+        .is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now)
 }
 
 /// The largest model list a health check reads.
@@ -503,7 +492,7 @@ impl PoolHealth {
             .targets
             .get(index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown endpoint"))?;
-        let mut peer = t.peer_at(addr);
+        let mut peer = t.at(addr).peer().clone();
         peer.options.connection_timeout = Some(self.timeout);
         peer.options.read_timeout = Some(self.timeout);
         let mut req = RequestHeader::build("GET", self.path.as_bytes(), None)?;
@@ -616,8 +605,8 @@ impl BackgroundService for PoolService {
     }
 }
 
-/// The addresses of a pool, for tests and the admin view: every member with whether it gets traffic.
 impl Pool {
+    /// Every member of the pool with whether it gets traffic now (the admin view).
     pub fn members(&self) -> BTreeSet<(SocketAddr, bool)> {
         let now = self.now_ms();
         let state = self.state.load();
@@ -627,10 +616,7 @@ impl Pool {
             .iter()
             .filter_map(|b| {
                 let a = *b.as_inet()?;
-                let ejected = state
-                    .get(&a)
-                    .is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now);
-                Some((a, self.lb.backends().ready(b) && !ejected))
+                Some((a, self.lb.backends().ready(b) && !ejected(&state, &a, now)))
             })
             .collect()
     }

@@ -29,15 +29,6 @@ fn resolver(dns: &TestDns) -> Arc<Resolver> {
     Arc::new(Resolver::new(&[dns.addr()], TIMEOUT).expect("resolver"))
 }
 
-fn target(host: &str, port: u16, weight: usize, index: usize) -> Target {
-    Target {
-        host: host.into(),
-        port,
-        weight,
-        index,
-    }
-}
-
 fn discovery(dns: &TestDns, targets: Vec<Target>, pool: &str) -> DnsDiscovery {
     DnsDiscovery::new(resolver(dns), targets, Some(Arc::from(pool)))
 }
@@ -77,7 +68,7 @@ async fn a_name_with_two_a_records_gives_two_backends() {
         resolver(&dns).lookup("api.test").await.expect("resolves"),
         ips(&["127.0.0.2", "127.0.0.3"])
     );
-    let d = discovery(&dns, vec![target("api.test", 8443, 5, 0)], "dns-two-a");
+    let d = discovery(&dns, vec![Target::new("api.test", 8443, 5, 0)], "dns-two-a");
     assert_eq!(
         discover(&d).await,
         vec![
@@ -91,7 +82,11 @@ async fn a_name_with_two_a_records_gives_two_backends() {
 async fn a_changed_address_is_followed_by_the_next_discovery() {
     let dns = TestDns::start().await;
     dns.set("api.test", ips(&["127.0.0.2"]));
-    let d = discovery(&dns, vec![target("api.test", 443, 1, 0)], "dns-changed");
+    let d = discovery(
+        &dns,
+        vec![Target::new("api.test", 443, 1, 0)],
+        "dns-changed",
+    );
     assert_eq!(discover(&d).await, vec![(sa("127.0.0.2:443"), 1, Some(0))]);
     dns.set("api.test", ips(&["127.0.0.4"]));
     assert_eq!(discover(&d).await, vec![(sa("127.0.0.4:443"), 1, Some(0))]);
@@ -102,7 +97,7 @@ async fn a_removed_name_keeps_its_previous_addresses_and_the_failure_is_counted(
     let dns = TestDns::start().await;
     dns.set("api.test", ips(&["127.0.0.2", "127.0.0.3"]));
     let pool = "dns-removed";
-    let d = discovery(&dns, vec![target("api.test", 443, 1, 0)], pool);
+    let d = discovery(&dns, vec![Target::new("api.test", 443, 1, 0)], pool);
     let before = discover(&d).await;
     assert_eq!(before.len(), 2);
     assert_eq!(failures(pool), 0);
@@ -127,7 +122,7 @@ async fn a_silent_name_server_keeps_the_previous_addresses() {
     let dns = TestDns::start().await;
     dns.set("api.test", ips(&["127.0.0.2"]));
     let pool = "dns-silent";
-    let d = discovery(&dns, vec![target("api.test", 443, 1, 0)], pool);
+    let d = discovery(&dns, vec![Target::new("api.test", 443, 1, 0)], pool);
     let before = discover(&d).await;
 
     dns.set_silent(true);
@@ -157,7 +152,7 @@ async fn a_and_aaaa_records_are_both_returned() {
         ips(&["fd00::7"])
     );
 
-    let d = discovery(&dns, vec![target("dual.test", 443, 1, 0)], "dns-dual");
+    let d = discovery(&dns, vec![Target::new("dual.test", 443, 1, 0)], "dns-dual");
     assert_eq!(
         discover(&d).await,
         vec![
@@ -211,7 +206,10 @@ async fn an_ip_literal_target_is_not_looked_up() {
     let dns = TestDns::start().await;
     let d = discovery(
         &dns,
-        vec![target("127.0.0.8", 80, 1, 0), target("[::1]", 81, 1, 1)],
+        vec![
+            Target::new("127.0.0.8", 80, 1, 0),
+            Target::new("[::1]", 81, 1, 1),
+        ],
         "dns-literal",
     );
     assert_eq!(
@@ -230,7 +228,10 @@ async fn discovery_fails_until_some_host_has_resolved() {
     let pool = "dns-never";
     let d = discovery(
         &dns,
-        vec![target("a.test", 443, 1, 0), target("b.test", 443, 1, 1)],
+        vec![
+            Target::new("a.test", 443, 1, 0),
+            Target::new("b.test", 443, 1, 1),
+        ],
         pool,
     );
     assert!(d.discover().await.is_err(), "nothing resolved yet");
@@ -250,7 +251,10 @@ async fn one_failing_target_keeps_its_addresses_while_the_others_follow_dns() {
     let pool = "dns-one-failing";
     let d = discovery(
         &dns,
-        vec![target("a.test", 443, 2, 0), target("b.test", 8080, 1, 1)],
+        vec![
+            Target::new("a.test", 443, 2, 0),
+            Target::new("b.test", 8080, 1, 1),
+        ],
         pool,
     );
     discover(&d).await;
@@ -273,7 +277,10 @@ async fn two_urls_on_the_same_address_collapse_into_one_backend_of_the_first() {
     dns.set("b.test", ips(&["127.0.0.2"]));
     let d = discovery(
         &dns,
-        vec![target("a.test", 443, 1, 0), target("b.test", 443, 1, 1)],
+        vec![
+            Target::new("a.test", 443, 1, 0),
+            Target::new("b.test", 443, 1, 1),
+        ],
         "dns-collapse",
     );
     assert_eq!(discover(&d).await, vec![(sa("127.0.0.2:443"), 1, Some(0))]);
@@ -289,7 +296,10 @@ async fn the_lookups_of_one_discovery_run_concurrently() {
     let pool = "dns-concurrent";
     let d = discovery(
         &dns,
-        vec![target("a.test", 443, 1, 0), target("b.test", 443, 1, 1)],
+        vec![
+            Target::new("a.test", 443, 1, 0),
+            Target::new("b.test", 443, 1, 1),
+        ],
         pool,
     );
     assert_eq!(

@@ -9,7 +9,8 @@ use promptgate::mock::MockConfig;
 use serde_json::{json, Value};
 
 use crate::support::{
-    header, key_entry, post, recorded_header, Gateway, GatewayOpts, KeysFile, MockUpstream,
+    get_json, header, key_entry, post, recorded_header, Gateway, GatewayOpts, KeysFile,
+    MockUpstream,
 };
 
 /// A gateway configured only by its `[[upstream]]` entries (no `--upstream` flag), auditing into `audit`.
@@ -38,6 +39,38 @@ fn event_for<'a>(events: &'a [Value], request_id: &str) -> &'a Value {
         .iter()
         .find(|e| e["request_id"] == request_id)
         .unwrap_or_else(|| panic!("no event for {request_id}"))
+}
+
+/// Two pools: `primary` (the default) falling back to `secondary`, and, with `back`, `secondary` falling back
+/// to `primary` (a cycle).
+async fn fallback_pair(
+    primary: &MockUpstream,
+    secondary: &MockUpstream,
+    back: bool,
+    audit: &std::path::Path,
+) -> Gateway {
+    let back = if back { "fallback = \"primary\"" } else { "" };
+    pools_gateway(
+        &format!(
+            r#"
+[[upstream]]
+name = "primary"
+url = "{}"
+default = true
+fallback = "secondary"
+
+[[upstream]]
+name = "secondary"
+url = "{}"
+models = ["local-model"]
+{back}
+"#,
+            primary.url(),
+            secondary.url()
+        ),
+        audit,
+    )
+    .await
 }
 
 async fn wait_events(dir: &std::path::Path, n: usize) -> Vec<Value> {
@@ -139,12 +172,8 @@ model_map = {{ "llama-3-70b" = "meta-llama/Meta-Llama-3-70B-Instruct" }}
     assert_eq!(vllm.received().await.len(), 3);
 
     // The models the pools serve, from the configuration: exact names and mapped names, not patterns.
-    let list: Value = reqwest::get(gw.url("/v1/models"))
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
+    let client = reqwest::Client::new();
+    let list = get_json(&client, &gw.url("/v1/models")).await;
     let listed: Vec<(&str, &str)> = list["data"]
         .as_array()
         .expect("data")
@@ -161,12 +190,7 @@ model_map = {{ "llama-3-70b" = "meta-llama/Meta-Llama-3-70B-Instruct" }}
     assert_eq!(openai.received().await.len(), 3, "answered by the gateway");
 
     // The admin view lists every pool with its endpoints and whether each gets traffic.
-    let health: Value = reqwest::get(gw.admin_url("/healthz"))
-        .await
-        .expect("healthz")
-        .json()
-        .await
-        .expect("json");
+    let health = get_json(&client, &gw.admin_url("/healthz")).await;
     assert_eq!(health["upstreams"][0]["name"], "openai");
     assert_eq!(
         health["upstreams"][1]["endpoints"],
@@ -320,12 +344,7 @@ dir = {:?}
     }
     assert_eq!(plain, ["gpt-4o", "mock-gpt", "o3-mini"]);
     assert_eq!(list("pgk_scoped_secret").await, ["gpt-4o"]);
-    let models: Value = reqwest::get(gw.url("/v1/models"))
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
+    let models = get_json(&reqwest::Client::new(), &gw.url("/v1/models")).await;
     assert_eq!(
         models["error"]["code"], "invalid_api_key",
         "no key, no list"
@@ -342,26 +361,7 @@ async fn a_429_or_5xx_goes_to_the_fallback_pool_before_any_byte_reaches_the_clie
     .await;
     let secondary = MockUpstream::start().await;
     let audit = tempfile::tempdir().expect("tempdir");
-    let gw = pools_gateway(
-        &format!(
-            r#"
-[[upstream]]
-name = "primary"
-url = "{}"
-default = true
-fallback = "secondary"
-
-[[upstream]]
-name = "secondary"
-url = "{}"
-models = ["local-model"]
-"#,
-            primary.url(),
-            secondary.url()
-        ),
-        audit.path(),
-    )
-    .await;
+    let gw = fallback_pair(&primary, &secondary, false, audit.path()).await;
     let r = post(&gw, "/v1/chat/completions", chat("gpt-4o", false), &[]).await;
     assert_eq!(r.status(), 200);
     let id = header(&r, "x-request-id").expect("id").to_string();
@@ -407,27 +407,7 @@ async fn a_stream_that_sent_an_event_is_never_replayed_and_fallbacks_are_bounded
     let primary = MockUpstream::start().await;
     let secondary = MockUpstream::start().await;
     let audit = tempfile::tempdir().expect("tempdir");
-    let gw = pools_gateway(
-        &format!(
-            r#"
-[[upstream]]
-name = "primary"
-url = "{}"
-default = true
-fallback = "secondary"
-
-[[upstream]]
-name = "secondary"
-url = "{}"
-models = ["local-model"]
-fallback = "primary"
-"#,
-            primary.url(),
-            secondary.url()
-        ),
-        audit.path(),
-    )
-    .await;
+    let gw = fallback_pair(&primary, &secondary, true, audit.path()).await;
     // The primary's stream breaks after its first delta: that delta is the client's; no other pool sees it.
     let r = post(
         &gw,

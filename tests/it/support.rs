@@ -101,16 +101,14 @@ impl MockUpstream {
 
     /// The gateway's health checks this mock has answered (never among [`MockUpstream::received`]).
     pub async fn health_checks(&self) -> u64 {
-        let v: Value = self
-            .client
-            .get(format!("{}/__mock/health_checks", self.url()))
-            .send()
-            .await
-            .expect("mock control")
-            .json()
-            .await
-            .expect("json");
-        v["count"].as_u64().expect("count")
+        self.control("health_checks").await["count"]
+            .as_u64()
+            .expect("count")
+    }
+
+    /// `GET /__mock/{what}`, as JSON.
+    async fn control(&self, what: &str) -> Value {
+        get_json(&self.client, &format!("{}/__mock/{what}", self.url())).await
     }
 
     pub fn url(&self) -> String {
@@ -119,16 +117,11 @@ impl MockUpstream {
 
     /// Every request the mock has received, oldest first.
     pub async fn received(&self) -> Vec<Value> {
-        let v: Value = self
-            .client
-            .get(format!("{}/__mock/requests", self.url()))
-            .send()
+        self.control("requests")
             .await
-            .expect("mock control")
-            .json()
-            .await
-            .expect("json");
-        v.as_array().cloned().unwrap_or_default()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn release(&self, token: &str) {
@@ -448,6 +441,18 @@ impl KeysFile {
         std::fs::write(&tmp, text).expect("write");
         std::fs::rename(&tmp, &self.path).expect("rename");
     }
+}
+
+/// `GET url`, answered with JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
 }
 
 /// One `[[key]]` entry for `secret`, with extra TOML lines.
