@@ -181,7 +181,11 @@ async fn connections_over_the_per_address_cap_are_refused_and_the_cap_is_given_b
     // Two idle connections hold both places.
     let a = TcpStream::connect(gw.addr).expect("a");
     let b = TcpStream::connect(gw.addr).expect("b");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The gateway counts a connection when its accept loop hands it over, not when the kernel completes it.
+    let open = gw
+        .metric_eventually("promptgate_connections_open", 2.0)
+        .await;
+    assert_eq!(open, Some(2.0), "both idle connections are counted");
     let raw = raw_exchange(
         &gw,
         &[(
