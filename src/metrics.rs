@@ -452,6 +452,36 @@ pub static UPGRADES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Realtime sessions (`/v1/realtime`) open now.
+pub static REALTIME_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "promptgate_realtime_sessions_open",
+        "Realtime sessions (WebSocket, /v1/realtime) open now."
+    )
+    .expect("metric registers once")
+});
+
+/// Realtime session handshakes, by outcome (`opened`, `refused`, `upstream_refused`, `upstream_failed`).
+pub static REALTIME_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_realtime_handshakes_total",
+        "Realtime session handshakes, by outcome (opened, refused, upstream_refused, upstream_failed).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Realtime messages, by direction (`client`: from the client; `upstream`: from the upstream) and what became
+/// of them (`forwarded`, `redacted`, `blocked`, `dropped`).
+pub static REALTIME_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_realtime_messages_total",
+        "Realtime messages by direction (client, upstream) and outcome (forwarded, redacted, blocked, dropped).",
+        &["direction", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Records a newly live rule-set version.
 pub fn set_rules_version(version: &str, rules: usize) {
     RULES_INFO.reset();
@@ -495,6 +525,15 @@ pub fn init() {
     LazyLock::force(&EDGE_REFUSED);
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&UPGRADES);
+    LazyLock::force(&REALTIME_SESSIONS);
+    for outcome in ["opened", "refused", "upstream_refused", "upstream_failed"] {
+        REALTIME_HANDSHAKES.with_label_values(&[outcome]);
+    }
+    for direction in ["client", "upstream"] {
+        for outcome in ["forwarded", "redacted", "blocked", "dropped"] {
+            REALTIME_MESSAGES.with_label_values(&[direction, outcome]);
+        }
+    }
     LazyLock::force(&LIMITS_BACKEND_UP);
     LazyLock::force(&LIMITS_REDIS_SECONDS);
     LazyLock::force(&LIMITS_OVER_LIMIT_CACHE_HITS);

@@ -34,7 +34,7 @@ use crate::config::{Config, ConfigError};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::live::{self, Live, Source};
 use crate::metrics;
-use crate::proxy::{Edge, Gateway, IN_FLIGHT};
+use crate::proxy::{Edge, Gateway, Realtime, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore, RulesDir};
 use crate::tls::{CertSource, ServerCert, TlsError};
 use crate::upstream::{retry, Upstreams};
@@ -176,13 +176,18 @@ fn build(config: &Config) -> Result<Server, StartError> {
         audit.clone(),
         config.threads,
     );
+    let realtime = Realtime::new(
+        gateway.clone(),
+        config.realtime,
+        Some(ConnectorOptions::from_server_conf(&server.configuration)),
+    );
     let mut proxy = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();
     client_protocols(&mut proxy, config);
     // The edge reads each HTTP/1 request head (bounded in time and size) before Pingora's loop parses it.
     let mut service = Service::new(
         "promptgate".to_string(),
-        Edge::new(proxy, config.edge, config.h2c),
+        Edge::new(proxy, config.edge, config.h2c, Some(realtime)),
     );
     // Pingora sets TCP_NODELAY on accepted and on upstream connections.
     service.add_tcp(&config.listen.to_string());

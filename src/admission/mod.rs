@@ -113,6 +113,21 @@ impl Admission {
             .await
     }
 
+    /// A realtime session, after its caller was identified: the model it names (the `model` query) against a
+    /// scoped key — which must name one — then the quotas, with no token estimate (a session's tokens are
+    /// settled response by response). The session holds its concurrency permit for as long as it is open.
+    pub async fn admit_session(
+        &mut self,
+        auth: &Auth,
+        limiter: &dyn Limiter,
+        model: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if let Some(caller) = &self.caller {
+            auth.check_model(caller, model, true).map_err(refused)?;
+        }
+        self.admit(limiter, 0).await
+    }
+
     /// Takes the caller's quotas (once), counting `tokens` against its token quotas.
     async fn admit(&mut self, limiter: &dyn Limiter, tokens: u64) -> Result<(), Rejection> {
         let Some(caller) = &self.caller else {

@@ -53,6 +53,31 @@ pub struct Event {
     pub upstream: Option<Arc<str>>,
     /// Every attempt to reach an upstream, in order (a failover or a fallback makes more than one).
     pub attempts: Vec<Attempt>,
+    /// A realtime session's event: what it covers and its counts.
+    pub realtime: Option<Realtime>,
+}
+
+/// What a realtime event covers: one response of a session, or the whole session (written when it closes).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Realtime {
+    /// `response` or `session`.
+    pub scope: &'static str,
+    /// The upstream's id of the response (written only if it is a safe id that no rule matches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    /// Messages from the client, and from the upstream.
+    pub client_messages: u64,
+    pub upstream_messages: u64,
+    /// Events blocked (client events not forwarded, responses ended).
+    pub blocked: u64,
+    /// Responses finished in the session.
+    pub responses: u64,
+    /// The response ended before its `response.done` (the session closed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
+    /// How the session was closed (the WebSocket close code), for a session event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
 }
 
 /// One attempt to reach an upstream: where it went and how it ended.
@@ -134,6 +159,8 @@ struct Line<'a> {
     session_id: Option<&'a str>,
     upstream: Option<&'a str>,
     attempts: &'a [Attempt],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    realtime: Option<Realtime>,
 }
 
 #[derive(Serialize)]
@@ -195,6 +222,12 @@ impl Event {
             session_id,
             upstream: self.upstream.as_deref(),
             attempts: &self.attempts,
+            realtime: self.realtime.clone().map(|mut r| {
+                r.response_id = r
+                    .response_id
+                    .filter(|id| crate::openai::is_safe_id(id.as_bytes()) && clean(id));
+                r
+            }),
         };
         // Plain data: serialising cannot fail; an empty line would be skipped, never half-written.
         serde_json::to_vec(&line).unwrap_or_default()

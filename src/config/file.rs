@@ -18,6 +18,25 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub auth: AuthSection,
     pub audit: AuditSection,
+    pub realtime: RealtimeSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeSection {
+    pub enabled: bool,
+    pub on_block: String,
+    pub close_after_blocks: u32,
+}
+
+impl Default for RealtimeSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_block: "error".into(),
+            close_after_blocks: 0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +176,8 @@ pub struct LimitsSection {
     pub per_caller: crate::limits::LimitSpec,
     pub backend: String,
     pub redis: RedisSection,
+    pub max_ws_message_bytes: usize,
+    pub ws_messages_per_second: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +219,8 @@ impl Default for LimitsSection {
             per_caller: crate::limits::LimitSpec::default(),
             backend: "local".into(),
             redis: RedisSection::default(),
+            max_ws_message_bytes: 16 << 20,
+            ws_messages_per_second: 200,
         }
     }
 }
@@ -453,8 +476,8 @@ impl Default for RulesSection {
 
 /// The sections of the file: every top-level key is one of them, and a table. The fields of [`FileConfig`], in
 /// order (`sections_are_the_fields_of_file_config` keeps the two equal).
-const SECTIONS: [&str; 8] = [
-    "server", "upstream", "rules", "inspect", "policy", "limits", "auth", "audit",
+const SECTIONS: [&str; 9] = [
+    "server", "upstream", "rules", "inspect", "policy", "limits", "auth", "audit", "realtime",
 ];
 
 impl FileConfig {

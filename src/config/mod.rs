@@ -71,6 +71,8 @@ pub struct Config {
     pub limit_window: Duration,
     /// Where quotas are counted.
     pub limits_backend: LimitsBackend,
+    /// Realtime sessions (`/v1/realtime` over WebSocket).
+    pub realtime: RealtimeConfig,
 }
 
 /// Where quotas are counted (`limits.backend`).
@@ -319,6 +321,7 @@ impl Config {
         let (auth, limit_window) = auth(&raw.auth, &raw.limits, &src)?;
         let limits_backend = limits_backend(&raw.limits, &auth, &src)?;
         let audit = audit(&raw.audit, &src)?;
+        let realtime = realtime(&raw.realtime, &raw.limits, &src)?;
         Ok(Config {
             listen,
             admin,
@@ -334,6 +337,7 @@ impl Config {
             audit,
             limit_window,
             limits_backend,
+            realtime,
         })
     }
 }
@@ -594,6 +598,52 @@ fn inspect(
         max_response_bytes,
         max_stream_hold,
         fail_open: policy.fail_open,
+    })
+}
+
+/// How the gateway governs realtime sessions (`[realtime]` and the WebSocket `limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct RealtimeConfig {
+    /// `/v1/realtime` upgrades are served (inspected); off, they meet `inspect.websocket` like any upgrade.
+    pub enabled: bool,
+    /// What a blocked event does to the session.
+    pub on_block: OnBlock,
+    /// Close the session (1008) after this many blocks; 0: never.
+    pub close_after_blocks: u32,
+    /// The largest message either side may send (`limits.max_ws_message_bytes`); over it: close 1009.
+    pub max_message_bytes: usize,
+    /// Client messages per second per session (`limits.ws_messages_per_second`); 0: unlimited.
+    pub messages_per_second: u32,
+}
+
+/// What a blocked event does to a realtime session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBlock {
+    /// The client gets an `error` event; the session goes on.
+    Error,
+    /// The session is closed with 1008 (policy violation).
+    Close,
+}
+
+fn realtime(
+    r: &file::RealtimeSection,
+    l: &file::LimitsSection,
+    src: &Source<'_>,
+) -> Result<RealtimeConfig, ConfigError> {
+    Ok(RealtimeConfig {
+        enabled: r.enabled,
+        on_block: src.one_of(
+            "realtime.on_block",
+            &r.on_block,
+            &[("error", OnBlock::Error), ("close", OnBlock::Close)],
+        )?,
+        close_after_blocks: r.close_after_blocks,
+        max_message_bytes: src.between(
+            "limits.max_ws_message_bytes",
+            l.max_ws_message_bytes,
+            (1024, 256 << 20),
+        )?,
+        messages_per_second: l.ws_messages_per_second,
     })
 }
 

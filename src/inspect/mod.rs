@@ -15,6 +15,7 @@ pub mod body;
 mod decode;
 pub mod holdback;
 pub mod outcome;
+pub mod realtime;
 mod request;
 pub mod stream;
 

@@ -749,6 +749,21 @@ impl StreamFilter {
         self.texts.values().map(|h| h.held() as u64).sum()
     }
 
+    /// Bytes of text held back now.
+    pub fn held_bytes(&self) -> usize {
+        self.texts.values().map(HeldText::held).sum()
+    }
+
+    /// Releases every held text now, after its final inspection, as [`Self::finish`] does at the end of a
+    /// stream — for a driver that knows the answer is over before its last event (a realtime `response.done`).
+    pub fn release_held(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.state == State::Open {
+            self.flush_all(&mut out);
+        }
+        out.freeze()
+    }
+
     fn flush_all(&mut self, out: &mut BytesMut) {
         let keys: Vec<TextKey> = self.texts.keys().cloned().collect();
         self.flush(&keys, out);

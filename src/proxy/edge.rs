@@ -63,14 +63,22 @@ pub struct Edge {
     connections: Arc<Connections>,
     /// Prior-knowledge HTTP/2 accepted on plaintext connections (`server.h2c`).
     h2c: bool,
+    /// Realtime sessions (`/v1/realtime` upgrades), when served.
+    realtime: Option<Arc<super::Realtime>>,
 }
 
 impl Edge {
-    pub fn new(proxy: HttpProxy<Gateway>, cfg: EdgeConfig, h2c: bool) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        cfg: EdgeConfig,
+        h2c: bool,
+        realtime: Option<super::Realtime>,
+    ) -> Self {
         Self {
             proxy: Arc::new(proxy),
             cfg,
             h2c,
+            realtime: realtime.filter(|r| r.enabled()).map(Arc::new),
             connections: Arc::new(Connections::new(
                 cfg.max_connections,
                 cfg.max_connections_per_ip,
@@ -113,6 +121,15 @@ impl ServerApp for Edge {
                     return None;
                 }
             };
+            if let Some(rt) = self
+                .realtime
+                .as_ref()
+                .filter(|_| super::realtime::wants(&head))
+            {
+                // A realtime session: the gateway holds both legs (`realtime.rs`); the connection ends with it.
+                rt.serve(stream, head, shutdown).await;
+                return None;
+            }
             if first && self.h2c && head.starts_with(H2_PREFACE_HEAD) {
                 // Prior-knowledge h2c opens a plaintext connection; the preface goes back to the stream for
                 // Pingora's HTTP/2 handshake (its server options say h2c).

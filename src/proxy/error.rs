@@ -60,6 +60,17 @@ pub async fn write(
     resp: &ErrorResponse,
 ) -> Result<()> {
     ctx.error_code = Some(resp.code);
+    let header = header(resp, ctx)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::clone(&resp.body)), true)
+        .await
+}
+
+/// The header of a gateway-made answer: its status, type and length, its retry headers, decorated.
+pub fn header(resp: &ErrorResponse, ctx: &RequestCtx) -> Result<ResponseHeader> {
     let mut header = ResponseHeader::build(resp.status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;
@@ -72,12 +83,7 @@ pub async fn write(
         header.insert_header("retry-after-ms", ms.to_string())?;
     }
     headers::decorate(&mut header, ctx)?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::clone(&resp.body)), true)
-        .await
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -177,6 +177,7 @@ fn event(
             .and_then(|i| gw.upstreams.pools.get(i))
             .map(|p| p.name.clone()),
         attempts: std::mem::take(&mut ctx.attempts_log),
+        realtime: None,
     })
 }
 

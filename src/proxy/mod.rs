@@ -17,6 +17,7 @@ mod finish;
 mod headers;
 mod offload;
 mod path;
+mod realtime;
 mod relay;
 mod stream;
 
@@ -32,6 +33,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 pub use ctx::{RequestCtx, IN_FLIGHT};
 pub use edge::{Edge, KEEPALIVE_IDLE};
 pub use path::Path;
+pub use realtime::Realtime;
 
 use crate::audit::Audit;
 use crate::auth::Auth;
@@ -43,7 +45,9 @@ use crate::rules::{Direction, RuleStore};
 use crate::upstream::{retry, Pool, Upstreams};
 use path::Reply;
 
-/// The gateway's proxy logic and everything it consults.
+/// The gateway's proxy logic and everything it consults (cheap to clone: shared parts; realtime sessions,
+/// served beside Pingora's loop, hold a clone).
+#[derive(Clone)]
 pub struct Gateway {
     upstreams: Arc<Upstreams>,
     /// The gateway answers `GET /v1/models` itself (several pools: the union of their models).

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 pub const INLINE_BYTES: usize = 128 * 1024;
 
 /// The blocking threads large inspections run on.
+#[derive(Clone)]
 pub struct Offload {
     slots: Arc<Semaphore>,
 }
