@@ -53,6 +53,12 @@ impl Connection {
         Ok(stream.read_buf(&mut self.buf).await? > 0)
     }
 
+    /// The bytes read past the last request: what a client sent after an upgrade request without waiting for
+    /// the answer.
+    pub fn into_buffered(self) -> Vec<u8> {
+        self.buf.to_vec()
+    }
+
     /// The next request, or `None` at a clean end of the connection.
     pub async fn read_request(
         &mut self,
@@ -205,6 +211,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",

@@ -3,11 +3,19 @@
 //!
 //! It answers `/v1/chat/completions`, `/v1/completions` and `/v1/responses` (JSON and SSE), a stored response
 //! streamed again (`GET /v1/responses/{id}?stream=true`), `/v1/embeddings`, `/v1/moderations` and
-//! `/v1/models`, and records every request it receives so tests can assert what reached the upstream. Per-request behaviour is steered with `x-mock-*` headers (see [`Behaviour`]); the control
-//! endpoints live under `/__mock/`.
+//! `/v1/models`, and records every request it receives so tests can assert what reached the upstream.
+//! Per-request behaviour is steered with `x-mock-*` headers (see [`Behaviour`]).
+//!
+//! `GET /v1/realtime` is upgraded to a WebSocket speaking the Realtime API (see [`realtime`]): its responses
+//! are scripted through the control API, and every session is recorded.
+//!
+//! The control endpoints live under `/__mock/`: `GET|DELETE requests` (the record), `GET health_checks`,
+//! `POST release/{token}` (lets a held stream go on), `POST realtime/script` (queue a realtime response
+//! script), `GET|DELETE realtime` (the realtime sessions).
 
 mod http1;
 mod openai;
+pub mod realtime;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -129,6 +137,7 @@ pub struct MockState {
     recorded: Mutex<Vec<Recorded>>,
     released: Mutex<HashSet<String>>,
     release_notify: Notify,
+    realtime: realtime::Realtime,
 }
 
 /// Most requests kept in the record; older ones are dropped (the benchmarks send millions).
@@ -307,6 +316,29 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<MockState>) -> std::
     let mut conn = http1::Connection::new();
     while let Some(req) = conn.read_request(&mut stream).await? {
         let keep_alive = req.keep_alive;
+        if realtime::wants(&req) {
+            let id = *connection
+                .get_or_insert_with(|| state.connections.fetch_add(1, Ordering::Relaxed) + 1);
+            let seq = state.record(&req, id);
+            let b = state.behaviour(&req);
+            if !b.latency.is_zero() {
+                tokio::time::sleep(b.latency).await;
+            }
+            if let Some((status, body)) = realtime::refusal(&req, &b) {
+                Responder::new(&mut stream, keep_alive)
+                    .json(status, &body)
+                    .await?;
+                state.complete(seq);
+                if keep_alive {
+                    continue;
+                }
+                break;
+            }
+            // The session takes the connection over: its socket, and what was read past the request head.
+            let served = realtime::serve(stream, conn.into_buffered(), &req, &state).await;
+            state.complete(seq);
+            return served;
+        }
         let mut out = Responder::new(&mut stream, keep_alive);
         let finished = if req.header("user-agent") == Some(HEALTH_CHECK_AGENT) {
             state.health_checks.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +402,18 @@ async fn control(
             if let Ok(mut r) = state.recorded.lock() {
                 r.clear();
             }
+            out.json(200, b"{}").await
+        }
+        ("POST", "realtime/script") => match state.realtime.queue(&req.body) {
+            Ok(()) => out.json(200, b"{}").await,
+            Err(e) => {
+                let body = serde_json::json!({"error": {"message": format!("mock: {e}"), "type": "invalid_request_error", "param": null, "code": "invalid_script"}});
+                out.json(400, body.to_string().as_bytes()).await
+            }
+        },
+        ("GET", "realtime") => out.json(200, &state.realtime.sessions_json()).await,
+        ("DELETE", "realtime") => {
+            state.realtime.clear();
             out.json(200, b"{}").await
         }
         ("POST", c) if c.starts_with("release/") => {

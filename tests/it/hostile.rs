@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    chat_body, key_entry, post, recorded_header, wait_file_events, Gateway, GatewayOpts, KeysFile,
-    MockUpstream,
+    chat_body, key_entry, post, recorded_header, wait_file_events, ws_connect, ws_next_json,
+    Gateway, GatewayOpts, KeysFile, MockUpstream,
 };
 
 /// Sends raw bytes (each part followed by its pause) and reads what comes back until the gateway closes the
@@ -239,13 +239,17 @@ async fn websocket_upgrades_are_refused_by_default_counted_and_recorded() {
         Some(1.0)
     );
     drop(gw);
-    // Passed on when the operator says so (the mock has no such route: its 404 shows it got the request).
+    // Passed on when the operator says so: the mock's realtime endpoint upgrades it and records the session.
     let gw =
         Gateway::start_with(GatewayOpts::new(mock.url()).toml("[inspect]\nwebsocket = \"pass\""))
             .await;
-    let raw = raw_exchange(&gw, &[(handshake, Duration::ZERO)], Duration::from_secs(5)).await;
-    assert_eq!(status_and_body(&raw).0, 404, "{raw}");
+    let (mut ws, resp) = ws_connect(&gw.ws_url("/v1/realtime?model=gpt-4o-realtime"), &[], &[])
+        .await
+        .expect("upgrade passed on");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(ws_next_json(&mut ws).await["type"], "session.created");
     assert_eq!(mock.received().await.len(), 1);
+    assert_eq!(mock.realtime_sessions().await.len(), 1);
 }
 
 #[tokio::test]

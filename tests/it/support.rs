@@ -8,8 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use promptgate::mock::{self, MockConfig};
 use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::WebSocketStream;
 
 /// The built `promptgate` executable (`$PROMPTGATE_BIN` runs the suite against another build).
 pub fn binary() -> PathBuf {
@@ -122,6 +127,69 @@ impl MockUpstream {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// `ws://` and this mock's address, then `path`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Queues a realtime response script (an object, or an array of them; see `promptgate::mock::realtime`):
+    /// each `response.create` takes the next one. Panics if the mock refuses it.
+    pub async fn realtime_script(&self, script: Value) {
+        let r = self
+            .client
+            .post(format!("{}/__mock/realtime/script", self.url()))
+            .json(&script)
+            .send()
+            .await
+            .expect("queue realtime script");
+        let status = r.status();
+        assert_eq!(
+            status,
+            200,
+            "mock refused the script: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Every realtime session the mock has held (open or ended), oldest first.
+    pub async fn realtime_sessions(&self) -> Vec<Value> {
+        self.control("realtime").await["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for the realtime session at `index` to satisfy `done` and returns it (the last seen
+    /// state if it never does): a session's record trails what its client has seen by a moment.
+    pub async fn realtime_session_when(
+        &self,
+        index: usize,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self
+                .realtime_sessions()
+                .await
+                .get(index)
+                .cloned()
+                .unwrap_or(Value::Null);
+            if done(&s) || Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Forgets the realtime sessions and the queued scripts.
+    pub async fn realtime_clear(&self) {
+        self.client
+            .delete(format!("{}/__mock/realtime", self.url()))
+            .send()
+            .await
+            .expect("clear realtime");
     }
 
     pub async fn release(&self, token: &str) {
@@ -294,6 +362,11 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://` and the gateway's address, then `path`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -743,4 +816,85 @@ pub async fn chat_as(gw: &Gateway, secret: &str, extra: &[(&str, &str)]) -> reqw
 /// A response header as text.
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Opens a WebSocket to a plain `ws://` URL with extra request headers and offered subprotocols (sent as one
+/// `Sec-WebSocket-Protocol` list). A refused upgrade is `Err(tungstenite::Error::Http(response))`, its body
+/// included; tungstenite fails the handshake if protocols were offered and the server selected none.
+pub async fn ws_connect(
+    url: &str,
+    headers: &[(&str, &str)],
+    protocols: &[&str],
+) -> Result<(WebSocketStream<TcpStream>, http::Response<Option<Vec<u8>>>), tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(http::Error::from)?;
+        let value = http::HeaderValue::from_str(v).map_err(http::Error::from)?;
+        req.headers_mut().append(name, value);
+    }
+    if !protocols.is_empty() {
+        let value =
+            http::HeaderValue::from_str(&protocols.join(", ")).map_err(http::Error::from)?;
+        req.headers_mut().insert("sec-websocket-protocol", value);
+    }
+    let host = req
+        .uri()
+        .host()
+        .ok_or(tungstenite::Error::Url(
+            tungstenite::error::UrlError::NoHostName,
+        ))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = req.uri().port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host.as_str(), port)).await?;
+    stream.set_nodelay(true)?;
+    // A small read buffer to begin with (it grows as needed): tests and benchmarks hold many sessions open.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await
+}
+
+/// The next message that is not a ping or a pong (a close frame included). Panics after 10 s, at the end of
+/// the stream, or on an error.
+pub async fn ws_next(ws: &mut WebSocketStream<TcpStream>) -> Message {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no WebSocket message within 10 s"),
+            Ok(None) => panic!("the WebSocket ended while a message was awaited"),
+            Ok(Some(Err(e))) => panic!("WebSocket error while a message was awaited: {e}"),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(m))) => return m,
+        }
+    }
+}
+
+/// The next text message, parsed as JSON (pings and pongs skipped). Panics after 10 s, on anything else, or if
+/// the text is not JSON.
+pub async fn ws_next_json(ws: &mut WebSocketStream<TcpStream>) -> Value {
+    match ws_next(ws).await {
+        Message::Text(t) => serde_json::from_str(t.as_str())
+            .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {}", t.as_str())),
+        other => panic!("expected a JSON text message, got {other:?}"),
+    }
+}
+
+/// Sends `event` as one text message.
+pub async fn ws_send_json(ws: &mut WebSocketStream<TcpStream>, event: Value) {
+    ws.send(Message::text(event.to_string()))
+        .await
+        .expect("send on the WebSocket");
+}
+
+/// Reads JSON events until one of type `last` (included), panicking on anything that is not JSON text.
+pub async fn ws_events_until(ws: &mut WebSocketStream<TcpStream>, last: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let e = ws_next_json(ws).await;
+        let done = e["type"] == last;
+        events.push(e);
+        if done {
+            return events;
+        }
+    }
 }
