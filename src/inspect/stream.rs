@@ -637,6 +637,8 @@ impl StreamFilter {
     fn settle(&mut self, released: Release) -> Option<String> {
         match released {
             Release::Block { rule } => {
+                // The match that blocks is a hit too: the decision event names the rule.
+                *self.hits.entry(rule).or_default() += 1;
                 self.end_blocked(rule);
                 None
             }

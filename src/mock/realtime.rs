@@ -187,6 +187,10 @@ pub struct Script {
     /// The call id for kind `function_call` (default `call_N`).
     #[serde(default)]
     pub call_id: Option<String>,
+    /// Each delta event carries `sent_at_us`: the wall-clock time it was written, in microseconds since the
+    /// Unix epoch (the realtime benchmark measures what a delta gains on its way through the gateway).
+    #[serde(default)]
+    pub stamp: bool,
 }
 
 /// The events a script's deltas travel in.
@@ -718,7 +722,13 @@ impl Session {
                     break;
                 }
             }
-            let (kind, body) = reply.delta(delta);
+            let (kind, mut body) = reply.delta(delta);
+            if script.stamp {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                body["sent_at_us"] = json!(now);
+            }
             self.emit(kind, body, script.fragment).await?;
             text.push_str(delta);
             sent += 1;

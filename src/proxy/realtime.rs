@@ -415,9 +415,14 @@ impl Realtime {
         }
         target.target(&mut req)?;
         headers::to_upstream(&mut req, ctx, pool)?;
-        let mut out = http::Request::builder()
-            .method(http::Method::GET)
-            .uri(req.uri.clone());
+        // tungstenite wants an absolute `ws://` URI; it writes only its path and query on the wire (the
+        // connection, TLS included, is already made, and `Host` is the endpoint's).
+        let uri = format!(
+            "ws://{}{}",
+            target.authority(),
+            req.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut out = http::Request::builder().method(http::Method::GET).uri(uri);
         for (name, value) in req.headers.iter() {
             out = out.header(name, value);
         }

@@ -303,6 +303,11 @@ async fn every_outcome_leaves_one_event_with_its_fields_and_no_sink_sees_a_value
     assert_eq!(mid["stream"], true);
     assert_eq!(mid["blocked_mid_stream"], true);
     assert_eq!(mid["decision"]["response"], "block");
+    assert_eq!(
+        (mid["rules"][0]["id"].clone(), mid["rules"][0]["direction"].clone()),
+        (json!("secret.aws_access_key_id"), json!("response")),
+        "a mid-stream block names the rule that blocked"
+    );
     assert!(mid["latency"]["ttft_ms"].as_f64().is_some());
     let failed = step(4);
     assert_eq!(failed["decision"]["request"], "error");

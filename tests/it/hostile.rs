@@ -212,7 +212,7 @@ async fn connections_over_the_per_address_cap_are_refused_and_the_cap_is_given_b
 }
 
 #[tokio::test]
-async fn websocket_upgrades_are_refused_by_default_counted_and_recorded() {
+async fn upgrades_other_than_realtime_sessions_are_refused_by_default_counted_and_recorded() {
     let mock = MockUpstream::start().await;
     let audit = tempfile::tempdir().expect("tempdir");
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
@@ -220,7 +220,9 @@ async fn websocket_upgrades_are_refused_by_default_counted_and_recorded() {
         audit.path().display().to_string()
     )))
     .await;
-    let handshake = b"GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    // Realtime sessions are the gateway's own (tests/it/realtime.rs); any other upgrade is a tunnel it cannot
+    // see into.
+    let handshake = b"GET /v1/socket?model=gpt-4o-realtime HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let raw = raw_exchange(&gw, &[(handshake, Duration::ZERO)], Duration::from_secs(5)).await;
     let (status, v) = status_and_body(&raw);
     assert_eq!(status, 403, "{raw}");
@@ -239,10 +241,13 @@ async fn websocket_upgrades_are_refused_by_default_counted_and_recorded() {
         Some(1.0)
     );
     drop(gw);
-    // Passed on when the operator says so: the mock's realtime endpoint upgrades it and records the session.
-    let gw =
-        Gateway::start_with(GatewayOpts::new(mock.url()).toml("[inspect]\nwebsocket = \"pass\""))
-            .await;
+    // Tunnelled by Pingora when the operator says so (here with realtime sessions off, so that the mock's
+    // realtime endpoint is reached through the tunnel): the mock upgrades it and records the session.
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url())
+            .toml("[inspect]\nwebsocket = \"pass\"\n[realtime]\nenabled = false\n"),
+    )
+    .await;
     let (mut ws, resp) = ws_connect(&gw.ws_url("/v1/realtime?model=gpt-4o-realtime"), &[], &[])
         .await
         .expect("upgrade passed on");

@@ -18,6 +18,7 @@ mod limits_redis;
 mod paths;
 mod pool_health;
 mod pools;
+mod realtime;
 mod realtime_mock;
 mod requests;
 mod rules_engine;
