@@ -23,7 +23,7 @@
 //! Output audio (`response.output_audio.delta`) cannot be inspected as text: it passes (its transcript is
 //! inspected), except after its response was blocked. Upstream text that is not JSON is never passed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -55,13 +55,19 @@ struct Head {
     event_id: Option<String>,
     response_id: Option<String>,
     item_id: Option<String>,
-    response: Option<ResponseHead>,
+    response: Option<IdHead>,
+    item: Option<IdHead>,
 }
 
 #[derive(Deserialize, Default)]
-struct ResponseHead {
+struct IdHead {
     id: Option<String>,
 }
+
+/// Items remembered as belonging to a blocked response (their whole-item events are suppressed with it).
+const MAX_SUPPRESSED_ITEMS: usize = 1024;
+/// Items remembered with the response that made them.
+const MAX_OWNED_ITEMS: usize = 4096;
 
 /// What to do with one client event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +186,11 @@ pub struct ServerFilter {
     pub uninspectable: u64,
     /// Audio deltas passed uninspected.
     pub audio_deltas: u64,
+    /// The response each item came from (bounded: forgotten wholesale when full).
+    item_owner: HashMap<String, String>,
+    /// Items of blocked responses, oldest first (bounded): events about them carry no response id
+    /// (`conversation.item.done`), and are suppressed with their response.
+    suppressed_items: VecDeque<String>,
     sse_out: SseParser,
 }
 
@@ -195,6 +206,8 @@ impl ServerFilter {
             loose_hits: BTreeMap::new(),
             uninspectable: 0,
             audio_deltas: 0,
+            item_owner: HashMap::new(),
+            suppressed_items: VecDeque::new(),
             sse_out: SseParser::new(usize::MAX),
         }
     }
@@ -238,6 +251,23 @@ impl ServerFilter {
             .clone()
             .or_else(|| head.response.as_ref().and_then(|r| r.id.clone()))
             .filter(|_| kind.starts_with("response."));
+        let item = head
+            .item_id
+            .clone()
+            .or_else(|| head.item.as_ref().and_then(|i| i.id.clone()));
+        match (&response_id, &item) {
+            (Some(r), Some(i)) => {
+                if self.item_owner.len() >= MAX_OWNED_ITEMS {
+                    self.item_owner.clear();
+                }
+                self.item_owner.insert(i.clone(), r.clone());
+                if matches!(self.responses.get(r), Some(Open::Suppressed { .. })) {
+                    self.suppress_item(i.clone());
+                }
+            }
+            (None, Some(i)) if self.suppressed_items.contains(i) => return,
+            _ => {}
+        }
         if AUDIO_DELTAS.contains(&kind) {
             let suppressed = response_id
                 .as_ref()
@@ -342,6 +372,15 @@ impl ServerFilter {
                         out.push(ServerOut::Upstream(
                             json!({"type": "response.cancel", "response_id": id}).to_string(),
                         ));
+                        let owned: Vec<String> = self
+                            .item_owner
+                            .iter()
+                            .filter(|(_, r)| **r == id)
+                            .map(|(i, _)| i.clone())
+                            .collect();
+                        for i in owned {
+                            self.suppress_item(i);
+                        }
                         self.responses.insert(
                             id,
                             Open::Suppressed {
@@ -438,6 +477,16 @@ impl ServerFilter {
         for (&rule, &n) in &loose.hits {
             *self.loose_hits.entry(rule).or_default() += n;
         }
+    }
+
+    fn suppress_item(&mut self, item: String) {
+        if self.suppressed_items.contains(&item) {
+            return;
+        }
+        if self.suppressed_items.len() >= MAX_SUPPRESSED_ITEMS {
+            self.suppressed_items.pop_front();
+        }
+        self.suppressed_items.push_back(item);
     }
 
     /// Turns what a filter released (SSE) into client messages; a text delta held whole (empty) is not sent.
@@ -673,13 +722,23 @@ action = "block"
             delta("r1", b),
             delta("r1", " after"),
             done("r1", "whatever"),
+            json!({"type": "conversation.item.done", "item": {"id": "i1", "type": "message",
+                   "content": [{"type": "text", "text": SECRET}]}})
+            .to_string(),
             response_done("r1", "whatever"),
             delta("r2", "next response"),
             done("r2", "next response"),
             response_done("r2", "next response"),
         ]);
         assert!(out.iter().any(|o| matches!(o, ServerOut::Upstream(s) if s.contains("response.cancel") && s.contains("r1"))));
-        assert!(out.iter().any(|o| matches!(o, ServerOut::Ended { response: Some(r), rejection: Rejection::ResponseBlocked { .. } } if r == "r1")));
+        let ended: Vec<&ServerOut> = out
+            .iter()
+            .filter(|o| matches!(o, ServerOut::Ended { .. }))
+            .collect();
+        assert!(
+            matches!(ended[..], [ServerOut::Ended { response: Some(r), rejection: Rejection::ResponseBlocked { .. } }] if r == "r1"),
+            "one block, told once (the item's own events are suppressed with it): {ended:?}"
+        );
         let r1: Vec<&Value> = client
             .iter()
             .filter(|v| v["response_id"] == "r1" || v["response"]["id"] == "r1")

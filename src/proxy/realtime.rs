@@ -760,7 +760,6 @@ struct Session<'a> {
     /// The current second of the message rate, and the messages counted in it.
     second: Instant,
     in_second: u32,
-    events: u64,
 }
 
 /// What the loop does after a message.
@@ -786,7 +785,6 @@ impl<'a> Session<'a> {
             all_request_hits: BTreeMap::new(),
             second: Instant::now(),
             in_second: 0,
-            events: 0,
         }
     }
 
@@ -829,6 +827,7 @@ impl<'a> Session<'a> {
         self.filter.close(&mut outs);
         for o in outs {
             if let ServerOut::Finished(s) = o {
+                self.settle(&s);
                 self.response_event(*s).await;
             }
         }
@@ -952,7 +951,13 @@ impl<'a> Session<'a> {
         let mut outs = Vec::new();
         self.filter.on_event(text.as_str(), &mut outs);
         self.ctx.timing.response_inspect_us += started.elapsed().as_micros() as u64;
-        self.events += 1;
+        // Tokens are settled before the response's end reaches the client: a caller that reads
+        // `response.done` and sends its next request finds them counted.
+        for o in &outs {
+            if let ServerOut::Finished(s) = o {
+                self.settle(s);
+            }
+        }
         let mut sent = false;
         for o in outs {
             let next = match o {
@@ -1019,9 +1024,8 @@ impl<'a> Session<'a> {
         self.in_second > limit
     }
 
-    /// A response is over: its tokens settled, its decision event written.
-    async fn response_event(&mut self, s: ResponseSummary) {
-        self.counts.responses += 1;
+    /// Counts a finished response's tokens (its `response.done` usage) against the caller's token quotas.
+    fn settle(&self, s: &ResponseSummary) {
         let usage = s.usage.as_ref().and_then(Usage::from_value);
         if let (Some(u), Some(caller), Some(ticket)) = (
             usage,
@@ -1034,6 +1038,12 @@ impl<'a> Session<'a> {
                 .limiter
                 .settle_tokens(&caller.parties(), ticket, delta);
         }
+    }
+
+    /// A response is over (its tokens already settled): its decision event.
+    async fn response_event(&mut self, s: ResponseSummary) {
+        self.counts.responses += 1;
+        let usage = s.usage.as_ref().and_then(Usage::from_value);
         if !self.rt.gw.audit.enabled() {
             return;
         }

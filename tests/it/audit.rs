@@ -304,7 +304,10 @@ async fn every_outcome_leaves_one_event_with_its_fields_and_no_sink_sees_a_value
     assert_eq!(mid["blocked_mid_stream"], true);
     assert_eq!(mid["decision"]["response"], "block");
     assert_eq!(
-        (mid["rules"][0]["id"].clone(), mid["rules"][0]["direction"].clone()),
+        (
+            mid["rules"][0]["id"].clone(),
+            mid["rules"][0]["direction"].clone()
+        ),
         (json!("secret.aws_access_key_id"), json!("response")),
         "a mid-stream block names the rule that blocked"
     );

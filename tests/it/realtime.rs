@@ -15,8 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::sdk::run_sdk_script;
 use crate::support::{
-    chat_as, key_entry, wait_file_events, ws_connect, ws_next_json, Gateway, GatewayOpts,
-    KeysFile, MockUpstream,
+    chat_as, key_entry, wait_file_events, ws_connect, ws_next_json, Gateway, GatewayOpts, KeysFile,
+    MockUpstream,
 };
 
 const SECRET: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd";
@@ -31,9 +31,13 @@ fn ws_url(gw: &Gateway) -> String {
 }
 
 async fn open(gw: &Gateway) -> Ws {
-    let (ws, resp) = ws_connect(&ws_url(gw), &[("authorization", "Bearer sk-test-client")], &[])
-        .await
-        .expect("the session opens");
+    let (ws, resp) = ws_connect(
+        &ws_url(gw),
+        &[("authorization", "Bearer sk-test-client")],
+        &[],
+    )
+    .await
+    .expect("the session opens");
     assert_eq!(resp.status(), 101);
     ws
 }
@@ -114,13 +118,25 @@ async fn the_openai_sdk_realtime_client_round_trips_and_is_governed() {
     assert_eq!(out["secret"]["type"], "error", "{out}");
     assert_eq!(out["secret"]["error"]["code"], "policy_blocked", "{out}");
     assert_eq!(out["secret"]["error"]["event_id"], "evt_secret", "{out}");
-    assert!(!out.to_string().contains(SECRET), "the value never comes back");
+    assert!(
+        !out.to_string().contains(SECRET),
+        "the value never comes back"
+    );
     let echoed = out["email"].to_string();
-    assert!(echoed.contains("[EMAIL]") && !echoed.contains(EMAIL), "{out}");
+    assert!(
+        echoed.contains("[EMAIL]") && !echoed.contains(EMAIL),
+        "{out}"
+    );
     let upstream = received(&mock).await;
     let seen = serde_json::to_string(&upstream).expect("json");
-    assert!(!seen.contains(SECRET), "the secret never reached the upstream");
-    assert!(!seen.contains(EMAIL) && seen.contains("write to [EMAIL] today"), "{seen}");
+    assert!(
+        !seen.contains(SECRET),
+        "the secret never reached the upstream"
+    );
+    assert!(
+        !seen.contains(EMAIL) && seen.contains("write to [EMAIL] today"),
+        "{seen}"
+    );
     assert!(seen.contains("Hello realtime"));
 }
 
@@ -138,13 +154,19 @@ async fn a_value_split_across_text_deltas_at_every_offset_never_reaches_the_clie
         assert_eq!(released, "mail [EMAIL] now", "cut {cut}");
         for v in &events {
             let s = v.to_string();
-            assert!(!s.contains("bob.smith") && !s.contains("example.com"), "cut {cut}: {s}");
+            assert!(
+                !s.contains("bob.smith") && !s.contains("example.com"),
+                "cut {cut}: {s}"
+            );
         }
         let done = events
             .iter()
             .find(|v| v["type"] == "response.output_text.done")
             .expect("the text's done event");
-        assert_eq!(done["text"], released, "cut {cut}: the done event agrees with the deltas");
+        assert_eq!(
+            done["text"], released,
+            "cut {cut}: the done event agrees with the deltas"
+        );
     }
 }
 
@@ -160,7 +182,10 @@ async fn function_call_argument_deltas_are_held_and_redacted_like_text() {
             .await;
         let events = response(&mut ws).await;
         let released = deltas(&events, "response.function_call_arguments.delta");
-        assert!(!events.iter().any(|v| v.to_string().contains("bob.smith")), "cut {cut}");
+        assert!(
+            !events.iter().any(|v| v.to_string().contains("bob.smith")),
+            "cut {cut}"
+        );
         let parsed: Value = serde_json::from_str(&released).expect("the arguments stay JSON");
         assert_eq!(parsed["to"], "[EMAIL]", "cut {cut}");
     }
@@ -179,7 +204,12 @@ async fn a_block_mid_response_cancels_it_upstream_and_nothing_after_it_leaves() 
     .await;
     send(&mut ws, json!({"type": "response.create"})).await;
     let first = until(&mut ws, &["response.output_text.delta"]).await;
-    assert!(first["delta"].as_str().is_some_and(|d| d.starts_with("Here")), "{first}");
+    assert!(
+        first["delta"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Here")),
+        "{first}"
+    );
     mock.release("after-first").await;
     let err = until(&mut ws, &["error"]).await;
     assert_eq!(err["error"]["code"], "policy_blocked");
@@ -195,7 +225,10 @@ async fn a_block_mid_response_cancels_it_upstream_and_nothing_after_it_leaves() 
         }
     }
     let after = serde_json::to_string(&rest).expect("json");
-    assert!(!after.contains("sk-proj") && !after.contains("more text"), "{after}");
+    assert!(
+        !after.contains("sk-proj") && !after.contains("more text"),
+        "{after}"
+    );
     let done = rest.last().expect("done");
     assert_eq!(done["response"]["status"], "cancelled");
     // The upstream was asked to stop generating.
@@ -205,7 +238,8 @@ async fn a_block_mid_response_cancels_it_upstream_and_nothing_after_it_leaves() 
         "response.cancel reached the upstream: {got:?}"
     );
     // The session goes on.
-    mock.realtime_script(json!({"deltas": ["still ", "here"]})).await;
+    mock.realtime_script(json!({"deltas": ["still ", "here"]}))
+        .await;
     let events = response(&mut ws).await;
     assert_eq!(deltas(&events, "response.output_text.delta"), "still here");
 }
@@ -233,7 +267,10 @@ async fn client_events_are_inspected_in_every_text_field_before_the_upstream_see
     )
     .await;
     let updated = until(&mut ws, &["session.updated"]).await;
-    assert!(updated.to_string().contains("reply to [EMAIL]"), "{updated}");
+    assert!(
+        updated.to_string().contains("reply to [EMAIL]"),
+        "{updated}"
+    );
     let got = serde_json::to_string(&received(&mock).await).expect("json");
     assert!(!got.contains(SECRET) && !got.contains(EMAIL), "{got}");
     assert!(got.contains("reply to [EMAIL]"));
@@ -271,14 +308,20 @@ async fn a_gateway_key_in_the_browser_subprotocol_identifies_and_never_reaches_t
     until(&mut ws, &["session.created"]).await;
     let sessions = mock.realtime_sessions().await;
     let hs = serde_json::to_string(&sessions[0]).expect("json");
-    assert!(!hs.contains(secret), "the gateway key never reaches the upstream: {hs}");
+    assert!(
+        !hs.contains(secret),
+        "the gateway key never reaches the upstream: {hs}"
+    );
     assert_eq!(
         sessions[0]["headers"]["authorization"],
         format!("Bearer {PROVIDER_KEY}"),
         "the provider key is injected instead"
     );
     // Without a key, or with a wrong one: refused before the upstream is contacted.
-    for protocols in [vec!["realtime"], vec!["realtime", "openai-insecure-api-key.wrong"]] {
+    for protocols in [
+        vec!["realtime"],
+        vec!["realtime", "openai-insecure-api-key.wrong"],
+    ] {
         let err = ws_connect(&ws_url(&gw), &[], &protocols)
             .await
             .expect_err("refused");
@@ -297,7 +340,11 @@ async fn a_gateway_key_in_the_browser_subprotocol_identifies_and_never_reaches_t
 async fn the_session_holds_one_permit_released_when_the_client_vanishes_mid_response() {
     let mock = MockUpstream::start().await;
     let secret = "pgk_realtime_permit";
-    let keys = KeysFile::new(&key_entry("one-at-a-time", secret, "limits = { max_concurrent = 1 }"));
+    let keys = KeysFile::new(&key_entry(
+        "one-at-a-time",
+        secret,
+        "limits = { max_concurrent = 1 }",
+    ));
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
         "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
         keys.path.display().to_string()
@@ -329,7 +376,10 @@ async fn the_session_holds_one_permit_released_when_the_client_vanishes_mid_resp
         if ended {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the upstream leg was never closed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream leg was never closed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (ws, _) = ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[])
@@ -383,7 +433,10 @@ async fn oversize_messages_close_with_1009_and_a_ping_is_answered_while_a_delta_
     };
     assert_eq!(code, Some(CloseCode::Size));
     let got = serde_json::to_string(&received(&mock).await).expect("json");
-    assert!(!got.contains(&big), "the oversize message was not forwarded");
+    assert!(
+        !got.contains(&big),
+        "the oversize message was not forwarded"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +449,10 @@ async fn fragmented_masked_frames_are_reassembled_and_unmasked_ones_refused() {
     let n = tcp.read(&mut buf).await.expect("101");
     let resp = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
-    assert!(resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the key accepted per RFC 6455: {resp}");
+    assert!(
+        resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the key accepted per RFC 6455: {resp}"
+    );
     // One event in three masked fragments (text, continuation, final continuation), an email across them.
     let event = user_text(&format!("fragments carry {EMAIL} along")).to_string();
     let bytes = event.as_bytes();
@@ -484,10 +540,15 @@ async fn messages_over_the_rate_are_dropped_with_an_error_event() {
             created += 1;
         }
     }
-    assert!(limited >= 2 && created <= 4, "limited {limited}, created {created}");
+    assert!(
+        limited >= 2 && created <= 4,
+        "limited {limited}, created {created}"
+    );
     let got = received(&mock).await;
     assert_eq!(
-        got.iter().filter(|e| e["type"] == "conversation.item.create").count(),
+        got.iter()
+            .filter(|e| e["type"] == "conversation.item.create")
+            .count(),
         created
     );
 }
@@ -496,7 +557,11 @@ async fn messages_over_the_rate_are_dropped_with_an_error_event() {
 async fn tokens_of_each_response_are_settled_against_the_callers_quota() {
     let mock = MockUpstream::start().await;
     let secret = "pgk_realtime_tokens";
-    let keys = KeysFile::new(&key_entry("tokens", secret, "limits = { tokens_per_minute = 100 }"));
+    let keys = KeysFile::new(&key_entry(
+        "tokens",
+        secret,
+        "limits = { tokens_per_minute = 100 }",
+    ));
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
         "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
         keys.path.display().to_string()
@@ -507,11 +572,20 @@ async fn tokens_of_each_response_are_settled_against_the_callers_quota() {
         .await
         .expect("opens");
     until(&mut ws, &["session.created"]).await;
-    assert_eq!(chat_as(&gw, secret, &[]).await.status(), 200, "under the quota");
-    mock.realtime_script(json!({"deltas": ["a", "b"], "usage": {"input_tokens": 150, "output_tokens": 50}}))
-        .await;
+    assert_eq!(
+        chat_as(&gw, secret, &[]).await.status(),
+        200,
+        "under the quota"
+    );
+    mock.realtime_script(
+        json!({"deltas": ["a", "b"], "usage": {"input_tokens": 150, "output_tokens": 50}}),
+    )
+    .await;
     let events = response(&mut ws).await;
-    assert_eq!(events.last().expect("done")["response"]["usage"]["total_tokens"], 200);
+    assert_eq!(
+        events.last().expect("done")["response"]["usage"]["total_tokens"],
+        200
+    );
     let r = chat_as(&gw, secret, &[]).await;
     assert_eq!(r.status(), 429, "the response's 200 tokens were counted");
 }
@@ -529,7 +603,8 @@ async fn each_response_and_the_session_leave_a_decision_event_without_the_values
     until(&mut ws, &["session.created"]).await;
     send(&mut ws, user_text(&format!("to {EMAIL}"))).await;
     until(&mut ws, &["conversation.item.created"]).await;
-    mock.realtime_script(json!({"deltas": ["call ", EMAIL]})).await;
+    mock.realtime_script(json!({"deltas": ["call ", EMAIL]}))
+        .await;
     response(&mut ws).await;
     let (a, b) = SECRET.split_at(10);
     mock.realtime_script(json!({"deltas": [a, b]})).await;
@@ -565,13 +640,16 @@ async fn each_response_and_the_session_leave_a_decision_event_without_the_values
 #[tokio::test]
 async fn other_upgrades_still_meet_inspect_websocket_and_realtime_can_be_turned_off() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url()).toml("[realtime]\nenabled = false\n"),
+    let gw =
+        Gateway::start_with(GatewayOpts::new(mock.url()).toml("[realtime]\nenabled = false\n"))
+            .await;
+    let err = ws_connect(
+        &ws_url(&gw),
+        &[("authorization", "Bearer sk-test-client")],
+        &[],
     )
-    .await;
-    let err = ws_connect(&ws_url(&gw), &[("authorization", "Bearer sk-test-client")], &[])
-        .await
-        .expect_err("refused");
+    .await
+    .expect_err("refused");
     let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
         panic!("an HTTP refusal: {err:?}");
     };
