@@ -170,7 +170,10 @@ impl Realtime {
         let rules = self.gw.rules.snapshot();
         ctx.rules = Some(rules.clone());
         ctx.route = crate::openai::Route::OtherV1;
-        let hs = match parse(&head) {
+        let parsed = parse(&head);
+        // Everything needed was copied out; the head's buffer is not kept for the session's life.
+        drop(head);
+        let hs = match parsed {
             Ok(hs) => hs,
             Err(r) => {
                 ctx.request_id = super::ctx::new_request_id();
