@@ -370,18 +370,8 @@ async fn the_session_holds_one_permit_released_when_the_client_vanishes_mid_resp
     until(&mut ws, &["response.output_text.delta"]).await;
     drop(ws);
     // The upstream leg is closed and the permit given back: a new session opens.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ended = mock.realtime_sessions().await[0]["ended"] == true;
-        if ended {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upstream leg was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let upstream = mock.realtime_session_when(0, |s| s["ended"] == true).await;
+    assert_eq!(upstream["ended"], true, "the upstream leg was closed");
     let (ws, _) = ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[])
         .await
         .expect("the permit was given back");
@@ -655,4 +645,31 @@ async fn other_upgrades_still_meet_inspect_websocket_and_realtime_can_be_turned_
     };
     assert_eq!(resp.status(), 403, "inspect.websocket = deny");
     assert!(mock.realtime_sessions().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_open_sessions_with_1001_and_the_gateway_exits() {
+    let (mock, mut gw) = start().await;
+    let mut ws = open(&gw).await;
+    until(&mut ws, &["session.created"]).await;
+    gw.signal("TERM");
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Away));
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "{}",
+        gw.stderr()
+    );
+    let upstream = mock.realtime_session_when(0, |s| s["ended"] == true).await;
+    assert_eq!(upstream["ended"], true, "the upstream leg was closed too");
 }
