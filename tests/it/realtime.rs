@@ -372,10 +372,18 @@ async fn the_session_holds_one_permit_released_when_the_client_vanishes_mid_resp
     // The upstream leg is closed and the permit given back: a new session opens.
     let upstream = mock.realtime_session_when(0, |s| s["ended"] == true).await;
     assert_eq!(upstream["ended"], true, "the upstream leg was closed");
-    let (ws, _) = ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[])
-        .await
-        .expect("the permit was given back");
-    drop(ws);
+    // The permit goes back as the session's end is recorded, a moment after its legs close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[]).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the permit was never given back: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
