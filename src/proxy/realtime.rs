@@ -243,17 +243,20 @@ impl Realtime {
         )
         .await;
         metrics::REALTIME_SESSIONS.inc();
-        let model = hs.model.clone();
-        let mut session = Session::new(self, &mut ctx, hs.model);
+        // Only the model is needed from here on: the handshake's fields are not kept for the session's life.
+        let model = hs.model;
+        drop((hs.headers, hs.target, hs.protocols));
+        let mut session = Session::new(self, &mut ctx, model.clone());
         let counts = session.run(client, up, shutdown.clone()).await;
         let request_hits = std::mem::take(&mut session.all_request_hits);
         let loose = session.filter.loose_hits.clone();
         drop(session);
         metrics::REALTIME_SESSIONS.dec();
+        // The quotas' permits go back first (the session's tokens were settled response by response), then
+        // the session's event is handed over (which may wait for room in the audit queue).
+        ctx.admission.end(&*self.gw.limiter, true, None, None);
         self.session_event(&mut ctx, model, counts, request_hits, loose)
             .await;
-        // The quotas' permits go back (the session's tokens were settled response by response).
-        ctx.admission.end(&*self.gw.limiter, true, None, None);
     }
 
     /// Everything before the 101: the handshake checked, the caller admitted, the upstream's handshake made.

@@ -681,3 +681,45 @@ async fn a_shutdown_closes_open_sessions_with_1001_and_the_gateway_exits() {
     let upstream = mock.realtime_session_when(0, |s| s["ended"] == true).await;
     assert_eq!(upstream["ended"], true, "the upstream leg was closed too");
 }
+
+#[tokio::test]
+async fn audio_and_images_follow_the_opaque_inputs_policy() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url()).toml("[inspect]\nopaque_inputs = \"deny\"\n"),
+    )
+    .await;
+    let mut ws = open(&gw).await;
+    until(&mut ws, &["session.created"]).await;
+    let opaque = [
+        json!({"type": "input_audio_buffer.append", "event_id": "a1", "audio": "UklGRiQAAABXQVZF"}),
+        json!({"type": "conversation.item.create", "event_id": "a2", "item": {"type": "message", "role": "user",
+               "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}}),
+    ];
+    for ev in &opaque {
+        send(&mut ws, ev.clone()).await;
+        let err = until(&mut ws, &["error"]).await;
+        assert_eq!(err["error"]["code"], "opaque_input_denied", "{ev}");
+        assert_eq!(err["error"]["event_id"], ev["event_id"]);
+    }
+    // Text still goes through.
+    send(&mut ws, user_text("plain words")).await;
+    until(&mut ws, &["conversation.item.created"]).await;
+    let got = received(&mock).await;
+    assert!(
+        !got.iter()
+            .any(|e| e["type"] == "input_audio_buffer.append"
+                || e.to_string().contains("input_image")),
+        "{got:?}"
+    );
+    drop(gw);
+    // With the default (`pass`), the same audio reaches the upstream untouched.
+    let gw = Gateway::start(&mock.url()).await;
+    let mut ws = open(&gw).await;
+    until(&mut ws, &["session.created"]).await;
+    send(&mut ws, opaque[0].clone()).await;
+    send(&mut ws, user_text("after the audio")).await;
+    until(&mut ws, &["conversation.item.created"]).await;
+    let got = received(&mock).await;
+    assert!(got.contains(&opaque[0]), "{got:?}");
+}
