@@ -723,3 +723,109 @@ async fn audio_and_images_follow_the_opaque_inputs_policy() {
     let got = received(&mock).await;
     assert!(got.contains(&opaque[0]), "{got:?}");
 }
+
+/// The HTTP refusal of a handshake: its status and error code.
+async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let err = ws_connect(url, headers, &[]).await.expect_err("refused");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("an HTTP refusal: {err:?}");
+    };
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+        .expect("an OpenAI-shaped error");
+    (resp.status().as_u16(), body["error"]["code"].clone())
+}
+
+#[tokio::test]
+async fn a_keys_model_scope_and_origins_are_checked_before_the_upstream_is_contacted() {
+    let mock = MockUpstream::start().await;
+    let secret = "pgk_realtime_scoped";
+    let keys = KeysFile::new(&key_entry(
+        "scoped",
+        secret,
+        "allowed_models = [\"gpt-realtime-mini\"]\nallowed_origins = [\"https://app.example.com\"]",
+    ));
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
+        "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
+        keys.path.display().to_string()
+    )))
+    .await;
+    let bearer = format!("Bearer {secret}");
+    let base = gw.ws_url("/v1/realtime");
+    let auth = ("authorization", bearer.as_str());
+    let good_origin = ("origin", "https://app.example.com");
+    assert_eq!(
+        refused(&format!("{base}?model=gpt-realtime"), &[auth, good_origin]).await,
+        (403, json!("model_not_allowed"))
+    );
+    assert_eq!(
+        refused(&base, &[auth, good_origin]).await,
+        (403, json!("model_required"))
+    );
+    assert_eq!(
+        refused(
+            &format!("{base}?model=gpt-realtime-mini"),
+            &[auth, ("origin", "https://evil.example")]
+        )
+        .await,
+        (403, json!("origin_not_allowed"))
+    );
+    assert!(
+        mock.realtime_sessions().await.is_empty(),
+        "nothing reached the upstream"
+    );
+    let (mut ws, _) = ws_connect(
+        &format!("{base}?model=gpt-realtime-mini"),
+        &[auth, good_origin],
+        &[],
+    )
+    .await
+    .expect("in scope, from its origin");
+    until(&mut ws, &["session.created"]).await;
+}
+
+#[tokio::test]
+async fn compression_is_declined_on_both_legs() {
+    let (mock, gw) = start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let head = "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nAuthorization: Bearer sk-test-client\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.expect("101");
+    let resp = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(resp.starts_with("http/1.1 101"), "{resp}");
+    assert!(
+        !resp.contains("sec-websocket-extensions"),
+        "no extension accepted: {resp}"
+    );
+    let sessions = mock.realtime_session_when(0, |s| s.is_object()).await;
+    assert!(
+        sessions["headers"]
+            .get("sec-websocket-extensions")
+            .is_none(),
+        "the upstream was offered none: {sessions}"
+    );
+}
+
+#[tokio::test]
+async fn on_block_close_ends_the_session_with_1008() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url()).toml("[realtime]\non_block = \"close\"\n"),
+    )
+    .await;
+    let mut ws = open(&gw).await;
+    until(&mut ws, &["session.created"]).await;
+    send(&mut ws, user_text(&format!("key {SECRET}"))).await;
+    let err = until(&mut ws, &["error"]).await;
+    assert_eq!(err["error"]["code"], "policy_blocked");
+    let code = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Policy));
+    let got = serde_json::to_string(&received(&mock).await).expect("json");
+    assert!(!got.contains(SECRET));
+}
