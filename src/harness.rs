@@ -9,6 +9,8 @@
 //! - [`sse_stream`]: `inspect::stream::StreamFilter::{new, push, finish, is_ended, ending, eol}`,
 //!   `openai::Rejection::render` + `openai::ErrorResponse::sse_event` (the driver's ending event),
 //!   `openai::sse::SseParser::{new, push, finish}` (to read the output back), `rules::RuleSet::scan`;
+//! - [`realtime_events`]: `inspect::realtime::ServerFilter::{new, on_event, close}` and
+//!   `inspect::realtime::judge_client_event`, `openai::json::parse`, `rules::RuleSet::scan`;
 //! - [`json_redaction`]: `inspect::inspect_json`, `openai::json::parse`, `rules::RuleSet::scan`;
 //! - [`rule_files`]: `rules::load`, `rules::load_dir`, `rules::RuleSet::{scan, hold_from, rules}`;
 //! - [`normalize_spans`]: `rules::View::{new, text, to_original}`, `rules::RuleSet::scan`.
@@ -20,9 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 use crate::inspect::holdback::MAX_HELD;
+use crate::inspect::realtime::{judge_client_event, ClientAction, ServerFilter, ServerOut};
 use crate::inspect::stream::StreamFilter;
 use crate::inspect::{inspect_json, Decision, InspectOptions, OpaquePolicy};
 use crate::openai::json::{self, Node, Str};
@@ -275,17 +278,7 @@ fn strings_of<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 /// one; a missing index, `null` and `-1` are others). Telling apart what a client joins could see a value in
 /// text no client assembles; joining only what it joins keeps the texts a client shows.
 fn reassemble(v: &Value, texts: &mut BTreeMap<String, String>, pieces: &mut Vec<String>) {
-    let written = |v: &Value, key: &str| match v.get(key) {
-        None => "undefined".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => match n.as_f64() {
-            // Integers as JavaScript writes them (`-0` and `1.0` included); other numbers by value.
-            Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{}", f as i128),
-            Some(f) => format!("{f}"),
-            None => n.to_string(),
-        },
-        Some(other) => other.to_string(),
-    };
+    let written = js_key;
     let mut add = |key: String, piece: Option<&str>| {
         if let Some(p) = piece {
             texts.entry(key).or_default().push_str(p);
@@ -328,6 +321,637 @@ fn reassemble(v: &Value, texts: &mut BTreeMap<String, String>, pieces: &mut Vec<
             );
         }
     }
+}
+
+/// Field `key` of `v` as a JavaScript client writes it as a property key: `0`, `0.0`, `-0` and `"0"` are one;
+/// a missing field is `undefined`, `null` is `null`.
+fn js_key(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None => "undefined".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            // Integers as JavaScript writes them (`-0` and `1.0` included); other numbers by value.
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{}", f as i128),
+            Some(f) => format!("{f}"),
+            None => n.to_string(),
+        },
+        Some(other) => other.to_string(),
+    }
+}
+
+// ---- realtime_events ----------------------------------------------------------------------------------------
+
+/// A first byte at or above this makes a `realtime_events` input raw lines; below, a planted text.
+const RAW_MODE: u8 = 0xC0;
+
+/// Server events whose `delta` is audio (base64): a client decodes it as sound, never shows it as text.
+const AUDIO_DELTAS: &[&str] = &["response.output_audio.delta", "response.audio.delta"];
+
+/// A realtime session to replay: the upstream's events in order, and client events to judge.
+#[derive(Debug, Default)]
+struct RtSession {
+    server: Vec<String>,
+    client: Vec<String>,
+}
+
+/// Decodes a `realtime_events` input (see the README's table):
+///
+/// - first byte `>= 0xC0`: the rest, split at `\n`, is the session's events verbatim (lossy UTF-8): each
+///   line an upstream event, and each line also a client event to judge;
+/// - otherwise a planted text ([`planted_session`]): the first byte says what the events look like, the
+///   second how many cut bytes follow, the cut bytes how the text is cut into deltas and where each goes, and
+///   the rest is the text.
+fn realtime_session(data: &[u8]) -> RtSession {
+    match data.split_first() {
+        None => RtSession::default(),
+        Some((&mode, rest)) if mode >= RAW_MODE => {
+            let lines: Vec<String> = rest
+                .split(|&b| b == b'\n')
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect();
+            RtSession {
+                client: lines.clone(),
+                server: lines,
+            }
+        }
+        Some((&shape, rest)) => planted_session(shape, rest),
+    }
+}
+
+/// One kind of growing text a planted session streams: its delta event, the event that ends it and that
+/// event's field holding the whole text, whether its events name a response, and whether a second part of
+/// it is a second content part (`content_index`) or a second output (`output_index`).
+struct Family {
+    delta: &'static str,
+    done: &'static str,
+    field: &'static str,
+    response: bool,
+    content: bool,
+}
+
+const FAMILIES: [Family; 4] = [
+    Family {
+        delta: "response.output_text.delta",
+        done: "response.output_text.done",
+        field: "text",
+        response: true,
+        content: true,
+    },
+    Family {
+        delta: "response.output_audio_transcript.delta",
+        done: "response.output_audio_transcript.done",
+        field: "transcript",
+        response: true,
+        content: true,
+    },
+    Family {
+        delta: "response.function_call_arguments.delta",
+        done: "response.function_call_arguments.done",
+        field: "arguments",
+        response: true,
+        content: false,
+    },
+    Family {
+        delta: "conversation.item.input_audio_transcription.delta",
+        done: "conversation.item.input_audio_transcription.completed",
+        field: "transcript",
+        response: false,
+        content: true,
+    },
+];
+
+/// Where a planted text goes: response (and item) 1 or 2, part 0 or 1.
+type Lane = (u8, u64);
+
+/// Builds the events of a planted session. `shape`: bits 0–1 the [`FAMILIES`] entry; bit 2 the opening
+/// events (`response.created`, `response.output_item.added`, `response.content_part.added`); bit 3 the
+/// closing events of every text (its `.done` with the whole text, then the part's, the item's and
+/// `conversation.item.done`); bit 4 `response.done` of every response (else the session closes with them
+/// open); bit 5 how lane 3 writes its indices (`"0"` or `0.0`). `rest`: a count byte, that many cut bytes
+/// (used in turn, over and over; a zero length only on the first pass), then the text. Each cut byte: the low
+/// 5 bits the piece's length in bytes (moved on to a character boundary; 0 is an empty delta), the high 3 bits
+/// its lane:
+///
+/// 0 response 1, part 0 · 1 response 1, part 1 · 2 response 2 · 3 part 0 of response 1 with its indices
+/// written another way · 4 part 0 after its `.done` · 5 part 0 after `response.done` of response 1 (or the
+/// transcription's `.completed`) · 6 the piece in a field beside an audio delta of response 1 · 7 part 0 in
+/// an event with a numeric `event_id`.
+///
+/// The client events judged: a `conversation.item.create` with the text, a function call output with it,
+/// and an `input_audio_buffer.append` with it beside the audio.
+fn planted_session(shape: u8, rest: &[u8]) -> RtSession {
+    let family = &FAMILIES[usize::from(shape & 3)];
+    let n = rest.first().map_or(0, |&n| usize::from(n));
+    let rest = rest.get(1..).unwrap_or_default();
+    let (cuts, text) = rest.split_at(n.min(rest.len()));
+    let text = String::from_utf8_lossy(text).into_owned();
+    let mut p = Planter {
+        family,
+        odd_float: shape & 0x20 != 0,
+        events: Vec::new(),
+        sent: BTreeMap::new(),
+        responses: Vec::new(),
+    };
+    if shape & 4 != 0 {
+        p.open(1);
+    }
+    // Every cut once (a zero length is an empty delta), then those with a length over and over; without one,
+    // the rest of the text in one piece.
+    let mut at = 0;
+    let next = |at: usize, len: usize| {
+        let mut end = (at + len).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        end
+    };
+    for &c in cuts {
+        let end = next(at, usize::from(c & 0x1F));
+        p.piece(c >> 5, &text[at..end]);
+        at = end;
+    }
+    if cuts.iter().any(|c| c & 0x1F != 0) {
+        for &c in cuts.iter().filter(|c| *c & 0x1F != 0).cycle() {
+            if at >= text.len() {
+                break;
+            }
+            let end = next(at, usize::from(c & 0x1F));
+            p.piece(c >> 5, &text[at..end]);
+            at = end;
+        }
+    } else if at < text.len() || cuts.is_empty() {
+        p.piece(0, &text[at..]);
+    }
+    if shape & 8 != 0 {
+        p.close_texts();
+    }
+    if shape & 0x10 != 0 {
+        for r in p.responses.clone() {
+            p.response_done(r);
+        }
+    }
+    let client = vec![
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+               "content": [{"type": "input_text", "text": text}]}})
+        .to_string(),
+        json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
+               "call_id": "call_1", "output": text}})
+        .to_string(),
+        json!({"type": "input_audio_buffer.append", "audio": "AAAA", "note": text}).to_string(),
+    ];
+    RtSession {
+        server: p.events,
+        client,
+    }
+}
+
+/// Writes the events of a planted session, remembering what each lane was sent.
+struct Planter {
+    family: &'static Family,
+    odd_float: bool,
+    events: Vec<String>,
+    /// The text sent so far to each lane (as a client joins it: lane 3 is part 0).
+    sent: BTreeMap<Lane, String>,
+    /// The responses opened, in order.
+    responses: Vec<u8>,
+}
+
+impl Planter {
+    fn push(&mut self, mut v: Value) {
+        v["event_id"] = json!(format!("event_{}", self.events.len() + 1));
+        self.events.push(v.to_string());
+    }
+
+    fn open(&mut self, r: u8) {
+        if self.responses.contains(&r) {
+            return;
+        }
+        self.responses.push(r);
+        if !self.family.response {
+            return;
+        }
+        let item = json!({"id": format!("item_{r}"), "type": "message", "role": "assistant",
+                          "status": "in_progress", "content": []});
+        self.push(
+            json!({"type": "response.created", "response": {"id": format!("resp_{r}"),
+                         "object": "realtime.response", "status": "in_progress", "output": []}}),
+        );
+        self.push(
+            json!({"type": "response.output_item.added", "response_id": format!("resp_{r}"),
+                         "output_index": 0, "item": item}),
+        );
+        self.push(
+            json!({"type": "response.content_part.added", "response_id": format!("resp_{r}"),
+                         "item_id": format!("item_{r}"), "output_index": 0, "content_index": 0,
+                         "part": {"type": "text", "text": ""}}),
+        );
+    }
+
+    /// The fields naming where a text of `lane` belongs; `odd`: indices written as strings or floats.
+    fn address(&self, (r, part): Lane, odd: bool) -> Map<String, Value> {
+        let index = |i: u64| match (odd, self.odd_float) {
+            (false, _) => json!(i),
+            (true, false) => json!(i.to_string()),
+            (true, true) => json!(i as f64),
+        };
+        let mut m = Map::new();
+        if self.family.response {
+            m.insert("response_id".into(), json!(format!("resp_{r}")));
+        }
+        m.insert("item_id".into(), json!(format!("item_{r}")));
+        match (self.family.response, self.family.content) {
+            (true, true) => {
+                m.insert("output_index".into(), index(0));
+                m.insert("content_index".into(), index(part));
+            }
+            (true, false) => {
+                m.insert("output_index".into(), index(part));
+                m.insert("call_id".into(), json!(format!("call_{r}_{part}")));
+            }
+            (false, _) => {
+                m.insert("content_index".into(), index(part));
+            }
+        }
+        m
+    }
+
+    fn piece(&mut self, lane: u8, piece: &str) {
+        let target: Lane = match lane {
+            1 => (1, 1),
+            2 => (2, 0),
+            _ => (1, 0),
+        };
+        self.open(target.0);
+        match lane {
+            4 => self.text_done(target),
+            5 if self.family.response => self.response_done(target.0),
+            5 => self.text_done(target),
+            _ => {}
+        }
+        let mut m = self.address(target, lane == 3);
+        if lane == 6 {
+            m.insert("type".into(), json!("response.output_audio.delta"));
+            m.insert("delta".into(), json!("AAAA"));
+            m.insert("transcript".into(), json!(piece));
+            self.push(Value::Object(m));
+            return;
+        }
+        m.insert("type".into(), json!(self.family.delta));
+        m.insert("delta".into(), json!(piece));
+        let mut v = Value::Object(m);
+        v["event_id"] = json!(0);
+        if lane == 7 {
+            // A numeric `event_id` (the upstream's, kept as it came).
+            self.events.push(v.to_string());
+        } else {
+            self.push(v);
+        }
+        self.sent.entry(target).or_default().push_str(piece);
+    }
+
+    /// The event ending the text of `lane`, with the whole text sent so far.
+    fn text_done(&mut self, lane: Lane) {
+        let whole = self.sent.get(&lane).cloned().unwrap_or_default();
+        let mut m = self.address(lane, false);
+        m.insert("type".into(), json!(self.family.done));
+        m.insert(self.family.field.into(), json!(whole));
+        self.push(Value::Object(m));
+    }
+
+    /// The closing events of every text, then of each item.
+    fn close_texts(&mut self) {
+        let lanes: Vec<Lane> = self.sent.keys().copied().collect();
+        for lane in lanes {
+            self.text_done(lane);
+        }
+        if !self.family.response {
+            return;
+        }
+        for r in self.responses.clone() {
+            let whole = self.sent.get(&(r, 0)).cloned().unwrap_or_default();
+            let item = json!({"id": format!("item_{r}"), "type": "message", "role": "assistant",
+                              "status": "completed", "content": [{"type": "text", "text": whole}]});
+            let mut part = self.address((r, 0), false);
+            part.insert("type".into(), json!("response.content_part.done"));
+            part.insert("part".into(), json!({"type": "text", "text": whole}));
+            self.push(Value::Object(part));
+            self.push(
+                json!({"type": "response.output_item.done", "response_id": format!("resp_{r}"),
+                             "output_index": 0, "item": item}),
+            );
+            self.push(json!({"type": "conversation.item.done", "item": item}));
+        }
+    }
+
+    fn response_done(&mut self, r: u8) {
+        if !self.family.response {
+            return;
+        }
+        let output: Vec<Value> = [0, 1]
+            .iter()
+            .filter_map(|&part| self.sent.get(&(r, part)))
+            .map(|t| json!({"type": "message", "content": [{"type": "text", "text": t}]}))
+            .collect();
+        self.push(
+            json!({"type": "response.done", "response": {"id": format!("resp_{r}"),
+                         "status": "completed", "output": output,
+                         "usage": {"total_tokens": 7, "input_tokens": 3, "output_tokens": 4}}}),
+        );
+    }
+}
+
+/// `realtime_events`: a session decoded as [`realtime_session`] says, its upstream events through a
+/// [`ServerFilter`] with the shipped rules and the default hold cap, as `proxy/realtime.rs` drives it, then
+/// `close()`; and its client events through [`judge_client_event`]. See [`check_realtime_output`] and
+/// [`check_client_event`] for the properties.
+pub fn realtime_events(data: &[u8]) {
+    let set = shipped_rules();
+    let session = realtime_session(data);
+    let mut filter = ServerFilter::new(set.clone(), false, MAX_HELD);
+    let mut outs = Vec::new();
+    for ev in &session.server {
+        filter.on_event(ev, &mut outs);
+    }
+    let during = outs.len();
+    filter.close(&mut outs);
+    check_realtime_output(&set, &session.server, &outs, during);
+    for ev in &session.client {
+        check_client_event(&set, ev);
+    }
+}
+
+/// A realtime text as a client joins its deltas: response, item, output index, content index, event type,
+/// and the summary index of a reasoning summary's text (where the protocol addresses parts by it).
+type RtKey = (
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// An id field: absent and `null` are none (a client's `??`), a string is itself, anything else its JSON.
+fn id_field(v: Option<&Value>) -> Option<String> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// The response a server event belongs to: a `response.*` event's `response_id`, or its `response.id`.
+fn response_of(v: &Value) -> Option<String> {
+    let kind = v.get("type").and_then(Value::as_str)?;
+    if !kind.starts_with("response.") {
+        return None;
+    }
+    id_field(v.get("response_id")).or_else(|| id_field(v.get("response").and_then(|r| r.get("id"))))
+}
+
+/// The properties of one filtered session: `outs` is what the filter asked for while the `events` came (the
+/// first `during`) and at `close()` (the rest).
+///
+/// - every client message is JSON, the whole output (client and upstream messages) is bounded by the input;
+/// - no JSON string of any client message (keys too) holds a value an enforced block rule matches (nor a
+///   redact rule's, within the hold cap), but the `delta` of an audio delta (sound, never shown as text);
+///   a text delta is judged in the text a client joins it to (per response, item, output index, content
+///   index and type, indices as a JavaScript client writes them), which holds no value a block or redact
+///   rule matches (within the hold cap);
+/// - after `Ended` names a response, no client message of it but its emptied `response.done`; after a
+///   `Finished` reports it, none at all (a response does not start again);
+/// - `close()` sends nothing and reports, unfinished, every response the client heard of (a message or an
+///   ending) and was not told the end of (a `Finished`), once each.
+fn check_realtime_output(set: &RuleSet, events: &[String], outs: &[ServerOut], during: usize) {
+    let in_bytes: usize = events.iter().map(|e| e.len() + 1).sum();
+    let mut out_bytes = 0;
+    let mut texts: BTreeMap<RtKey, String> = BTreeMap::new();
+    let mut ended: std::collections::BTreeSet<String> = Default::default();
+    let mut open: std::collections::BTreeSet<String> = Default::default();
+    let mut reported: std::collections::BTreeSet<String> = Default::default();
+    let mut finished: std::collections::BTreeSet<String> = Default::default();
+    for (i, o) in outs.iter().enumerate() {
+        let closing = i >= during;
+        match o {
+            ServerOut::Client(s) => {
+                assert!(!closing, "close() sent the client a message: {s}");
+                out_bytes += s.len();
+                let v: Value = match serde_json::from_str(s) {
+                    Ok(v) => v,
+                    Err(e) => panic!("a client message is not JSON ({e}): {s:?}"),
+                };
+                let response = response_of(&v);
+                if let Some(r) = &response {
+                    assert!(
+                        !finished.contains(r),
+                        "a message of response {r:?} after it was reported finished: {s}"
+                    );
+                    if ended.contains(r) {
+                        let emptied = v["type"] == "response.done"
+                            && v["response"]["status"] == "cancelled"
+                            && v["response"]["output"] == json!([]);
+                        assert!(
+                            emptied,
+                            "a message of response {r:?} after its ending (not its emptied `response.done`): {s}"
+                        );
+                    }
+                    open.insert(r.clone());
+                }
+                check_client_message(set, &v, &mut texts);
+            }
+            ServerOut::Upstream(s) => {
+                out_bytes += s.len();
+                let v: Value = match serde_json::from_str(s) {
+                    Ok(v) => v,
+                    Err(e) => panic!("an upstream message is not JSON ({e}): {s:?}"),
+                };
+                assert_eq!(v["type"], "response.cancel", "an upstream message: {s}");
+            }
+            ServerOut::Ended { response, .. } => {
+                if let Some(r) = response {
+                    ended.insert(r.clone());
+                    open.insert(r.clone());
+                }
+            }
+            ServerOut::Finished(summary) => {
+                let r = &summary.response_id;
+                if closing {
+                    assert!(
+                        summary.unfinished,
+                        "close() reports response {r:?} finished"
+                    );
+                    assert!(
+                        reported.insert(r.clone()),
+                        "close() reports response {r:?} twice"
+                    );
+                }
+                open.remove(r);
+                finished.insert(r.clone());
+            }
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "close() does not report the open responses {open:?}"
+    );
+    assert!(
+        out_bytes <= MAX_GROWTH * in_bytes + GROWTH_SLACK,
+        "unbounded output: {out_bytes} bytes out for {in_bytes} bytes in"
+    );
+    for (key, t) in &texts {
+        if t.len() > MAX_HELD {
+            // Released in part by design past the cap (`inspect.max_stream_hold_bytes`).
+            continue;
+        }
+        let leaks = enforced(set, t, &[Action::Block, Action::Redact]);
+        assert!(
+            leaks.is_empty(),
+            "values the rules block or redact in the text a client joins for {key:?}: {leaks:?}"
+        );
+    }
+}
+
+/// One client message: its text delta joined to its text, and every string of it judged (a delta in its
+/// text: a match reaching its edge may be none there).
+fn check_client_message(set: &RuleSet, v: &Value, texts: &mut BTreeMap<RtKey, String>) {
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let audio = AUDIO_DELTAS.contains(&kind);
+    let mut v = v.clone();
+    let mut piece = None;
+    if kind.ends_with(".delta") {
+        if let Some(Value::String(d)) = v.get("delta") {
+            if audio {
+                // Sound: a client decodes it, never shows it.
+                v.as_object_mut().map(|o| o.remove("delta"));
+            } else {
+                let key = (
+                    id_field(v.get("response_id")),
+                    id_field(v.get("item_id")),
+                    js_key(&v, "output_index"),
+                    js_key(&v, "content_index"),
+                    kind.to_string(),
+                    if kind.contains("summary") {
+                        js_key(&v, "summary_index")
+                    } else {
+                        String::new()
+                    },
+                );
+                texts.entry(key).or_default().push_str(d);
+                piece = Some(d.clone());
+            }
+        }
+    }
+    let mut strings = Vec::new();
+    strings_of(&v, &mut strings);
+    for s in strings {
+        let is_piece = piece.as_deref() == Some(s);
+        let actions: &[Action] = if s.len() <= MAX_HELD && !is_piece {
+            &[Action::Block, Action::Redact]
+        } else {
+            &[Action::Block]
+        };
+        let leaks: Vec<_> = enforced(set, s, actions)
+            .into_iter()
+            .filter(|(_, r)| !is_piece || (r.start > 0 && r.end < s.len()))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "values the rules block or redact in a string of a client message: {leaks:?} in {v}"
+        );
+    }
+}
+
+/// The properties of judging one client event: a rewrite is valid JSON that judges again to `Forward`; a
+/// block only for an event some string of which (or of a JSON document nested in one) an enforced rule
+/// matches; what is forwarded (as sent or rewritten) holds no value an enforced block rule matches in any
+/// string but the `audio` of an `input_audio_buffer.append`.
+fn check_client_event(set: &RuleSet, text: &str) {
+    let opts = InspectOptions {
+        max_depth: MAX_DEPTH,
+        opaque: OpaquePolicy::Pass,
+        monitor: false,
+    };
+    let j = judge_client_event(set, text, &opts);
+    match &j.action {
+        ClientAction::Rewrite(new) => {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(new) {
+                panic!("a rewritten client event is not JSON ({e}): {new:?}");
+            }
+            let again = judge_client_event(set, new, &opts);
+            assert_eq!(
+                again.action,
+                ClientAction::Forward,
+                "a rewritten client event judges again to {:?}: {new:?}",
+                again.action
+            );
+            check_forwarded(set, new);
+        }
+        ClientAction::Forward => check_forwarded(set, text),
+        ClientAction::Block { rule } => {
+            let mut strings = Vec::new();
+            client_strings(text.as_bytes(), 0, false, &mut strings);
+            let matched = strings.iter().any(|s| {
+                set.scan(s, Direction::Request).iter().any(|m| {
+                    let r = set.rule(m.rule);
+                    r.mode == Mode::Enforce && r.action != Action::Log
+                })
+            });
+            assert!(
+                matched,
+                "a client event is blocked ({}) though no string of it matches: {text:?}",
+                set.rule(*rule).id
+            );
+        }
+        ClientAction::Opaque | ClientAction::Invalid(_) => {}
+    }
+}
+
+/// What a client event forwards carries no value an enforced block rule matches (the audio of an append is
+/// sound, never text).
+fn check_forwarded(set: &RuleSet, text: &str) {
+    let mut strings = Vec::new();
+    client_strings(text.as_bytes(), 0, true, &mut strings);
+    for s in &strings {
+        let leaks = enforced(set, s, &[Action::Block]);
+        assert!(
+            leaks.is_empty(),
+            "a forwarded client event carries values the rules block: {leaks:?} in {text:?}"
+        );
+    }
+}
+
+/// Every string of JSON document `src` (keys too) and of the documents nested in them, as far as the request
+/// inspector reads nested documents; `skip_audio`: not the top-level `audio` of an `input_audio_buffer.append`.
+fn client_strings(src: &[u8], nested: usize, skip_audio: bool, out: &mut Vec<String>) {
+    /// How deep the request inspector reads JSON documents nested in strings.
+    const NESTED: usize = 4;
+    fn walk(n: &Node, nested: usize, skip: Option<&str>, out: &mut Vec<String>) {
+        match n {
+            Node::String(s) => {
+                out.push(s.value.clone());
+                let t = s.value.trim_start();
+                if nested < NESTED && (t.starts_with('{') || t.starts_with('[')) {
+                    client_strings(s.value.as_bytes(), nested + 1, false, out);
+                }
+            }
+            Node::Array(items) => items.iter().for_each(|i| walk(i, nested, None, out)),
+            Node::Object(entries) => {
+                for (k, v) in entries {
+                    out.push(k.value.clone());
+                    if skip != Some(k.value.as_str()) {
+                        walk(v, nested, None, out);
+                    }
+                }
+            }
+            Node::Null | Node::Bool(_) | Node::Number { .. } => {}
+        }
+    }
+    let Ok(doc) = json::parse(src, MAX_DEPTH) else {
+        return;
+    };
+    let append =
+        skip_audio && doc.get("type").and_then(Node::as_str) == Some("input_audio_buffer.append");
+    walk(&doc, nested, append.then_some("audio"), out);
 }
 
 // ---- json_redaction -----------------------------------------------------------------------------------------
@@ -768,6 +1392,130 @@ mod tests {
             "[[rule]]\n[rule.keywords]\n\"terms\\u005ffile\" = \"../x\""
         ));
         assert!(names_only_scratch_files("not = = toml"));
+    }
+
+    #[test]
+    fn planted_sessions_cut_the_text_as_the_cut_bytes_say() {
+        let deltas = |data: &[u8]| -> Vec<(String, String)> {
+            realtime_session(data)
+                .server
+                .iter()
+                .map(|e| serde_json::from_str::<Value>(e).expect("json"))
+                .filter(|v| v["type"] == "response.output_text.delta")
+                .map(|v| {
+                    let r = v["response_id"].as_str().unwrap_or_default().to_string();
+                    (r, v["delta"].as_str().unwrap_or_default().to_string())
+                })
+                .collect()
+        };
+        let r = |r: &str, d: &str| (r.to_string(), d.to_string());
+        // Lane 0 three bytes, lane 2 two bytes, then the cuts with a length over again.
+        assert_eq!(
+            deltas(b"\x00\x02\x03\x42abcdefgh"),
+            [r("resp_1", "abc"), r("resp_2", "de"), r("resp_1", "fgh")]
+        );
+        // A zero length is an empty delta, once; no length at all: the rest in one piece.
+        assert_eq!(
+            deltas(b"\x00\x01\x00abc"),
+            [r("resp_1", ""), r("resp_1", "abc")]
+        );
+        // A cut inside a character moves to its end.
+        assert_eq!(deltas("\x00\x01\x01é".as_bytes()), [r("resp_1", "é")]);
+        // Raw lines, verbatim.
+        let raw = realtime_session(b"\xC0{\"a\":1}\nnot json");
+        assert_eq!(raw.server, ["{\"a\":1}", "not json"]);
+    }
+
+    #[test]
+    fn the_realtime_checks_catch_leaks_late_messages_and_lost_responses() {
+        let set = shipped_rules();
+        let events = vec!["x".repeat(400)];
+        let delta = |r: &str, index: Value, piece: &str| {
+            ServerOut::Client(
+                json!({"type": "response.output_text.delta", "response_id": r, "item_id": "i1",
+                       "output_index": index, "content_index": 0, "delta": piece})
+                .to_string(),
+            )
+        };
+        let finished = |r: &str| {
+            ServerOut::Finished(Box::new(crate::inspect::realtime::ResponseSummary {
+                response_id: r.to_string(),
+                side: crate::inspect::Side::failed(),
+                blocked_by: None,
+                usage: None,
+                text_bytes: 0,
+                unfinished: false,
+            }))
+        };
+        let ended = |r: &str| ServerOut::Ended {
+            response: Some(r.to_string()),
+            rejection: crate::openai::Rejection::Internal,
+        };
+        let check = |outs: Vec<ServerOut>| {
+            let n = outs.len();
+            check_realtime_output(&set, &events, &outs, n)
+        };
+        let ok = |outs: Vec<ServerOut>| check(outs);
+        let caught = |outs: Vec<ServerOut>| fails(move || check(outs));
+        ok(vec![
+            delta("r1", json!(0), "AKIAIOSF"),
+            delta("r2", json!(0), "ODNN7EXAMPLE"),
+            finished("r1"),
+            finished("r2"),
+        ]);
+        // One text to a JavaScript client: `0` and `"0"` are one index.
+        assert!(caught(vec![
+            delta("r1", json!(0), "AKIAIOSF"),
+            delta("r1", json!("0"), "ODNN7EXAMPLE"),
+            finished("r1"),
+        ]));
+        assert!(caught(vec![
+            delta("r1", json!(0), "mail jane.doe@example.com"),
+            finished("r1")
+        ]));
+        // The sound of an audio delta is not text; a field beside it is.
+        let audio = |field: &str| {
+            ServerOut::Client(
+                json!({"type": "response.output_audio.delta", "response_id": "r1", field: "AKIAIOSFODNN7EXAMPLE"})
+                    .to_string(),
+            )
+        };
+        ok(vec![audio("delta"), finished("r1")]);
+        assert!(caught(vec![audio("note"), finished("r1")]));
+        // After an ending, only the emptied `response.done`; after a `Finished`, nothing.
+        let emptied = ServerOut::Client(
+            json!({"type": "response.done", "response": {"id": "r1", "status": "cancelled", "output": []}})
+                .to_string(),
+        );
+        ok(vec![ended("r1"), emptied, finished("r1")]);
+        assert!(caught(vec![
+            ended("r1"),
+            delta("r1", json!(0), "more"),
+            finished("r1")
+        ]));
+        assert!(caught(vec![finished("r1"), delta("r1", json!(0), "more")]));
+        // A response the client heard of and was never told the end of.
+        assert!(caught(vec![delta("r1", json!(0), "hello")]));
+        assert!(caught(vec![ended("r1")]));
+        assert!(caught(vec![ServerOut::Client("not json".into())]));
+        assert!(caught(vec![ServerOut::Client(format!(
+            "{{\"a\":\"{}\"}}",
+            "y".repeat(16 * 401 + 4096)
+        ))]));
+    }
+
+    #[test]
+    fn the_client_checks_catch_forwarded_values_beside_the_audio() {
+        let set = shipped_rules();
+        let append = |field: &str| {
+            json!({"type": "input_audio_buffer.append", "audio": "AAAA", field: "AKIAIOSFODNN7EXAMPLE"})
+                .to_string()
+        };
+        check_forwarded(&set, &append("audio"));
+        assert!(fails(|| check_forwarded(&set, &append("note"))));
+        // A value nested as a JSON document in a string, escaped.
+        let nested = json!({"arguments": "{\"k\":\"\\u0041KIAIOSFODNN7EXAMPLE\"}"}).to_string();
+        assert!(fails(|| check_forwarded(&set, &nested)));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `session.update` and `response.create` instructions and tool descriptions, and whatever field the next
 //! event adds. The event is forwarded as sent, forwarded redacted (only the bytes of each matched span
 //! change), or not forwarded (a block). Audio appended to the input buffer (`input_audio_buffer.append`) and
-//! audio or image parts follow `inspect.opaque_inputs`.
+//! audio or image parts follow `inspect.opaque_inputs`; the appended audio itself is left out of the
+//! inspection, every other string of its event is inspected.
 //!
 //! **Upstream → client** ([`ServerFilter`]): the server events go through the SSE stream filter
 //! (`inspect::stream`), whose Responses API handling fits the realtime events exactly — a `*.delta` event with
@@ -17,13 +18,23 @@
 //! the user's audio (`conversation.item.input_audio_transcription.*`, which carries no response id); one for
 //! everything else. The end of each (`response.done`, the transcription's `.completed` / `.failed`) releases
 //! what is held before the event goes on. A blocked response's later events are suppressed; its
-//! `response.done` reaches the client emptied (`status: cancelled`, no output) so a client waiting for it is
-//! not left waiting, and the driver asks the upstream to stop generating (`response.cancel`).
+//! `response.done` reaches the client emptied (`status: cancelled`, no output, its usage only if clean) so a
+//! client waiting for it is not left waiting, and the driver asks the upstream to stop generating
+//! (`response.cancel`).
 //!
-//! Output audio (`response.output_audio.delta`) cannot be inspected as text: it passes (its transcript is
-//! inspected), except after its response was blocked. Upstream text that is not JSON is never passed.
+//! A client joins the deltas of a text by the ids and indices the events carry; the filters must see the same
+//! texts. So what is over stays over: a response after its `response.done` (or its refusal), a transcription
+//! after its end or its block, a text of the events outside both after its end — a later event of one is not
+//! passed (it would start a fresh text that the client joins to what it was sent). And an event whose ids are
+//! not strings, or whose indices are not whole numbers (`"0"`, `0.0`: one key to a JavaScript client), cannot
+//! be filtered as the client will read it, and is not passed either.
+//!
+//! Output audio (`response.output_audio.delta`) cannot be inspected as text: its delta passes as it is (its
+//! transcript is inspected), every other string of its event is inspected, and none of it passes after its
+//! response was blocked. Upstream text that is not JSON is never passed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -32,6 +43,7 @@ use serde_json::{json, Value};
 
 use super::stream::StreamFilter;
 use super::{inspect_json, InspectOptions, OpaquePolicy, RuleHit, Side};
+use crate::openai::json::{self, Node};
 use crate::openai::sse::SseParser;
 use crate::openai::Rejection;
 use crate::rules::{Direction, RuleSet};
@@ -47,21 +59,94 @@ const AUDIO_DELTAS: &[&str] = &["response.output_audio.delta", "response.audio.d
 /// The prefix of the events transcribing the user's audio (keyed by item: they carry no response id).
 const TRANSCRIPTION: &str = "conversation.item.input_audio_transcription.";
 
-/// The fields of an event read before it is inspected.
+/// The fields of a client event read before it is inspected, each on its own (a field of another type than
+/// expected is not read, and takes no other field with it). Other fields are skipped unread.
 #[derive(Deserialize, Default)]
-struct Head {
+struct ClientHead {
     #[serde(rename = "type")]
-    kind: Option<String>,
-    event_id: Option<String>,
-    response_id: Option<String>,
-    item_id: Option<String>,
-    response: Option<IdHead>,
-    item: Option<IdHead>,
+    kind: Option<Value>,
+    event_id: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
-struct IdHead {
-    id: Option<String>,
+/// The fields a server event is routed by.
+struct Head {
+    /// The event's `type` (empty when it has none, or one that is not a string).
+    kind: String,
+    response_id: Option<String>,
+    item_id: Option<String>,
+}
+
+impl Head {
+    /// Reads each field on its own. `None` when an id is there but is not a string (nor `null`): a client
+    /// keys texts by it as it stands (`1` and `"1"` alike, in JavaScript), the filters by a string, so the
+    /// event cannot be filtered as the client will read it.
+    fn read(v: &Value) -> Option<Self> {
+        fn id(v: Option<&Value>) -> Option<Option<String>> {
+            match v {
+                None | Some(Value::Null) => Some(None),
+                Some(Value::String(s)) => Some(Some(s.clone())),
+                Some(_) => None,
+            }
+        }
+        let nested = |k: &str| v.get(k).filter(|x| x.is_object()).and_then(|x| x.get("id"));
+        let (response_id, nested_response) = (id(v.get("response_id"))?, id(nested("response"))?);
+        let (item_id, nested_item) = (id(v.get("item_id"))?, id(nested("item"))?);
+        Some(Self {
+            kind: v
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            response_id: response_id.or(nested_response),
+            item_id: item_id.or(nested_item),
+        })
+    }
+}
+
+/// Responses and transcriptions remembered as over, at most this many (the oldest forgotten first).
+const MAX_ENDED: usize = 4096;
+
+/// Responses and transcriptions that are over (their end came, or the gateway ended them): a text a client
+/// was sent in part cannot start again in a fresh filter — the client would join the two, and a value split
+/// across them would reach it whole. Kept as keyed hashes (a fixed size whatever the ids), bounded: an id
+/// reused after [`MAX_ENDED`] others ended is taken for a new one.
+#[derive(Default)]
+struct Over {
+    hasher: std::collections::hash_map::RandomState,
+    /// For each, whether its later events are dropped quietly (a block already told) or each told.
+    ended: HashMap<u64, bool>,
+    order: VecDeque<u64>,
+}
+
+/// What an id in [`Over`] names.
+#[derive(Hash, Clone, Copy)]
+enum Scope {
+    Response,
+    Transcription,
+}
+
+impl Over {
+    fn key(&self, scope: Scope, id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((scope, id))
+    }
+
+    fn end(&mut self, scope: Scope, id: &str, quiet: bool) {
+        let key = self.key(scope, id);
+        if self.ended.insert(key, quiet).is_none() {
+            if self.order.len() >= MAX_ENDED {
+                if let Some(old) = self.order.pop_front() {
+                    self.ended.remove(&old);
+                }
+            }
+            self.order.push_back(key);
+        }
+    }
+
+    /// Whether `id` is over, and if so whether quietly.
+    fn get(&self, scope: Scope, id: &str) -> Option<bool> {
+        self.ended.get(&self.key(scope, id)).copied()
+    }
 }
 
 /// Items remembered as belonging to a blocked response (their whole-item events are suppressed with it).
@@ -99,21 +184,43 @@ pub struct ClientJudgement {
 
 /// Judges one client event (a text message).
 pub fn judge_client_event(set: &RuleSet, text: &str, opts: &InspectOptions) -> ClientJudgement {
-    let head: Head = serde_json::from_str(text).unwrap_or_default();
+    let head: ClientHead = serde_json::from_str(text).unwrap_or_default();
+    let as_string = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
     let mut j = ClientJudgement {
         action: ClientAction::Forward,
         hits: Vec::new(),
-        kind: head.kind,
-        event_id: head.event_id,
+        kind: as_string(head.kind),
+        event_id: as_string(head.event_id),
         text_bytes: 0,
     };
-    if j.kind.as_deref().is_some_and(|k| AUDIO_EVENTS.contains(&k)) {
-        if opts.opaque == OpaquePolicy::Deny {
-            j.action = ClientAction::Opaque;
-        }
+    let audio = j.kind.as_deref().is_some_and(|k| AUDIO_EVENTS.contains(&k));
+    if audio && opts.opaque == OpaquePolicy::Deny {
+        j.action = ClientAction::Opaque;
         return j;
     }
-    match inspect_json(set, text.as_bytes(), opts, Direction::Request) {
+    // Appended audio is sound (base64), never text: it is left out, and every other string of the event (its
+    // keys, an `event_id`, any field the next version adds) is inspected as any event's is.
+    let sound = if audio {
+        match audio_span(text.as_bytes(), opts.max_depth) {
+            Ok(span) => span,
+            Err(e) => {
+                j.action = ClientAction::Invalid(e.to_string());
+                return j;
+            }
+        }
+    } else {
+        None
+    };
+    let inspected = match &sound {
+        Some(span) => {
+            std::borrow::Cow::Owned(format!("{}\"\"{}", &text[..span.start], &text[span.end..]))
+        }
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    match inspect_json(set, inspected.as_bytes(), opts, Direction::Request) {
         Err(e) => j.action = ClientAction::Invalid(e.to_string()),
         Ok(v) => {
             j.text_bytes = v.facts.text_bytes;
@@ -121,7 +228,10 @@ pub fn judge_client_event(set: &RuleSet, text: &str, opts: &InspectOptions) -> C
                 (Some(rule), _, _) => ClientAction::Block { rule },
                 (None, true, _) => ClientAction::Opaque,
                 (None, false, Some(body)) => match String::from_utf8(body) {
-                    Ok(s) => ClientAction::Rewrite(s),
+                    Ok(s) => match &sound {
+                        Some(span) => with_audio(s, &text[span.clone()], opts.max_depth),
+                        None => ClientAction::Rewrite(s),
+                    },
                     Err(_) => ClientAction::Invalid("the redacted event is not UTF-8".into()),
                 },
                 (None, false, None) => ClientAction::Forward,
@@ -130,6 +240,29 @@ pub fn judge_client_event(set: &RuleSet, text: &str, opts: &InspectOptions) -> C
         }
     }
     j
+}
+
+/// The raw bytes (quotes included) of the top-level `audio` string of a client event, if it has one.
+fn audio_span(src: &[u8], max_depth: usize) -> Result<Option<Range<usize>>, json::JsonError> {
+    let Node::Object(entries) = json::parse(src, max_depth)? else {
+        return Ok(None);
+    };
+    Ok(entries.into_iter().find_map(|(k, v)| match v {
+        Node::String(s) if k.value == "audio" => Some(s.range),
+        _ => None,
+    }))
+}
+
+/// A redacted audio event (inspected with its audio left out) with its audio put back in place.
+fn with_audio(redacted: String, audio: &str, max_depth: usize) -> ClientAction {
+    match audio_span(redacted.as_bytes(), max_depth) {
+        Ok(Some(span)) => ClientAction::Rewrite(format!(
+            "{}{audio}{}",
+            &redacted[..span.start],
+            &redacted[span.end..]
+        )),
+        _ => ClientAction::Invalid("the redacted event lost its audio".into()),
+    }
 }
 
 /// What the server filter asks the driver to do, in order.
@@ -191,6 +324,8 @@ pub struct ServerFilter {
     /// Items of blocked responses, oldest first (bounded): events about them carry no response id
     /// (`conversation.item.done`), and are suppressed with their response.
     suppressed_items: VecDeque<String>,
+    /// Responses and transcriptions that are over.
+    over: Over,
     sse_out: SseParser,
 }
 
@@ -208,6 +343,7 @@ impl ServerFilter {
             audio_deltas: 0,
             item_owner: HashMap::new(),
             suppressed_items: VecDeque::new(),
+            over: Over::default(),
             sse_out: SseParser::new(usize::MAX),
         }
     }
@@ -236,26 +372,24 @@ impl ServerFilter {
     /// One server event (a text message): what to send where.
     pub fn on_event(&mut self, text: &str, out: &mut Vec<ServerOut>) {
         let parsed: Result<Value, _> = serde_json::from_str(text);
-        let Ok(value) = parsed else {
-            self.uninspectable += 1;
-            out.push(ServerOut::Ended {
-                response: None,
-                rejection: Rejection::StreamUninspectable("an upstream event is not JSON".into()),
-            });
+        let Ok(mut value) = parsed else {
+            self.refuse(None, "an upstream event is not JSON", out);
             return;
         };
-        let head: Head = Head::deserialize(&value).unwrap_or_default();
-        let kind = head.kind.as_deref().unwrap_or("");
+        let Some(head) = Head::read(&value) else {
+            self.refuse(
+                None,
+                "an upstream event names its response or item with something other than a string",
+                out,
+            );
+            return;
+        };
+        let kind = head.kind.as_str();
         let response_id = head
             .response_id
             .clone()
-            .or_else(|| head.response.as_ref().and_then(|r| r.id.clone()))
             .filter(|_| kind.starts_with("response."));
-        let item = head
-            .item_id
-            .clone()
-            .or_else(|| head.item.as_ref().and_then(|i| i.id.clone()));
-        match (&response_id, &item) {
+        match (&response_id, &head.item_id) {
             (Some(r), Some(i)) => {
                 if self.item_owner.len() >= MAX_OWNED_ITEMS {
                     self.item_owner.clear();
@@ -268,18 +402,39 @@ impl ServerFilter {
             (None, Some(i)) if self.suppressed_items.contains(i) => return,
             _ => {}
         }
-        if AUDIO_DELTAS.contains(&kind) {
-            let suppressed = response_id
-                .as_ref()
-                .is_some_and(|id| matches!(self.responses.get(id), Some(Open::Suppressed { .. })));
-            if !suppressed {
-                self.audio_deltas += 1;
-                out.push(ServerOut::Client(text.to_string()));
+        let transcribed = match (&response_id, &head.item_id) {
+            (None, Some(item)) if kind.starts_with(TRANSCRIPTION) => Some(item.clone()),
+            _ => None,
+        };
+        // What is over does not start again (see `Over`).
+        let over = match (&response_id, &transcribed) {
+            (Some(r), _) => self.over.get(Scope::Response, r),
+            (None, Some(i)) => self.over.get(Scope::Transcription, i),
+            (None, None) => None,
+        };
+        match over {
+            Some(true) => return,
+            Some(false) => {
+                // Not an ending of the response (it ended before): the driver tells the client, no more.
+                self.refuse(
+                    None,
+                    "an event of a response or transcription that has ended",
+                    out,
+                );
+                return;
             }
-            return;
+            None => {}
         }
+        // Output audio: its delta is sound (base64), never text, and passes as it is; every other string of the
+        // event goes through the filter (without the delta), and the delta is put back into what comes out.
+        let sound = match value.get("delta") {
+            Some(Value::String(_)) if AUDIO_DELTAS.contains(&kind) => {
+                value.as_object_mut().and_then(|o| o.remove("delta"))
+            }
+            _ => None,
+        };
         // The filters read SSE: the event as one `data:` line (compact JSON has no raw line break).
-        let line = if text.contains(['\n', '\r']) {
+        let line = if sound.is_some() || text.contains(['\n', '\r']) {
             value.to_string()
         } else {
             text.to_string()
@@ -288,20 +443,51 @@ impl ServerFilter {
         framed.extend_from_slice(b"data: ");
         framed.extend_from_slice(line.as_bytes());
         framed.extend_from_slice(b"\n\n");
+        let start = out.len();
         if let Some(id) = response_id {
             self.on_response_event(id, kind, &value, &framed, out);
-        } else if let (Some(item), true) = (&head.item_id, kind.starts_with(TRANSCRIPTION)) {
-            let item = item.clone();
+        } else if let Some(item) = transcribed {
             self.on_transcription_event(item, kind, &framed, out);
         } else {
             let released = self.loose.push(&framed);
             self.emit(&released, out);
             if self.loose.is_ended() {
-                let fresh = self.filter();
-                let ended = std::mem::replace(&mut self.loose, fresh);
+                // The next filter knows the texts this one ended: none of them starts again.
+                let next = self.loose.successor();
+                let ended = std::mem::replace(&mut self.loose, next);
                 self.end_loose(ended, None, out);
             }
         }
+        if let Some(sound) = sound {
+            self.restore_audio(kind, sound, &mut out[start..]);
+        }
+    }
+
+    /// Puts an audio delta back into its event as the filter let it out (if it did).
+    fn restore_audio(&mut self, kind: &str, sound: Value, outs: &mut [ServerOut]) {
+        for o in outs {
+            let ServerOut::Client(s) = o else {
+                continue;
+            };
+            let Ok(Value::Object(mut ev)) = serde_json::from_str::<Value>(s) else {
+                continue;
+            };
+            if ev.get("type").and_then(Value::as_str) == Some(kind) && !ev.contains_key("delta") {
+                ev.insert("delta".into(), sound);
+                *s = Value::Object(ev).to_string();
+                self.audio_deltas += 1;
+                return;
+            }
+        }
+    }
+
+    /// An event that is not passed (it cannot be inspected): counted, and the driver told.
+    fn refuse(&mut self, response: Option<String>, why: &str, out: &mut Vec<ServerOut>) {
+        self.uninspectable += 1;
+        out.push(ServerOut::Ended {
+            response,
+            rejection: Rejection::StreamUninspectable(why.into()),
+        });
     }
 
     fn on_response_event(
@@ -315,13 +501,17 @@ impl ServerFilter {
         let last = kind == "response.done";
         if !self.responses.contains_key(&id) {
             if self.responses.len() >= MAX_OPEN {
-                self.uninspectable += 1;
-                out.push(ServerOut::Ended {
-                    response: Some(id),
-                    rejection: Rejection::StreamUninspectable(
-                        "too many responses open at once".into(),
-                    ),
-                });
+                // Refused whole: it is over before it began, and reported as such.
+                self.refuse(Some(id.clone()), "too many responses open at once", out);
+                self.over.end(Scope::Response, &id, false);
+                out.push(ServerOut::Finished(Box::new(ResponseSummary {
+                    response_id: id,
+                    side: Side::failed(),
+                    blocked_by: None,
+                    usage: None,
+                    text_bytes: 0,
+                    unfinished: false,
+                })));
                 return;
             }
             let f = self.filter();
@@ -335,7 +525,9 @@ impl ServerFilter {
             Open::Suppressed { summary } => {
                 if last {
                     summary.usage = usage(value);
-                    out.push(ServerOut::Client(emptied_done(value, &id)));
+                    let done = self.emptied_done(value, &id);
+                    out.extend(done.map(ServerOut::Client));
+                    self.over.end(Scope::Response, &id, false);
                     if let Some(Open::Suppressed { summary }) = self.responses.remove(&id) {
                         out.push(ServerOut::Finished(summary));
                     }
@@ -365,8 +557,10 @@ impl ServerFilter {
                     });
                     if last {
                         // Nothing more will come: the client still gets the response's end, emptied.
-                        out.push(ServerOut::Client(emptied_done(value, &id)));
+                        let done = self.emptied_done(value, &id);
+                        out.extend(done.map(ServerOut::Client));
                         self.responses.remove(&id);
+                        self.over.end(Scope::Response, &id, false);
                         out.push(ServerOut::Finished(Box::new(summary)));
                     } else {
                         out.push(ServerOut::Upstream(
@@ -391,6 +585,7 @@ impl ServerFilter {
                 } else if last {
                     let summary = summary_of(f, &id, usage(value));
                     self.responses.remove(&id);
+                    self.over.end(Scope::Response, &id, false);
                     out.push(ServerOut::Finished(Box::new(summary)));
                 }
             }
@@ -407,13 +602,8 @@ impl ServerFilter {
         let last = kind.ends_with(".completed") || kind.ends_with(".failed");
         if !self.items.contains_key(&item) {
             if self.items.len() >= MAX_OPEN {
-                self.uninspectable += 1;
-                out.push(ServerOut::Ended {
-                    response: None,
-                    rejection: Rejection::StreamUninspectable(
-                        "too many transcriptions open at once".into(),
-                    ),
-                });
+                self.refuse(None, "too many transcriptions open at once", out);
+                self.over.end(Scope::Transcription, &item, false);
                 return;
             }
             let f = self.filter();
@@ -433,6 +623,8 @@ impl ServerFilter {
         let ended = f.is_ended();
         self.emit(&released, out);
         if ended || last {
+            // A transcription ended by a block has its later events dropped quietly (the block was told).
+            self.over.end(Scope::Transcription, &item, ended && !last);
             if let Some(f) = self.items.remove(&item) {
                 self.end_loose(f, None, out);
             }
@@ -477,6 +669,36 @@ impl ServerFilter {
         for (&rule, &n) in &loose.hits {
             *self.loose_hits.entry(rule).or_default() += n;
         }
+    }
+
+    /// The `response.done` of a blocked response as the client gets it: cancelled, without its output (which
+    /// holds the blocked text), its usage kept if it is clean. Not sent (`None`) when the response's id is
+    /// itself a value the rules block or redact: the driver's error event has told the client.
+    fn emptied_done(&self, v: &Value, id: &str) -> Option<String> {
+        let clean = |text: &str| {
+            let opts = InspectOptions {
+                max_depth: 64,
+                opaque: OpaquePolicy::Pass,
+                monitor: self.monitor,
+            };
+            inspect_json(&self.rules, text.as_bytes(), &opts, Direction::Response)
+                .is_ok_and(|v| v.blocked_by.is_none() && v.rewritten.is_none())
+        };
+        if !clean(&Value::String(id.to_string()).to_string()) {
+            return None;
+        }
+        let mut response = json!({
+            "id": id,
+            "object": "realtime.response",
+            "status": "cancelled",
+            "status_details": {"type": "cancelled", "reason": "policy_blocked"},
+            "output": [],
+        });
+        // The usage is the upstream's: inspected like anything else it sends, left out if it is not clean.
+        if let Some(u) = usage(v).filter(|u| clean(&u.to_string())) {
+            response["usage"] = u;
+        }
+        Some(json!({"type": "response.done", "response": response}).to_string())
     }
 
     fn suppress_item(&mut self, item: String) {
@@ -535,22 +757,6 @@ fn summary_of(f: &StreamFilter, id: &str, usage: Option<Value>) -> ResponseSumma
         text_bytes: f.text_bytes,
         unfinished: false,
     }
-}
-
-/// The `response.done` of a blocked response as the client gets it: cancelled, without its output (which holds
-/// the blocked text), its usage kept.
-fn emptied_done(v: &Value, id: &str) -> String {
-    let mut response = json!({
-        "id": id,
-        "object": "realtime.response",
-        "status": "cancelled",
-        "status_details": {"type": "cancelled", "reason": "policy_blocked"},
-        "output": [],
-    });
-    if let Some(u) = usage(v) {
-        response["usage"] = u;
-    }
-    json!({"type": "response.done", "response": response}).to_string()
 }
 
 #[cfg(test)]
@@ -808,5 +1014,168 @@ action = "block"
                 ..
             }
         )));
+    }
+
+    /// Whether any client message carries `needle`.
+    fn sent(client: &[Value], needle: &str) -> bool {
+        client.iter().any(|v| v.to_string().contains(needle))
+    }
+
+    fn uninspectable(out: &[ServerOut]) -> usize {
+        out.iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    ServerOut::Ended {
+                        rejection: Rejection::StreamUninspectable(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_strings_beside_an_output_audio_delta_are_inspected() {
+        // The delta is sound and passes as it is; a field beside it is text like any other.
+        let audio = |extra: &str| {
+            json!({"type": "response.output_audio.delta", "response_id": "r1", "item_id": "i1",
+                   "output_index": 0, "content_index": 0, "delta": "c2stQUJDREVGR0hJSktMTU5PUFFSU1Q=",
+                   "note": extra})
+            .to_string()
+        };
+        let (client, _) = run(&[audio("mail bob@example.com")]);
+        assert_eq!(client.len(), 1, "{client:?}");
+        assert_eq!(client[0]["note"], "mail [EMAIL]");
+        assert_eq!(client[0]["delta"], "c2stQUJDREVGR0hJSktMTU5PUFFSU1Q=");
+        let (client, out) = run(&[audio(SECRET), audio("fine")]);
+        assert!(client.is_empty(), "{client:?}");
+        assert!(out.iter().any(|o| matches!(o, ServerOut::Ended { response: Some(r), rejection: Rejection::ResponseBlocked { .. } } if r == "r1")));
+    }
+
+    #[test]
+    fn the_strings_beside_appended_audio_are_inspected() {
+        let set = rules();
+        let append = |extra: &str| {
+            json!({"type": "input_audio_buffer.append", "audio": "c2stQUJD/+sk-ABCDEFGHIJKLMNOPQRST", "note": extra})
+                .to_string()
+        };
+        assert!(matches!(
+            judge_client_event(&set, &append(SECRET), &opts()).action,
+            ClientAction::Block { .. }
+        ));
+        let j = judge_client_event(&set, &append("to bob@example.com"), &opts());
+        assert_eq!(
+            j.action,
+            ClientAction::Rewrite(append("to [EMAIL]")),
+            "redacted beside the audio, the audio as it came"
+        );
+        // The audio itself is sound, whatever its bytes spell.
+        assert_eq!(
+            judge_client_event(&set, &append("fine"), &opts()).action,
+            ClientAction::Forward
+        );
+    }
+
+    #[test]
+    fn what_has_ended_does_not_start_again_in_a_fresh_filter() {
+        // A text released whole at its end, then a piece of it again: a client joins the two. Responses,
+        // transcriptions and the events outside both.
+        let (a, b) = ("key sk-ABCDEFGHIJ", "KLMNOPQRST more text");
+        let transcription = |kind: &str, field: &str, s: &str| {
+            json!({"type": format!("conversation.item.input_audio_transcription.{kind}"),
+                   "item_id": "t1", "content_index": 0, field: s})
+            .to_string()
+        };
+        let loose = |s: &str| json!({"type": "response.output_text.delta", "delta": s}).to_string();
+        let sessions = [
+            vec![delta("r1", a), response_done("r1", a), delta("r1", b)],
+            vec![
+                transcription("delta", "delta", a),
+                transcription("completed", "transcript", a),
+                transcription("delta", "delta", b),
+            ],
+            vec![
+                loose(a),
+                json!({"type": "response.output_text.done", "text": a}).to_string(),
+                loose("KL"),
+                loose("MNOPQRST more text"),
+            ],
+        ];
+        for events in sessions {
+            let (client, out) = run(&events);
+            let joined: String = client.iter().filter_map(|v| v["delta"].as_str()).collect();
+            assert!(!joined.contains("sk-ABCDEFGHIJKLMNOPQRST"), "{joined}");
+            assert!(!joined.contains("MNOPQRST"), "{joined}");
+            assert!(uninspectable(&out) > 0, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_of_another_type_does_not_move_an_event_out_of_its_response() {
+        let (a, b) = ("key sk-ABCDEFGHIJ", "KLMNOPQRST more text");
+        let mut late: Value = serde_json::from_str(&delta("r1", b)).expect("json");
+        late["event_id"] = json!(3);
+        let (client, out) = run(&[delta("r1", a), done("r1", a), late.to_string()]);
+        assert!(!sent(&client, "KLMNOPQRST"), "{client:?}");
+        assert!(uninspectable(&out) > 0);
+        // An id that is not a string: the event cannot be keyed as a client keys it.
+        let mut odd: Value = serde_json::from_str(&delta("r1", "hello")).expect("json");
+        odd["response_id"] = json!(1);
+        let (client, out) = run(&[odd.to_string()]);
+        assert!(client.is_empty(), "{client:?}");
+        assert_eq!(uninspectable(&out), 1);
+    }
+
+    #[test]
+    fn the_emptied_done_carries_nothing_the_rules_block_or_redact() {
+        let (client, _) = run(&[
+            delta("r1", SECRET),
+            json!({"type": "response.done", "response": {"id": "r1", "status": "completed",
+                   "usage": {"total_tokens": 7, "note": "bob@example.com"}}})
+            .to_string(),
+        ]);
+        let done = client
+            .iter()
+            .find(|v| v["type"] == "response.done")
+            .expect("emptied done");
+        assert_eq!(done["response"]["status"], "cancelled");
+        assert!(!sent(&client, "bob@"), "{client:?}");
+        // A response whose id is itself a value the rules block.
+        let (client, out) = run(&[
+            delta(SECRET, "hello"),
+            json!({"type": "response.done", "response": {"id": SECRET}}).to_string(),
+        ]);
+        assert!(!sent(&client, SECRET), "{client:?}");
+        assert!(out.iter().any(|o| matches!(o, ServerOut::Finished(_))));
+    }
+
+    #[test]
+    fn a_response_refused_for_too_many_open_is_reported_and_not_started_later() {
+        let mut f = ServerFilter::new(rules(), false, 8192);
+        let mut out = Vec::new();
+        for i in 0..MAX_OPEN {
+            f.on_event(&delta(&format!("r{i}"), "sk-ABC"), &mut out);
+        }
+        f.on_event(&delta("late", "hello"), &mut out);
+        let finished: Vec<&ResponseSummary> = out
+            .iter()
+            .filter_map(|o| match o {
+                ServerOut::Finished(s) => Some(&**s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(finished[..], [s] if s.response_id == "late" && s.side.decision == super::super::Decision::Error),
+            "{out:?}"
+        );
+        out.clear();
+        f.on_event(&response_done("r0", ""), &mut out);
+        f.on_event(&delta("late", " world"), &mut out);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, ServerOut::Client(s) if s.contains("world"))),
+            "{out:?}"
+        );
     }
 }

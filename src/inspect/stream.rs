@@ -9,9 +9,13 @@
 //! - tool-call arguments are JSON text: they are matched on what the client's JSON parser will decode
 //!   (escapes included) and sent as they came, cut only between escapes (`holdback::Form::Json`);
 //! - Responses API `*.delta` events with a string `delta`: one growing text per event type and
-//!   `output_index` / `content_index` / `summary_index`, the `*arguments.delta` ones JSON text; a `*.done`
-//!   event releases what its part or output holds before it, and the final events (`response.completed`,
-//!   `.incomplete`, `.failed`, `error`) release everything first;
+//!   `output_index` / `content_index` (and `summary_index`, for a reasoning summary's texts), the
+//!   `*arguments.delta` ones JSON text; a `*.done` event releases what its part or output holds before it, and
+//!   the final events (`response.completed`, `.incomplete`, `.failed`, `error`) release everything first;
+//! - texts are keyed as a client joins them: an index that is not a whole number (`"0"`, `0.0`, which a
+//!   JavaScript client reads as `0`) ends the stream as uninspectable, and a text over (released at its end,
+//!   or dropped when the stream ended) never starts again — not in this filter, nor in its
+//!   [`StreamFilter::successor`];
 //! - an event whose pieces all leave unchanged is passed on byte for byte, unrepacked; one whose pieces were
 //!   held or redacted is re-serialised in the upstream's own framing, and its `logprobs` are dropped (they
 //!   would carry the held or redacted text again as tokens and bytes);
@@ -80,15 +84,21 @@ struct OutputKey {
 }
 
 impl OutputKey {
-    /// The key of a Responses API event of type `kind` minus its last dotted part (`.delta`, `.done`).
-    fn of(v: &Value, family: &str) -> Self {
-        let n = |k: &str| v.get(k).and_then(Value::as_u64);
-        Self {
+    /// The key of a Responses API event of type `kind` minus its last dotted part (`.delta`, `.done`); `None`
+    /// when one of its indices is not a whole number (see [`index`]). A `summary_index` addresses a part of a
+    /// reasoning summary, and counts only there: on any other event a client keys nothing by it, and two
+    /// pieces that differ only in it are one text to the client.
+    fn of(v: &Value, family: &str) -> Option<Self> {
+        Some(Self {
             family: family.to_string(),
-            output: n("output_index"),
-            content: n("content_index"),
-            summary: n("summary_index"),
-        }
+            output: index(v, "output_index")?,
+            content: index(v, "content_index")?,
+            summary: if family.contains("summary") {
+                index(v, "summary_index")?
+            } else {
+                None
+            },
+        })
     }
 
     /// Whether a `.done` event (as a key) closes this text: the same text, or the part or output it belongs
@@ -157,6 +167,8 @@ pub struct StreamFilter {
     /// Texts already over (released at their end): a later piece of one would start a fresh text whose
     /// start a client joins to what was sent, so it ends the stream instead.
     over: std::collections::BTreeSet<TextKey>,
+    /// A text ended that `over` could not hold (it was full).
+    forgot_ends: bool,
     /// The lazy-DFA scratch space every text of this stream shares.
     cache: PrefixCache,
     /// The last chunk's envelope (id, object, model, …), to carry released text in chunks of our own.
@@ -210,6 +222,7 @@ impl StreamFilter {
             texts: BTreeMap::new(),
             closing: Vec::new(),
             over: std::collections::BTreeSet::new(),
+            forgot_ends: false,
             cache: PrefixCache::default(),
             envelope: None,
             output_envelopes: BTreeMap::new(),
@@ -358,7 +371,10 @@ impl StreamFilter {
         if let Some(kind) = v.get("type").and_then(Value::as_str) {
             if let Some(family) = kind.strip_suffix(".delta") {
                 if v.get("delta").is_some_and(Value::is_string) {
-                    let key = OutputKey::of(&v, family);
+                    let Some(key) = OutputKey::of(&v, family) else {
+                        self.fail(ODD_INDEX);
+                        return;
+                    };
                     self.on_output_delta(key, v, &ev, out);
                     return;
                 }
@@ -366,7 +382,10 @@ impl StreamFilter {
             // What an event closes is released before it: a part or output its `.done` names, or everything
             // at the end of the response.
             let closes: Vec<TextKey> = if let Some(family) = kind.strip_suffix(".done") {
-                let done = OutputKey::of(&v, family);
+                let Some(done) = OutputKey::of(&v, family) else {
+                    self.fail(ODD_INDEX);
+                    return;
+                };
                 self.texts
                     .keys()
                     .filter(|k| matches!(k, TextKey::Output(o) if o.closed_by(&done)))
@@ -447,7 +466,12 @@ impl StreamFilter {
             return;
         };
         for choice in choices.iter_mut() {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let Some(index) = index(choice, "index") else {
+                self.closing.clear();
+                self.fail(ODD_INDEX);
+                return;
+            };
+            let index = index.unwrap_or(0);
             let Some(obj) = choice.as_object_mut() else {
                 continue;
             };
@@ -526,8 +550,12 @@ impl StreamFilter {
             }
             Value::Array(items) => {
                 for (at, child) in items.iter_mut().enumerate() {
-                    let seg = match child.get("index").and_then(Value::as_u64) {
-                        Some(i) if child.is_object() => Seg::Indexed(i),
+                    let seg = match index(child, "index") {
+                        Some(Some(i)) if child.is_object() => Seg::Indexed(i),
+                        None => {
+                            self.fail(ODD_INDEX);
+                            return Flow::Stop;
+                        }
                         _ => Seg::At(at),
                     };
                     path.push(seg);
@@ -627,6 +655,7 @@ impl StreamFilter {
     /// Remembers that `key`'s text is over (at most [`MAX_OVER`] of them; past that the stream ends).
     fn end_text(&mut self, key: TextKey) {
         if self.over.len() >= MAX_OVER {
+            self.forgot_ends = true;
             self.fail(&format!("more than {MAX_OVER} texts in one answer"));
             return;
         }
@@ -984,11 +1013,48 @@ impl StreamFilter {
         self.drop_texts();
     }
 
-    /// The stream ended early: what is held is dropped, never sent.
+    /// The stream ended early: what is held is dropped, never sent. The texts dropped are over too: what was
+    /// released of them was released for what followed it then, and a filter after this one
+    /// ([`Self::successor`]) must not take a later piece of one for the start of a fresh text.
     fn drop_texts(&mut self) {
         self.work_done += self.texts.values().map(HeldText::work).sum::<u64>();
-        self.texts.clear();
+        let texts = std::mem::take(&mut self.texts);
+        for key in texts.into_keys() {
+            if self.over.len() >= MAX_OVER {
+                self.forgot_ends = true;
+                break;
+            }
+            self.over.insert(key);
+        }
         self.output_envelopes.clear();
+    }
+
+    /// A fresh filter for what comes after this one on the same channel (a realtime session's events outside
+    /// responses, after a block or a failure ended this filter): it knows every text this one ended, so a later
+    /// piece of one ends it too — a client joins that piece to what it was sent. One that cannot know them all
+    /// starts ended.
+    pub fn successor(&self) -> StreamFilter {
+        let mut next = StreamFilter::new(self.rules.clone(), self.monitor, self.max_hold);
+        next.over = self.over.clone();
+        next.forgot_ends = self.forgot_ends;
+        if next.forgot_ends {
+            next.fail(&format!("more than {MAX_OVER} texts ended"));
+        }
+        next
+    }
+}
+
+/// Why a stream ends when an index is not a whole number.
+const ODD_INDEX: &str = "an index in an event is not a whole number";
+
+/// Field `key` of `v` as an index: `Some(None)` when absent or `null`, `Some(Some(n))` for a whole number,
+/// `None` for anything else. A client keys its texts by the index as it stands — a JavaScript client by
+/// `"0"`, `0.0` and `0` alike — so a piece with such an index cannot be told a text the way the client will
+/// join it: the stream cannot be inspected.
+fn index(v: &Value, key: &str) -> Option<Option<u64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Some(None),
+        Some(x) => x.as_u64().map(Some),
     }
 }
 
@@ -1406,6 +1472,92 @@ mod tests {
             assert!(all.contains("policy_blocked"), "cut at {cut}: {all}");
             assert!(!all.contains("IOSFODNN"), "cut at {cut}: {all}");
         }
+    }
+
+    #[test]
+    fn an_index_that_is_not_a_whole_number_ends_the_stream() {
+        // A text ended (its `.done`, its choice's finish), then a piece of it again under an index a JavaScript
+        // client reads as the same (`"1"`, `1.0`): the client joins the two, the filter saw another text.
+        let set = pack();
+        let ev = |v: Value| format!("data: {v}\n\n");
+        let odd_forms: [fn(u64) -> Value; 2] = [|n| json!(n.to_string()), |n| json!(n as f64)];
+        for odd in odd_forms {
+            let output = |i: Value, d: &str| {
+                ev(
+                    json!({"type": "response.output_text.delta", "output_index": i, "content_index": 0, "delta": d}),
+                )
+            };
+            let responses = [
+                output(json!(0), "key AKIAIOSF"),
+                ev(json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "key AKIAIOSF"})),
+                output(odd(0), "ODNN7EXAMPLE and more. "),
+            ]
+            .concat();
+            let choice = |i: Value, d: &str| {
+                chunk(json!([{"index": i, "delta": {"content": d}, "finish_reason": null}]))
+            };
+            let chat = [
+                choice(json!(1), "key AKIAIOSF"),
+                chunk(json!([{"index": 1, "delta": {}, "finish_reason": "stop"}])),
+                choice(odd(1), "ODNN7EXAMPLE and more. "),
+            ]
+            .concat();
+            let call = |i: Value, d: &str| {
+                delta_chunk(json!({"tool_calls": [{"index": i, "function": {"arguments": d}}]}))
+            };
+            let tools = [
+                call(json!(0), r#"{"k":"AKIAIOSF"#),
+                chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
+                call(odd(0), r#"ODNN7EXAMPLE"}"#),
+            ]
+            .concat();
+            for s in [responses, chat, tools] {
+                let (all, f) = through(&set, &s);
+                assert!(!all.contains("ODNN7EXAMPLE"), "{s}\n→ {all}");
+                assert!(f.is_ended() && f.blocked_by.is_none(), "{all}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_summary_index_splits_only_the_texts_of_a_reasoning_summary() {
+        let set = pack();
+        let ev = |v: Value| format!("data: {v}\n\n");
+        // On an output text it addresses nothing: pieces that differ only in it are one text to a client.
+        let text = |n: u64, d: &str| {
+            ev(
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "summary_index": n, "delta": d}),
+            )
+        };
+        let s = [
+            text(0, "key AKIAIOSF"),
+            ev(json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "summary_index": 0, "text": "key AKIAIOSF"})),
+            text(1, "ODNN7EXAMPLE and more. "),
+        ]
+        .concat();
+        let (all, f) = through(&set, &s);
+        assert!(!all.contains("ODNN7EXAMPLE"), "{all}");
+        assert!(f.is_ended(), "{all}");
+        // A reasoning summary's parts are texts of their own: the second starts after the first's end.
+        let part = |n: u64, d: &str| {
+            ev(
+                json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0, "summary_index": n, "delta": d}),
+            )
+        };
+        let s = [
+            part(0, "first part. "),
+            ev(json!({"type": "response.reasoning_summary_text.done", "item_id": "rs_1", "output_index": 0, "summary_index": 0, "text": "first part. "})),
+            part(1, "second part. "),
+            ev(json!({"type": "response.completed", "response": {"status": "completed"}})),
+        ]
+        .concat();
+        let (all, f) = through(&set, &s);
+        assert!(!f.is_ended(), "{all}");
+        let deltas: String = events(&all)
+            .iter()
+            .filter_map(|v| v["delta"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(deltas, "first part. second part. ");
     }
 
     #[test]

@@ -54,3 +54,8 @@ fn rule_files_corpus_keeps_its_properties() {
 fn normalize_spans_corpus_keeps_its_properties() {
     replay("normalize_spans", harness::normalize_spans);
 }
+
+#[test]
+fn realtime_events_corpus_keeps_its_properties() {
+    replay("realtime_events", harness::realtime_events);
+}
