@@ -867,6 +867,16 @@ action = "block"
         .to_string()
     }
 
+    /// The responses the filter reported over.
+    fn finished(out: &[ServerOut]) -> Vec<&ResponseSummary> {
+        out.iter()
+            .filter_map(|o| match o {
+                ServerOut::Finished(s) => Some(&**s),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Runs events through a filter: the client's messages, and everything else.
     fn run(events: &[String]) -> (Vec<Value>, Vec<ServerOut>) {
         let mut f = ServerFilter::new(rules(), false, 8192);
@@ -965,13 +975,7 @@ action = "block"
                 .collect::<String>(),
             "next response"
         );
-        let finished: Vec<&ResponseSummary> = out
-            .iter()
-            .filter_map(|o| match o {
-                ServerOut::Finished(s) => Some(&**s),
-                _ => None,
-            })
-            .collect();
+        let finished = finished(&out);
         assert_eq!(finished.len(), 2);
         assert!(finished[0].blocked_by.is_some());
         assert!(finished[1].blocked_by.is_none());
@@ -1158,13 +1162,7 @@ action = "block"
             f.on_event(&delta(&format!("r{i}"), "sk-ABC"), &mut out);
         }
         f.on_event(&delta("late", "hello"), &mut out);
-        let finished: Vec<&ResponseSummary> = out
-            .iter()
-            .filter_map(|o| match o {
-                ServerOut::Finished(s) => Some(&**s),
-                _ => None,
-            })
-            .collect();
+        let finished = finished(&out);
         assert!(
             matches!(finished[..], [s] if s.response_id == "late" && s.side.decision == super::super::Decision::Error),
             "{out:?}"

@@ -83,6 +83,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 4096;
 
 type Ws = WebSocketStream<Stream>;
+/// The sending half of a leg.
+type Sink = futures_util::stream::SplitSink<Ws, Message>;
 
 /// Serves realtime sessions with the gateway's rules, callers, limits, pools and audit.
 pub struct Realtime {
@@ -844,8 +846,8 @@ impl<'a> Session<'a> {
     async fn on_client(
         &mut self,
         m: Option<Result<Message, WsError>>,
-        c_tx: &mut futures_util::stream::SplitSink<Ws, Message>,
-        u_tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        c_tx: &mut Sink,
+        u_tx: &mut Sink,
     ) -> Next {
         let m = match m {
             None => return Next::Ended(None),
@@ -857,18 +859,13 @@ impl<'a> Session<'a> {
                 self.counts.client += 1;
                 if self.over_rate() {
                     count("client", "dropped");
-                    let msg = format!(
+                    let message = format!(
                         "More than {} messages a second on this session: the message was dropped",
                         self.rt.cfg.messages_per_second
                     );
-                    let ev = error_event(
-                        "rate_limit_exceeded",
-                        "invalid_request_error",
-                        &msg,
-                        None,
-                        None,
-                    );
-                    return send_or_end(c_tx, ev).await;
+                    let error = json!({"type": "invalid_request_error", "code": "rate_limit_exceeded",
+                                       "message": message, "param": null});
+                    return send_or_end(c_tx, error_event(error, None)).await;
                 }
                 let Some(rules) = self.ctx.rules.clone() else {
                     return Next::Close(CloseCode::Error, "no rules");
@@ -931,8 +928,8 @@ impl<'a> Session<'a> {
     async fn on_upstream(
         &mut self,
         m: Option<Result<Message, WsError>>,
-        c_tx: &mut futures_util::stream::SplitSink<Ws, Message>,
-        u_tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        c_tx: &mut Sink,
+        u_tx: &mut Sink,
     ) -> Next {
         let m = match m {
             None => return Next::Ended(Some(close(CloseCode::Error, "the upstream closed"))),
@@ -992,7 +989,7 @@ impl<'a> Session<'a> {
     /// A block (either direction): the client's `error` event, or the session closed as configured.
     async fn blocked(
         &mut self,
-        c_tx: &mut futures_util::stream::SplitSink<Ws, Message>,
+        c_tx: &mut Sink,
         rejection: &Rejection,
         event_id: Option<String>,
     ) -> Next {
@@ -1111,7 +1108,7 @@ fn closing_error(e: &WsError) -> Next {
 }
 
 /// Sends a message on a leg; a leg that cannot take it ends the session.
-async fn forward(tx: &mut futures_util::stream::SplitSink<Ws, Message>, m: Message) -> Next {
+async fn forward(tx: &mut Sink, m: Message) -> Next {
     match tx.send(m).await {
         Ok(()) => Next::Go,
         Err(WsError::Capacity(_)) => Next::Close(
@@ -1122,7 +1119,7 @@ async fn forward(tx: &mut futures_util::stream::SplitSink<Ws, Message>, m: Messa
     }
 }
 
-async fn send_or_end(tx: &mut futures_util::stream::SplitSink<Ws, Message>, text: String) -> Next {
+async fn send_or_end(tx: &mut Sink, text: String) -> Next {
     forward(tx, Message::Text(text.into())).await
 }
 
@@ -1130,25 +1127,16 @@ async fn send_or_end(tx: &mut futures_util::stream::SplitSink<Ws, Message>, text
 /// the rule that refused), about the client's event `event_id` if it named one.
 fn rejection_event(r: &Rejection, event_id: Option<String>) -> String {
     let resp = r.render();
-    let mut error = serde_json::from_slice::<Value>(&resp.body)
+    let error = serde_json::from_slice::<Value>(&resp.body)
         .ok()
         .and_then(|mut v| v.get_mut("error").map(Value::take))
         .unwrap_or_else(|| json!({"type": "server_error", "code": resp.code, "message": r.to_string(), "param": null}));
-    if let Some(id) = event_id.filter(|id| crate::openai::is_safe_id(id.as_bytes())) {
-        error["event_id"] = Value::String(id);
-    }
-    json!({"type": "error", "event_id": gateway_event_id(), "error": error}).to_string()
+    error_event(error, event_id)
 }
 
-fn error_event(
-    code: &str,
-    kind: &str,
-    message: &str,
-    param: Option<&str>,
-    event_id: Option<String>,
-) -> String {
-    let mut error = json!({"type": kind, "code": code, "message": message, "param": param});
-    if let Some(id) = event_id {
+/// A realtime `error` event with this `error` object, naming the client's event if it is a safe id.
+fn error_event(mut error: Value, event_id: Option<String>) -> String {
+    if let Some(id) = event_id.filter(|id| crate::openai::is_safe_id(id.as_bytes())) {
         error["event_id"] = Value::String(id);
     }
     json!({"type": "error", "event_id": gateway_event_id(), "error": error}).to_string()

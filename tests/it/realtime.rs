@@ -96,6 +96,19 @@ async fn received(mock: &MockUpstream) -> Vec<Value> {
         .collect()
 }
 
+/// A gateway in `gateway_keys` mode with this keys file (`PG_TEST_PROVIDER_KEY` holds the provider key).
+async fn keys_gateway(mock: &MockUpstream, keys: &KeysFile) -> Gateway {
+    Gateway::start_with(
+        GatewayOpts::new(mock.url())
+            .toml(&format!(
+                "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
+                keys.path.display().to_string()
+            ))
+            .env("PG_TEST_PROVIDER_KEY", PROVIDER_KEY),
+    )
+    .await
+}
+
 async fn start() -> (MockUpstream, Gateway) {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock.url()).await;
@@ -285,15 +298,7 @@ async fn a_gateway_key_in_the_browser_subprotocol_identifies_and_never_reaches_t
         secret,
         "upstream_key_env = \"PG_TEST_PROVIDER_KEY\"",
     ));
-    let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url())
-            .toml(&format!(
-                "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
-                keys.path.display().to_string()
-            ))
-            .env("PG_TEST_PROVIDER_KEY", PROVIDER_KEY),
-    )
-    .await;
+    let gw = keys_gateway(&mock, &keys).await;
     let key_protocol = format!("openai-insecure-api-key.{secret}");
     let (mut ws, resp) = ws_connect(&ws_url(&gw), &[], &["realtime", &key_protocol])
         .await
@@ -345,11 +350,7 @@ async fn the_session_holds_one_permit_released_when_the_client_vanishes_mid_resp
         secret,
         "limits = { max_concurrent = 1 }",
     ));
-    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
-        "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
-        keys.path.display().to_string()
-    )))
-    .await;
+    let gw = keys_gateway(&mock, &keys).await;
     let bearer = format!("Bearer {secret}");
     let (mut ws, _) = ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[])
         .await
@@ -560,11 +561,7 @@ async fn tokens_of_each_response_are_settled_against_the_callers_quota() {
         secret,
         "limits = { tokens_per_minute = 100 }",
     ));
-    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
-        "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
-        keys.path.display().to_string()
-    )))
-    .await;
+    let gw = keys_gateway(&mock, &keys).await;
     let bearer = format!("Bearer {secret}");
     let (mut ws, _) = ws_connect(&ws_url(&gw), &[("authorization", &bearer)], &[])
         .await
@@ -744,11 +741,7 @@ async fn a_keys_model_scope_and_origins_are_checked_before_the_upstream_is_conta
         secret,
         "allowed_models = [\"gpt-realtime-mini\"]\nallowed_origins = [\"https://app.example.com\"]",
     ));
-    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
-        "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
-        keys.path.display().to_string()
-    )))
-    .await;
+    let gw = keys_gateway(&mock, &keys).await;
     let bearer = format!("Bearer {secret}");
     let base = gw.ws_url("/v1/realtime");
     let auth = ("authorization", bearer.as_str());
