@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, Overrides};
+use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::{mock, server};
 
 /// The default config file, used when it exists and `--config` is not given.
@@ -139,7 +139,10 @@ struct MockArgs {
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing();
+    // `run` and `demo` start logging once their config is read (it names the format).
+    if !matches!(cli.command, Command::Run(_) | Command::Demo(_)) {
+        init_tracing(LogFormat::Text);
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
@@ -183,15 +186,21 @@ fn keys_new(args: &KeysNewArgs) -> i32 {
     0
 }
 
-fn init_tracing() {
+/// Log lines to stderr: text, or one JSON object per line (`log.format = "json"`: the event's fields —
+/// `request_id`, `trace_id` on the request path — are keys of its `fields` object).
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
 }
 
 fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
@@ -225,6 +234,7 @@ fn run(args: RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    init_tracing(config.log_format);
     match server::run(config) {
         Ok(()) => 0,
         Err(e) => start_failed(&e),
@@ -257,6 +267,7 @@ fn demo(args: DemoArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    init_tracing(config.log_format);
     let gw = config.listen;
     println!("promptgate demo: gateway on http://{gw}, mock upstream on http://{mock_addr}, admin on http://{}", config.admin);
     println!();

@@ -10,7 +10,8 @@
 //! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),
 //! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
 //! for the rules, the keys and the certificates), `server` (assembly: listeners plain and TLS, background
-//! services, shutdown), `tls` (the TLS listeners' certificates), `admin` (health, metrics, reload), `cli`
+//! services, shutdown), `tls` (the TLS listeners' certificates), `otel` (OpenTelemetry
+//! traces: the trace context of a request, its spans, the OTLP exporter), `admin` (health, metrics, reload), `cli`
 //! (subcommands), `mock` (the mock upstream of the demo, the tests and the benchmarks), `harness` (hidden, not
 //! the product: the property checks behind the fuzz targets in `tests/fuzz/` and their corpus replay).
 
@@ -28,6 +29,7 @@ pub mod live;
 pub mod metrics;
 pub mod mock;
 pub mod openai;
+pub mod otel;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -109,6 +109,26 @@ counter!(
     "Decision events dropped because the audit queue was full (audit.on_full = \"drop\")."
 );
 counter!(
+    TRACE_SPANS_EXPORTED,
+    "promptgate_trace_spans_exported_total",
+    "Spans the OTLP collector accepted ([tracing])."
+);
+/// Spans given up, by reason: `queue_full` (the export queue had no room at the request's end) or
+/// `export_failed` (the collector refused them or could not be reached, retries included).
+pub static TRACE_SPANS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "promptgate_trace_spans_dropped_total",
+        "Spans dropped before reaching the OTLP collector, by reason (queue_full, export_failed).",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+counter!(
+    TRACE_EXPORT_ERRORS,
+    "promptgate_trace_export_errors_total",
+    "Failed OTLP export attempts (each retry counts)."
+);
+counter!(
     AUDIT_WRITE_ERRORS,
     "promptgate_audit_write_errors_total",
     "Failed attempts to write the audit file."
@@ -519,6 +539,11 @@ pub fn init() {
     LazyLock::force(&AUDIT_WEBHOOK_FAILURES);
     LazyLock::force(&AUDIT_DROPPED);
     LazyLock::force(&AUDIT_WRITE_ERRORS);
+    LazyLock::force(&TRACE_SPANS_EXPORTED);
+    LazyLock::force(&TRACE_EXPORT_ERRORS);
+    for reason in ["queue_full", "export_failed"] {
+        TRACE_SPANS_DROPPED.with_label_values(&[reason]);
+    }
     LazyLock::force(&AUDIT_QUEUE_DEPTH);
     LazyLock::force(&AUDIT_SINK_UP);
     LazyLock::force(&AUDIT_WEBHOOK_LAG);

@@ -34,6 +34,7 @@ use crate::config::{Config, ConfigError};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::live::{self, Live, Source};
 use crate::metrics;
+use crate::otel::Tracer;
 use crate::proxy::{Edge, Gateway, Realtime, IN_FLIGHT};
 use crate::rules::{RuleError, RuleStore, RulesDir};
 use crate::tls::{CertSource, ServerCert, TlsError};
@@ -167,6 +168,14 @@ fn build(config: &Config) -> Result<Server, StartError> {
             Arc::new(limiter)
         }
     };
+    let tracer = match &config.tracing {
+        Some(t) => {
+            let (tracer, exporter) = Tracer::new(t)?;
+            server.add_service(background_service("trace exporter", exporter));
+            Some(tracer)
+        }
+        None => None,
+    };
     let gateway = Gateway::new(
         upstreams.clone(),
         store.clone(),
@@ -175,7 +184,8 @@ fn build(config: &Config) -> Result<Server, StartError> {
         limiter,
         audit.clone(),
         config.threads,
-    );
+    )
+    .with_tracer(tracer.clone());
     let realtime = Realtime::new(
         gateway.clone(),
         config.realtime,
@@ -205,7 +215,7 @@ fn build(config: &Config) -> Result<Server, StartError> {
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());
     server.add_service(admin);
-    server.add_service(background_service("drain", Drain { audit }));
+    server.add_service(background_service("drain", Drain { audit, tracer }));
     add_reloads(&mut server, config, &store, &auth);
     add_cert_reloads(&mut server, config, certs);
     Ok(server)
@@ -550,6 +560,7 @@ impl ShutdownSignalWatch for Signals {
 /// not sit out the rest of the grace period.
 struct Drain {
     audit: Arc<Audit>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 #[async_trait]
@@ -574,6 +585,13 @@ impl BackgroundService for Drain {
                 unwritten,
                 "exiting with decision events not written (audit sink failing)"
             );
+        }
+        // The spans of the last requests go to the collector too (bounded like the audit: a collector that
+        // does not answer must not hold the shutdown).
+        if let Some(t) = &self.tracer {
+            if !t.close(Duration::from_secs(10)).await {
+                tracing::warn!("exiting with spans not exported (collector not answering)");
+            }
         }
         tracing::info!("drained in {:?}; exiting", since.elapsed());
         std::process::exit(0);

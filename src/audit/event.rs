@@ -55,6 +55,8 @@ pub struct Event {
     pub attempts: Vec<Attempt>,
     /// A realtime session's event: what it covers and its counts.
     pub realtime: Option<Realtime>,
+    /// The trace id (hex) the upstream was told of, when tracing is on (sampled or not).
+    pub trace_id: Option<String>,
 }
 
 /// What a realtime event covers: one response of a session, or the whole session (written when it closes).
@@ -161,6 +163,8 @@ struct Line<'a> {
     attempts: &'a [Attempt],
     #[serde(skip_serializing_if = "Option::is_none")]
     realtime: Option<Realtime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -195,10 +199,7 @@ impl Event {
             .session_id
             .as_deref()
             .filter(|id| crate::openai::is_safe_id(id.as_bytes()) && clean(id));
-        let model = self
-            .model
-            .as_deref()
-            .filter(|m| crate::openai::is_safe_name(m) && clean(m));
+        let model = self.model.as_deref().filter(|m| safe_model(&self.rules, m));
         let line = Line {
             kind: self.kind,
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -228,10 +229,17 @@ impl Event {
                     .filter(|id| crate::openai::is_safe_id(id.as_bytes()) && clean(id));
                 r
             }),
+            trace_id: self.trace_id.as_deref(),
         };
         // Plain data: serialising cannot fail; an empty line would be skipped, never half-written.
         serde_json::to_vec(&line).unwrap_or_default()
     }
+}
+
+/// Whether a client-supplied model name may be recorded (events, spans): the shape of a model name, and no
+/// rule matches it.
+pub fn safe_model(rules: &RuleSet, m: &str) -> bool {
+    crate::openai::is_safe_name(m) && rules.scan(m, Direction::Request).is_empty()
 }
 
 /// The `direction` of a rule match, as events and metrics name it.

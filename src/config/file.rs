@@ -19,6 +19,58 @@ pub struct FileConfig {
     pub auth: AuthSection,
     pub audit: AuditSection,
     pub realtime: RealtimeSection,
+    pub tracing: TracingSection,
+    pub log: LogSection,
+}
+
+/// `[tracing]`: OpenTelemetry traces exported over OTLP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    pub enabled: bool,
+    pub endpoint: String,
+    pub protocol: String,
+    pub headers_env: String,
+    pub sampling_ratio: f64,
+    pub service_name: String,
+    pub queue: usize,
+    pub batch_max: usize,
+    pub flush_interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318".into(),
+            protocol: "http/protobuf".into(),
+            headers_env: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "promptgate".into(),
+            queue: 2048,
+            batch_max: 512,
+            flush_interval_ms: 1000,
+            timeout_ms: 10_000,
+            retries: 2,
+        }
+    }
+}
+
+/// `[log]`: how the gateway's own log lines are written (stderr).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,8 +528,9 @@ impl Default for RulesSection {
 
 /// The sections of the file: every top-level key is one of them, and a table. The fields of [`FileConfig`], in
 /// order (`sections_are_the_fields_of_file_config` keeps the two equal).
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 11] = [
     "server", "upstream", "rules", "inspect", "policy", "limits", "auth", "audit", "realtime",
+    "tracing", "log",
 ];
 
 impl FileConfig {

@@ -14,6 +14,7 @@
 mod file;
 mod outline;
 mod pools;
+mod telemetry;
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use thiserror::Error;
 
 pub use file::FileConfig;
 pub use pools::{Balance, EndpointConfig, HealthConfig, KeyHeader, PoolConfig};
+pub use telemetry::{LogFormat, OtlpProtocol, TracingConfig};
 
 /// A configuration that cannot be used. Rendered as one line: `SOURCE: FIELD: WHAT`.
 #[derive(Debug, Error)]
@@ -73,6 +75,10 @@ pub struct Config {
     pub limits_backend: LimitsBackend,
     /// Realtime sessions (`/v1/realtime` over WebSocket).
     pub realtime: RealtimeConfig,
+    /// OpenTelemetry traces; `None` when `tracing.enabled = false`.
+    pub tracing: Option<TracingConfig>,
+    /// How log lines are written (`log.format`).
+    pub log_format: LogFormat,
 }
 
 /// Where quotas are counted (`limits.backend`).
@@ -322,6 +328,8 @@ impl Config {
         let limits_backend = limits_backend(&raw.limits, &auth, &src)?;
         let audit = audit(&raw.audit, &src)?;
         let realtime = realtime(&raw.realtime, &raw.limits, &src)?;
+        let tracing = telemetry::tracing(&raw.tracing, &src)?;
+        let log_format = telemetry::log_format(&raw.log, &src)?;
         Ok(Config {
             listen,
             admin,
@@ -338,6 +346,8 @@ impl Config {
             limit_window,
             limits_backend,
             realtime,
+            tracing,
+            log_format,
         })
     }
 }

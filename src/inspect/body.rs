@@ -105,9 +105,7 @@ pub fn decide(
                 .with_label_values(&["fail_open"])
                 .inc();
             metrics::FAIL_OPEN.with_label_values(&["inspection"]).inc();
-            tracing::error!(
-                "request inspection failed; forwarding uninspected (policy.fail_open = true)"
-            );
+            // Logged by the caller, which knows the request (its id and trace id).
             insp.failed_open = true;
             insp.forward = Some(Bytes::from(raw));
             return Ok(());
@@ -116,7 +114,7 @@ pub fn decide(
             metrics::INSPECTION_ERRORS
                 .with_label_values(&["fail_closed"])
                 .inc();
-            tracing::error!("request inspection failed; refusing the request (fail closed)");
+            // Logged by the caller, which knows the request (its id and trace id).
             return Err(Rejection::InspectionFailed);
         }
     };

@@ -39,6 +39,9 @@ pub async fn hold(
     };
     up.finish().await;
     ctx.usage = Usage::from_body(&raw);
+    if let Some(t) = ctx.trace.as_mut().filter(|t| t.sampled) {
+        t.response_model = answer_model(&raw);
+    }
     let rules = ctx
         .rules
         .clone()
@@ -56,7 +59,7 @@ pub async fn hold(
             inspect::answer::judge(&rules, raw, encoding.as_deref(), &opts, cap)
         })
         .await;
-    ctx.timing.response_inspect_us += started.elapsed().as_micros() as u64;
+    ctx.answer_inspected(started, Instant::now());
     let Some((released, verdict)) = judged else {
         ctx.outcome.response = Side::failed();
         return Err(Rejection::InspectionFailed.into_error());
@@ -72,4 +75,15 @@ pub async fn hold(
     session.write_response_header(Box::new(resp), false).await?;
     ctx.sent_answer_bytes();
     session.write_response_body(Some(released.body), true).await
+}
+
+/// The `model` an answer names (for a sampled trace; whether it may be recorded is judged at the end).
+fn answer_model(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let a: Answer = serde_json::from_slice(raw).ok()?;
+    a.model.map(std::borrow::Cow::into_owned)
 }

@@ -15,6 +15,7 @@ use crate::inspect::Outcome;
 use crate::metrics;
 use crate::openai::usage::Usage;
 use crate::openai::Route;
+use crate::otel::RequestTrace;
 use crate::rules::RuleSet;
 use crate::upstream::Endpoint;
 
@@ -89,6 +90,8 @@ pub struct RequestCtx {
     pub timing: Timing,
     /// The code of the error or refusal the gateway answered with, if it did.
     pub error_code: Option<&'static str>,
+    /// The request's trace context and step times (`None` when tracing is off: nothing allocated).
+    pub trace: Option<Box<RequestTrace>>,
     _in_flight: InFlightGuard,
 }
 
@@ -113,6 +116,7 @@ impl RequestCtx {
             attempts_log: Vec::new(),
             timing: Timing::default(),
             error_code: None,
+            trace: None,
             _in_flight: InFlightGuard::new(),
         }
     }
@@ -138,8 +142,22 @@ impl RequestCtx {
     pub fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let out = f();
-        self.timing.response_inspect_us += started.elapsed().as_micros() as u64;
+        self.answer_inspected(started, Instant::now());
         out
+    }
+
+    /// Adds one step of answer inspection (from `started` to `ended`) to the answer's inspection time.
+    pub fn answer_inspected(&mut self, started: Instant, ended: Instant) {
+        self.timing.response_inspect_us +=
+            ended.saturating_duration_since(started).as_micros() as u64;
+        if let Some(t) = &mut self.trace {
+            t.answer_step(started, ended);
+        }
+    }
+
+    /// The trace id the upstream was told of, in hex (`None` when tracing is off).
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.as_ref().map(|t| t.trace_id_hex())
     }
 }
 

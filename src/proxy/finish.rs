@@ -13,6 +13,7 @@ use crate::audit::event::{self, Decisions, Event, Hit, InspectUs, Latency};
 use crate::inspect::Decision;
 use crate::metrics;
 use crate::openai::Rejection;
+use crate::otel::{Finished, RequestTrace, SpanRecord, UpstreamFacts};
 use crate::rules::Direction;
 
 /// Settles, counts and records the request.
@@ -38,12 +39,95 @@ pub async fn finish(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mu
         _ => "h1",
     };
     metrics::PROTOCOLS.with_label_values(&[protocol]).inc();
-    let latency = latency(ctx, Instant::now());
+    let end = Instant::now();
+    let latency = latency(ctx, end);
     count(ctx, status, &latency);
+    // Made before the event takes what it needs out of the context; handed over after the event.
+    let mut spans = match (&gw.tracer, &ctx.trace) {
+        (Some(_), Some(t)) if t.sampled => spans(session, ctx, t, status, end),
+        _ => Vec::new(),
+    };
     if gw.audit.enabled() {
         if let Some(event) = event(gw, session, ctx, status, latency) {
+            let handed = Instant::now();
             gw.audit.record(Box::new(event)).await;
+            if let (Some(t), false) = (&ctx.trace, spans.is_empty()) {
+                t.audit_span(&mut spans, handed, Instant::now());
+            }
         }
+    }
+    if let Some(tracer) = &gw.tracer {
+        tracer.submit(spans);
+    }
+}
+
+/// The request's spans (a sampled request's), from what its context holds; only names and values the
+/// decision event would write.
+fn spans(
+    session: &Session,
+    ctx: &RequestCtx,
+    t: &RequestTrace,
+    status: u16,
+    end: Instant,
+) -> Vec<SpanRecord> {
+    let rules = ctx.rules.as_deref();
+    let safe = |m: &&str| rules.is_some_and(|r| event::safe_model(r, m));
+    let model = ctx
+        .body
+        .as_ref()
+        .and_then(|b| b.facts.model.as_deref())
+        .filter(safe);
+    let caller = ctx.admission.caller.as_ref();
+    let o = &ctx.outcome;
+    let usage = ctx.reported_usage();
+    let upstream = match (ctx.timing.upstream_sent, &ctx.endpoint) {
+        (Some(sent), Some(e)) => Some((sent, e.addr, Some(host_of(e.target.authority())))),
+        (Some(sent), None) => ctx.attempts_log.last().map(|a| (sent, a.endpoint, None)),
+        _ => None,
+    };
+    let address;
+    let upstream = match upstream {
+        Some((sent, addr, host)) => {
+            address = host.map_or_else(|| addr.ip().to_string(), str::to_string);
+            Some(UpstreamFacts {
+                address: &address,
+                port: addr.port(),
+                sent,
+                done: ctx.timing.upstream_done,
+                status: ctx.attempts_log.last().and_then(|a| a.status),
+            })
+        }
+        None => None,
+    };
+    let rule_ids = match rules {
+        Some(r) => o.rule_ids(r).into_iter().map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    let finished = Finished {
+        operation: crate::otel::operation(ctx.route),
+        model,
+        response_model: t.response_model.as_deref().filter(safe),
+        method: method_label(&session.req_header().method),
+        status,
+        request_id: &ctx.request_id,
+        key_id: caller.map(|c| c.id()),
+        tenant: caller.and_then(|c| c.tenant()),
+        decision_request: o.request.decision.as_str(),
+        decision_response: o.response.decision.as_str(),
+        rules: rule_ids,
+        input_tokens: usage.map(|u| u.prompt_tokens),
+        output_tokens: usage.map(|u| u.completion_tokens),
+        error: ctx.error_code,
+        upstream,
+    };
+    t.spans(&finished, end)
+}
+
+/// The host of an authority (`host:port`, `[v6]:port` or a bare host).
+fn host_of(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     }
 }
 
@@ -178,6 +262,7 @@ fn event(
             .map(|p| p.name.clone()),
         attempts: std::mem::take(&mut ctx.attempts_log),
         realtime: None,
+        trace_id: ctx.trace_id(),
     })
 }
 

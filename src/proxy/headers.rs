@@ -2,7 +2,8 @@
 //! [`decorate`] exactly once: the request id, the rules version, the decision and the rules that matched (ids
 //! only, never values) when something was inspected, the caller's rate-limit headers, and CORS. Every request
 //! that goes upstream gets [`to_upstream`]: the request id, the provider credential in place of a gateway
-//! key, and a plain (`identity`) answer when the answer will be inspected.
+//! key, a plain (`identity`) answer when the answer will be inspected, and — when tracing is on — the gateway's
+//! `traceparent` (and the client's bounded `tracestate`).
 
 use std::time::SystemTime;
 
@@ -73,6 +74,17 @@ pub fn to_upstream(req: &mut RequestHeader, ctx: &RequestCtx, pool: &Pool) -> Re
         req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
     }
     req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    if let Some(t) = &ctx.trace {
+        // The upstream joins the trace under the gateway's upstream span (sampled or not); the client's own
+        // traceparent names a span the upstream is not a child of.
+        req.insert_header("traceparent", t.upstream_traceparent())?;
+        match &t.tracestate {
+            Some(state) => req.insert_header("tracestate", state.as_str())?,
+            None => {
+                req.remove_header("tracestate");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,7 @@ use crate::config::InspectConfig;
 use crate::limits::Limiter;
 use crate::metrics;
 use crate::openai::{Rejection, Route};
+use crate::otel::Tracer;
 use crate::rules::{Direction, RuleStore};
 use crate::upstream::{retry, Pool, Upstreams};
 use path::Reply;
@@ -59,6 +60,8 @@ pub struct Gateway {
     audit: Arc<Audit>,
     /// Where large inspections run (off the I/O workers).
     offload: offload::Offload,
+    /// OpenTelemetry traces (`None`: tracing off, nothing done per request).
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Gateway {
@@ -81,7 +84,14 @@ impl Gateway {
             limiter,
             audit,
             offload: offload::Offload::new(threads),
+            tracer: None,
         }
+    }
+
+    /// Traces requests with `tracer` (`[tracing]` on).
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Answers a request the gateway does not forward.
@@ -177,6 +187,9 @@ impl ProxyHttp for Gateway {
         // One snapshot per request: a reload during the request does not change what it is checked against.
         ctx.rules = Some(self.rules.snapshot());
         let req = session.req_header();
+        if let Some(tracer) = &self.tracer {
+            ctx.trace = Some(Box::new(tracer.start(&req.headers)));
+        }
         ctx.route = Route::classify(req.uri.path());
         // The client's request id is kept when it is a safe shape that no rule matches: it goes into events,
         // logs and the upstream request.
@@ -369,7 +382,11 @@ impl ProxyHttp for Gateway {
         }
         if session.response_written().is_none() {
             if let Err(write_err) = error::write(session, ctx, &resp).await {
-                tracing::debug!("could not write the error response: {write_err}");
+                tracing::debug!(
+                    request_id = %ctx.request_id,
+                    trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()),
+                    "could not write the error response: {write_err}"
+                );
             }
         }
         FailToProxy {
@@ -385,7 +402,12 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         let routine = Rejection::from_error(e).is_none_or(|r| r.status() < 500);
         if routine {
-            tracing::debug!("{e}, {}", self.request_summary(session, ctx));
+            tracing::debug!(
+                request_id = %ctx.request_id,
+                trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()),
+                "{e}, {}",
+                self.request_summary(session, ctx)
+            );
         }
         routine
     }
@@ -393,11 +415,14 @@ impl ProxyHttp for Gateway {
     /// What Pingora's own log lines say about a request: never its path, query or headers (client input that
     /// may carry a secret), only the method, the route and the request id.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex());
         format!(
-            "{} {} request_id={}",
+            "{} {} request_id={}{}{}",
             finish::method_label(&session.req_header().method),
             ctx.route.label(),
-            ctx.request_id
+            ctx.request_id,
+            if trace_id.is_some() { " trace_id=" } else { "" },
+            trace_id.unwrap_or_default()
         )
     }
 

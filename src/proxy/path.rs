@@ -307,6 +307,7 @@ async fn consume(
     };
     let cfg = gw.inspect.clone();
     let size = insp.held.len();
+    let started = std::time::Instant::now();
     let judged = gw
         .offload
         .run(size, move || {
@@ -314,10 +315,26 @@ async fn consume(
             (insp, decided)
         })
         .await;
+    if let Some(t) = &mut ctx.trace {
+        t.request_inspect = Some((started, std::time::Instant::now()));
+    }
     let Some((insp, decided)) = judged else {
         ctx.outcome.request = Side::failed();
         return Err(Rejection::InspectionFailed);
     };
+    if insp.failed_open {
+        tracing::error!(
+            request_id = %ctx.request_id,
+            trace_id = ctx.trace_id(),
+            "request inspection failed; forwarding uninspected (policy.fail_open = true)"
+        );
+    } else if matches!(decided, Err(Rejection::InspectionFailed)) {
+        tracing::error!(
+            request_id = %ctx.request_id,
+            trace_id = ctx.trace_id(),
+            "request inspection failed; refusing the request (fail closed)"
+        );
+    }
     if let Some(v) = &insp.verdict {
         ctx.outcome.request = Side::of(v);
     } else if insp.failed_open || matches!(decided, Err(Rejection::InspectionFailed)) {

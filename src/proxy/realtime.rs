@@ -566,6 +566,7 @@ impl Realtime {
                 .map(|p| p.name.clone()),
             attempts: ctx.attempts_log.clone(),
             realtime: None,
+            trace_id: ctx.trace_id(),
         })
     }
 
