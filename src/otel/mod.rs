@@ -476,7 +476,8 @@ mod tests {
         assert!(t.spans(&finished(), Instant::now()).is_empty());
         assert!(t.upstream_traceparent().ends_with("-00"));
         assert_eq!(t.tracestate.as_deref(), Some("a=1"));
-        let t = trace(&[("traceparent", &tp.replace("-00", "-01"))], 0.0);
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = trace(&[("traceparent", sampled)], 0.0);
         assert!(t.sampled, "sampled parent, ratio 0: recorded");
         assert_eq!(
             t.parent,

@@ -42,6 +42,15 @@ pub async fn finish(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mu
     let end = Instant::now();
     let latency = latency(ctx, end);
     count(ctx, status, &latency);
+    // The request's own log line (debug: off by default; nothing is formatted unless it is on).
+    tracing::debug!(
+        request_id = %ctx.request_id,
+        trace_id = ctx.trace_id(),
+        route = ctx.route.label(),
+        status,
+        decision = ctx.outcome.decision().as_str(),
+        "request finished"
+    );
     // Made before the event takes what it needs out of the context; handed over after the event.
     let mut spans = match (&gw.tracer, &ctx.trace) {
         (Some(_), Some(t)) if t.sampled => spans(session, ctx, t, status, end),

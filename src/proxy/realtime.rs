@@ -196,6 +196,9 @@ impl Realtime {
             }
             _ => super::ctx::new_request_id(),
         };
+        if let Some(tracer) = &self.gw.tracer {
+            ctx.trace = Some(Box::new(tracer.start(&hs.headers)));
+        }
         let upstream = match self.open(&mut ctx, &hs).await {
             Ok(up) => up,
             Err(Opened::Refused(r)) => {
@@ -257,8 +260,36 @@ impl Realtime {
         // The quotas' permits go back first (the session's tokens were settled response by response), then
         // the session's event is handed over (which may wait for room in the audit queue).
         ctx.admission.end(&*self.gw.limiter, true, None, None);
+        self.trace_session(&ctx, model.as_deref(), 101);
         self.session_event(&mut ctx, model, counts, request_hits, loose)
             .await;
+    }
+
+    /// The session's one SERVER span (a sampled session's), from its start to now.
+    fn trace_session(&self, ctx: &RequestCtx, model: Option<&str>, status: u16) {
+        let (Some(tracer), Some(t)) = (&self.gw.tracer, &ctx.trace) else {
+            return;
+        };
+        let rules = ctx.rules.as_deref();
+        let caller = ctx.admission.caller.as_ref();
+        let finished = crate::otel::Finished {
+            operation: "realtime",
+            model: model.filter(|m| rules.is_some_and(|r| event::safe_model(r, m))),
+            response_model: None,
+            method: "GET",
+            status,
+            request_id: &ctx.request_id,
+            key_id: caller.map(|c| c.id()),
+            tenant: caller.and_then(|c| c.tenant()),
+            decision_request: ctx.outcome.request.decision.as_str(),
+            decision_response: ctx.outcome.response.decision.as_str(),
+            rules: Vec::new(),
+            input_tokens: None,
+            output_tokens: None,
+            error: ctx.error_code,
+            upstream: None,
+        };
+        tracer.submit(t.spans(&finished, Instant::now()));
     }
 
     /// Everything before the 101: the handshake checked, the caller admitted, the upstream's handshake made.
@@ -507,6 +538,7 @@ impl Realtime {
     }
 
     async fn refusal_event(&self, ctx: &mut RequestCtx, model: Option<&str>, status: u16) {
+        self.trace_session(ctx, model, status);
         if !self.gw.audit.enabled() {
             return;
         }
