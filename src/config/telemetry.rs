@@ -179,6 +179,85 @@ fn percent_decode(v: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FileConfig;
+
+    /// `[tracing]` and `[log]` of a file, validated; an error as the one line the gateway prints.
+    fn check(text: &str) -> Result<(Option<TracingConfig>, LogFormat), String> {
+        let raw = FileConfig::parse(text).map_err(|(f, m)| format!("x.toml: {f}: {m}"))?;
+        let src = Source { name: "x.toml" };
+        let t = tracing(&raw.tracing, &src).map_err(|e| e.to_string())?;
+        let l = log_format(&raw.log, &src).map_err(|e| e.to_string())?;
+        Ok((t, l))
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_validated_when_on() {
+        assert!(matches!(check(""), Ok((None, LogFormat::Text))));
+        assert!(matches!(
+            check("[log]\nformat = \"json\""),
+            Ok((None, LogFormat::Json))
+        ));
+        let on = check("[tracing]\nenabled = true\nendpoint = \"https://otel.example:4318/base/\"")
+            .expect("valid")
+            .0
+            .expect("on");
+        assert_eq!(on.protocol, OtlpProtocol::HttpProtobuf);
+        assert!(on.endpoint.tls);
+        assert_eq!(on.endpoint.base_path, "/base");
+        let bad = [
+            (
+                "[tracing]\nenabled = true\nprotocol = \"thrift\"",
+                "tracing.protocol",
+            ),
+            (
+                "[tracing]\nenabled = true\nprotocol = \"grpc\"\nendpoint = \"https://c:4317\"",
+                "tracing.endpoint",
+            ),
+            (
+                "[tracing]\nenabled = true\nendpoint = \"ftp://c\"",
+                "tracing.endpoint",
+            ),
+            (
+                "[tracing]\nenabled = true\nsampling_ratio = 1.5",
+                "tracing.sampling_ratio",
+            ),
+            (
+                "[tracing]\nenabled = true\nsampling_ratio = -0.1",
+                "tracing.sampling_ratio",
+            ),
+            ("[tracing]\nenabled = true\nqueue = 0", "tracing.queue"),
+            (
+                "[tracing]\nenabled = true\nbatch_max = 0",
+                "tracing.batch_max",
+            ),
+            (
+                "[tracing]\nenabled = true\nflush_interval_ms = 0",
+                "tracing.flush_interval_ms",
+            ),
+            (
+                "[tracing]\nenabled = true\ntimeout_ms = 0",
+                "tracing.timeout_ms",
+            ),
+            (
+                "[tracing]\nenabled = true\nservice_name = \"\"",
+                "tracing.service_name",
+            ),
+            (
+                "[tracing]\nenabled = true\nheaders_env = \"PROMPTGATE_TEST_UNSET_OTLP_HEADERS\"",
+                "tracing.headers_env",
+            ),
+            ("[tracing]\nenabeld = true", "tracing.enabeld"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+        ];
+        for (text, field) in bad {
+            let err = check(text).expect_err(text);
+            assert!(
+                err.starts_with(&format!("x.toml: {field}: ")),
+                "{text}: {err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
 
     #[test]
     fn otlp_headers() {

@@ -45,8 +45,9 @@ pub struct Exporter {
 
 /// Where batches go.
 enum Sink {
+    // Boxed: the upstream (a peer and a connector) is large beside the gRPC variant.
     Http {
-        upstream: Upstream,
+        upstream: Box<Upstream>,
         path: String,
     },
     Grpc {
@@ -62,7 +63,7 @@ impl Exporter {
         let sink = match cfg.protocol {
             OtlpProtocol::HttpProtobuf => Sink::Http {
                 // One batch is in flight at a time: a couple of connections are plenty.
-                upstream: Upstream::new(e, Some(ConnectorOptions::new(2)))?,
+                upstream: Box::new(Upstream::new(e, Some(ConnectorOptions::new(2)))?),
                 path: format!("{}/v1/traces", e.base_path.trim_end_matches('/')),
             },
             OtlpProtocol::Grpc => Sink::Grpc {

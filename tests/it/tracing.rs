@@ -28,9 +28,13 @@ const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 const CLIENT_SECRET: &str = "sk-seeded-client-secret-5521";
 const COLLECTOR_TOKEN: &str = "collector-token-9931";
 
-/// What a receiver got: each export's raw body and request headers.
+/// One export as a receiver got it: the raw body, the request headers, and the request line (HTTP) or path
+/// (gRPC).
+type Export = (Vec<u8>, HashMap<String, String>, String);
+
+/// What a receiver got.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(Vec<u8>, HashMap<String, String>, String)>>>);
+struct Received(Arc<Mutex<Vec<Export>>>);
 
 impl Received {
     fn bodies(&self) -> Vec<Vec<u8>> {
@@ -42,7 +46,7 @@ impl Received {
             .collect()
     }
 
-    fn requests(&self) -> Vec<(Vec<u8>, HashMap<String, String>, String)> {
+    fn requests(&self) -> Vec<Export> {
         self.0.lock().expect("lock").clone()
     }
 
