@@ -163,7 +163,9 @@ pub struct Finished<'a> {
     pub request_id: &'a str,
     pub key_id: Option<&'a str>,
     pub tenant: Option<&'a str>,
-    /// `promptgate.decision` of each side.
+    /// `promptgate.decision`: the most severe of both sides (as metrics name it).
+    pub decision: &'static str,
+    /// `promptgate.decision.request` / `.response`: each side's.
     pub decision_request: &'static str,
     pub decision_response: &'static str,
     /// The ids of the rules that matched.
@@ -287,7 +289,8 @@ impl RequestTrace {
         a.push(("http.request.method", f.method.into()));
         a.push(("http.response.status_code", Attr::Int(i64::from(f.status))));
         a.push(("promptgate.request_id", f.request_id.into()));
-        a.push(("promptgate.decision", f.decision_request.into()));
+        a.push(("promptgate.decision", f.decision.into()));
+        a.push(("promptgate.decision.request", f.decision_request.into()));
         a.push(("promptgate.decision.response", f.decision_response.into()));
         if !f.rules.is_empty() {
             a.push(("promptgate.rules", Attr::Strs(f.rules.clone())));
@@ -297,10 +300,6 @@ impl RequestTrace {
         }
         if let Some(t) = f.tenant {
             a.push(("promptgate.tenant", t.into()));
-        }
-        if let Some(u) = &f.upstream {
-            a.push(("server.address", u.address.into()));
-            a.push(("server.port", Attr::Int(i64::from(u.port))));
         }
         if let Some(e) = f.error {
             a.push(("promptgate.error", e.into()));
@@ -445,6 +444,7 @@ mod tests {
             request_id: "r1",
             key_id: Some("k1"),
             tenant: None,
+            decision: "allow",
             decision_request: "allow",
             decision_response: "allow",
             rules: Vec::new(),

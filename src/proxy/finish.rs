@@ -121,6 +121,7 @@ fn spans(
         request_id: &ctx.request_id,
         key_id: caller.map(|c| c.id()),
         tenant: caller.and_then(|c| c.tenant()),
+        decision: o.decision().as_str(),
         decision_request: o.request.decision.as_str(),
         decision_response: o.response.decision.as_str(),
         rules: rule_ids,

@@ -281,6 +281,7 @@ impl Realtime {
             request_id: &ctx.request_id,
             key_id: caller.map(|c| c.id()),
             tenant: caller.and_then(|c| c.tenant()),
+            decision: ctx.outcome.decision().as_str(),
             decision_request: ctx.outcome.request.decision.as_str(),
             decision_response: ctx.outcome.response.decision.as_str(),
             rules: Vec::new(),

@@ -372,16 +372,29 @@ async fn spans_join_the_clients_trace_and_the_upstream_is_a_child_of_the_upstrea
         );
         assert!(attr_int(s, "gen_ai.usage.input_tokens").is_some_and(|n| n > 0));
         assert!(attr_int(s, "gen_ai.usage.output_tokens").is_some_and(|n| n > 0));
-        assert_eq!(attr_str(s, "server.address").as_deref(), Some("127.0.0.1"));
-        assert_eq!(
-            attr_int(s, "server.port"),
-            Some(i64::from(mock.addr.port()))
-        );
         assert_eq!(attr_str(s, "http.request.method").as_deref(), Some("POST"));
         assert_eq!(attr_int(s, "http.response.status_code"), Some(200));
     }
+    // The upstream's address is the CLIENT span's (the SERVER span's server.* would be the gateway's own).
+    assert_eq!(
+        attr_str(client, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        attr_int(client, "server.port"),
+        Some(i64::from(mock.addr.port()))
+    );
+    assert_eq!(attr_str(&server, "server.address"), None);
     assert_eq!(
         attr_str(&server, "promptgate.decision").as_deref(),
+        Some("allow")
+    );
+    assert_eq!(
+        attr_str(&server, "promptgate.decision.request").as_deref(),
+        Some("allow")
+    );
+    assert_eq!(
+        attr_str(&server, "promptgate.decision.response").as_deref(),
         Some("allow")
     );
     assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
@@ -530,6 +543,10 @@ async fn no_secret_or_prompt_reaches_the_exported_spans_and_a_block_names_its_ru
     let (server, children) = request_spans(&spans, &rid_blocked);
     assert_eq!(
         attr_str(&server, "promptgate.decision").as_deref(),
+        Some("block")
+    );
+    assert_eq!(
+        attr_str(&server, "promptgate.decision.request").as_deref(),
         Some("block")
     );
     assert_eq!(attr_int(&server, "http.response.status_code"), Some(409));
