@@ -28,3 +28,4 @@ mod sdk;
 mod sdk_node;
 mod streams;
 mod tls;
+mod upgrade;

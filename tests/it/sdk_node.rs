@@ -60,7 +60,10 @@ async fn node_sdk_raises_one_conflict_error_and_does_not_retry_a_block() {
     let msg = out["message"].as_str().expect("message");
     assert!(msg.contains("secret.aws_access_key_id"), "{msg}");
     assert!(!msg.contains("AKIAIOSFODNN7EXAMPLE"), "{msg}");
-    assert!(mock.received().await.is_empty(), "nothing reached the upstream");
+    assert!(
+        mock.received().await.is_empty(),
+        "nothing reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +107,11 @@ async fn node_sdk_waits_retry_after_ms_and_succeeds() {
         .metric("promptgate_rate_limited_total{limit=\"requests\",scope=\"key\"}")
         .await
         .expect("metric");
-    assert_eq!(limited as u64, second - 1, "every attempt but the last was a 429");
+    assert_eq!(
+        limited as u64,
+        second - 1,
+        "every attempt but the last was a 429"
+    );
     assert_eq!(mock.received().await.len(), 2);
 }
 
