@@ -169,9 +169,9 @@ async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_st
         seen.extend_from_slice(&stream.next().await.expect("chunk").expect("chunk"));
     }
 
-    // The steady load: two clients in a loop, each request on a new connection (an idle keep-alive connection
-    // the old process closes as it drains is a race of every HTTP server, which clients retry; what the upgrade
-    // promises is that no connection is refused and no request is cut).
+    // The steady load: two clients in a loop, one opening a new connection per request, one keeping its
+    // connections alive (the old process answers a request on one of them with `Connection: close` once it
+    // drains, so the client's next request opens a connection to the new one).
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(Mutex::new(Vec::<String>::new()));
     let failed = Arc::new(Mutex::new(Vec::<String>::new()));
