@@ -95,8 +95,9 @@ async fn node_sdk_waits_retry_after_ms_and_succeeds() {
         "pgk_node",
         "limits = { requests_per_minute = 1 }",
     ));
-    // A two-second window stands in for the minute, so the SDK's wait is short.
-    let gw = keys_gateway(&mock, &keys, "[limits]\nwindow_seconds = 2").await;
+    // A five-second window stands in for the minute: long enough that the SDK's own backoff (about 0.5 s,
+    // then 1 s) would spend both retries inside it, so only waiting `retry-after-ms` succeeds.
+    let gw = keys_gateway(&mock, &keys, "[limits]\nwindow_seconds = 5").await;
     let out = run_node_script("sdk_rate_limit.mjs", &gw, &[("PROMPTGATE_KEY", "pgk_node")]).await;
     assert_eq!(out["first_requests"], 1, "{out}");
     assert!(out["second"].is_string(), "{out}");
