@@ -1,8 +1,9 @@
 //! Graceful upgrade seen from outside: a second `promptgate run --upgrade` takes the listening sockets over from
-//! the running gateway (which gets SIGQUIT), under a steady client load, with a stream in flight on the old one.
+//! the running gateway (which gets SIGQUIT) — plaintext, TLS and admin — under a steady client load, with a
+//! stream in flight on the old one.
 
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,22 +114,31 @@ async fn chat(client: &reqwest::Client, url: &str) -> Result<String, String> {
 async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_stream() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port, tls_port) = (free_port(), free_port(), free_port());
     let audit = dir.path().join("audit");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let (cert_file, key_file) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("cert file");
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).expect("key file");
     let config = dir.path().join("promptgate.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n\
              grace_period_seconds = 60\nupgrade_sock = {:?}\n\
+             [[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = {:?}\nkey_file = {:?}\n\
              [upstream]\nurl = {:?}\n[audit]\ndir = {:?}\n",
             dir.path().join("upgrade.sock").display().to_string(),
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
             mock.url(),
             audit.display().to_string(),
         ),
     )
     .expect("config");
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let tls_url = format!("https://127.0.0.1:{tls_port}/v1/chat/completions");
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
     let admin = format!("http://127.0.0.1:{admin_port}");
     let client = reqwest::Client::new();
 
@@ -169,25 +179,49 @@ async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_st
         seen.extend_from_slice(&stream.next().await.expect("chunk").expect("chunk"));
     }
 
-    // The steady load: two clients in a loop, one opening a new connection per request, one keeping its
+    // The steady load: three clients in a loop — one opening a new connection per request, one keeping its
     // connections alive (the old process answers a request on one of them with `Connection: close` once it
-    // drains, so the client's next request opens a connection to the new one).
+    // drains, so the client's next request opens a connection to the new one), one on the TLS listener with a
+    // handshake per request.
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(Mutex::new(Vec::<String>::new()));
     let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tls_served = Arc::new(AtomicUsize::new(0));
+    let clients = [
+        (
+            reqwest::Client::builder().pool_max_idle_per_host(0),
+            &url,
+            false,
+        ),
+        (
+            reqwest::Client::builder().pool_max_idle_per_host(8),
+            &url,
+            false,
+        ),
+        (
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .add_root_certificate(root),
+            &tls_url,
+            true,
+        ),
+    ];
     let mut load = Vec::new();
-    for _ in 0..2 {
+    for (builder, url, tls) in clients {
+        let client = builder.build().expect("client");
         let (stop, served, failed, url) =
             (stop.clone(), served.clone(), failed.clone(), url.clone());
+        let tls_served = tls_served.clone();
         load.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client");
             while !stop.load(Ordering::Acquire) {
                 match chat(&client, &url).await {
-                    Ok(id) => served.lock().expect("lock").push(id),
-                    Err(e) => failed.lock().expect("lock").push(e),
+                    Ok(id) => {
+                        served.lock().expect("lock").push(id);
+                        if tls {
+                            tls_served.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    Err(e) => failed.lock().expect("lock").push(format!("{url}: {e}")),
                 }
                 // Paced, so the new process's queued events (its writer waits for the old one's lock) stay few.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -195,11 +229,14 @@ async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_st
         }));
     }
     let count = |v: &Arc<Mutex<Vec<String>>>| v.lock().expect("lock").len();
+    // Waits for `more` requests served (the load's own failures are asserted at the end).
     let wait_served = |more: usize| {
         let served = served.clone();
         async move {
             let target = served.lock().expect("lock").len() + more;
+            let deadline = Instant::now() + Duration::from_secs(60);
             while served.lock().expect("lock").len() < target {
+                assert!(Instant::now() < deadline, "the load stalled");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -251,9 +288,22 @@ async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_st
     );
     assert_eq!(old.wait_exit().await, Some(0), "{}", old.stderr());
 
-    // The new process takes the audit directory over once the old one let it go, and serves on.
+    // The new process takes the audit directory over once the old one let it go, and serves on, on every
+    // listener (the old one is gone: each was handed over).
     new.wait_for_log("audit: directory taken over").await;
+    let tls_before = tls_served.load(Ordering::Acquire);
     wait_served(20).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tls_served.load(Ordering::Acquire) < tls_before + 5 {
+        assert!(Instant::now() < deadline, "the TLS load stalled");
+        assert!(
+            failed.lock().expect("lock").is_empty(),
+            "{:?}",
+            failed.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(healthz_pid(&client, &admin).await, Some(new_pid));
     stop.store(true, Ordering::Release);
     for task in load {
         task.await.expect("load task");
