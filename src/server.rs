@@ -158,7 +158,8 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     // Upgrading, this waits (at most UPGRADE_TRIES seconds) for the running gateway's sockets; without them
-    // Pingora exits with status 1 and the running gateway goes on serving.
+    // Pingora exits with status 1. The checks that can refuse the config and the rules ran before, so a bad
+    // one ends this process (exit 2) without touching the socket.
     server.bootstrap();
 
     let audit = match &config.audit {

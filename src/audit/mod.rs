@@ -12,7 +12,9 @@
 //!   counts it, and the writer leaves a gap record (`{"type":"audit.gap","dropped":N}`) in the file;
 //! - file not writable: the batch is kept and retried every second, the failure is logged and exported
 //!   (`promptgate_audit_sink_up 0`), and `on_failure = "fail_closed"` refuses new requests with 503 until a
-//!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`).
+//!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`);
+//! - directory locked by the gateway a graceful upgrade replaces: the writer opens it once the lock is free
+//!   (that gateway has drained and written its last event), events queued meanwhile (`Audit::open`).
 
 pub mod event;
 pub mod segments;
