@@ -64,6 +64,8 @@ impl AdminApp {
             "upstreams": upstreams,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            // Which process answered: two share the listeners during a graceful upgrade.
+            "pid": std::process::id(),
             "rules": {"version": set.version(), "count": set.rules().len()},
             "keys": keys,
         })

@@ -102,6 +102,13 @@ struct RunArgs {
     /// Rules directory.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Graceful upgrade: take the listening sockets over from the running gateway, which hands them over on
+    /// SIGQUIT (through server.upgrade_sock) and drains.
+    #[arg(long, short)]
+    upgrade: bool,
+    /// Run in the background; the process id goes to server.pid_file (systemd Type=forking).
+    #[arg(long, short)]
+    daemon: bool,
 }
 
 #[derive(Args)]
@@ -235,7 +242,11 @@ fn run(args: RunArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     init_tracing(config.log_format);
-    match server::run(config) {
+    let launch = server::Launch {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+    };
+    match server::run(config, launch) {
         Ok(()) => 0,
         Err(e) => start_failed(&e),
     }

@@ -7,13 +7,21 @@
 //!
 //! Signals: SIGHUP reloads the rules, the keys and the certificates (Pingora itself does not use it: its
 //! graceful upgrade is SIGQUIT); SIGTERM and SIGINT drain; SIGQUIT is Pingora's graceful upgrade.
+//!
+//! Graceful upgrade ([`Launch::upgrade`], `run --upgrade`): the new process asks the running one for its
+//! listening sockets on `server.upgrade_sock` while it bootstraps; the running one, on SIGQUIT, sends every
+//! listener Pingora bound for it — the proxy's plaintext and TLS listeners and the admin listener, all added to
+//! Pingora services here, none bound outside them — keeps accepting beside the new one for a few seconds, then
+//! closes its copies and drains like on SIGTERM. Both processes accept on the same sockets, so no connection is
+//! refused. The audit directory's lock stays with the old process until it has drained; the new one's writer
+//! takes it then (`Audit::open`), its events queued meanwhile.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -68,16 +76,31 @@ pub enum StartError {
     },
 }
 
+/// How the process starts (`promptgate run` flags): Pingora's own options.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch {
+    /// Take the listening sockets over from the running gateway (graceful upgrade): it hands them over on
+    /// SIGQUIT, through `server.upgrade_sock`.
+    pub upgrade: bool,
+    /// Run in the background, the process id written to `server.pid_file` (systemd `Type=forking`).
+    pub daemon: bool,
+}
+
+/// How long the two sides of a graceful upgrade wait for each other on the upgrade socket, in one-second
+/// tries: the new process may still be compiling its rules when the old one gets SIGQUIT (Pingora's default
+/// is 5).
+const UPGRADE_TRIES: usize = 60;
+
 /// Builds the server from a validated config and runs it until shutdown. Blocks.
-pub fn run(config: Config) -> Result<(), StartError> {
-    let server = build(&config)?;
+pub fn run(config: Config, launch: Launch) -> Result<(), StartError> {
+    let server = build(&config, launch)?;
     start(server, &config);
     Ok(())
 }
 
 /// Like [`run`], with the mock upstream served on `mock` by a background service (the demo).
 pub fn run_with_mock(config: Config, mock: std::net::TcpListener) -> Result<(), StartError> {
-    let mut server = build(&config)?;
+    let mut server = build(&config, Launch::default())?;
     server.add_service(background_service(
         "mock upstream",
         MockService(std::sync::Mutex::new(Some(mock))),
@@ -106,9 +129,13 @@ fn start(server: Server, config: &Config) {
     });
 }
 
-fn build(config: &Config) -> Result<Server, StartError> {
+fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     metrics::init();
-    check_addresses(config)?;
+    // Upgrading, the addresses are the running gateway's, and its sockets are handed over (an address new in
+    // this config is bound by Pingora, which logs and retries it in the background if it is taken).
+    if !launch.upgrade {
+        check_addresses(config)?;
+    }
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
     let store = Arc::new(
         RuleStore::open(RulesDir::new(
@@ -125,15 +152,24 @@ fn build(config: &Config) -> Result<Server, StartError> {
         "rules loaded"
     );
     let auth = Arc::new(auth(config)?);
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    let opt = Opt {
+        upgrade: launch.upgrade,
+        daemon: launch.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
+    // Upgrading, this waits (at most UPGRADE_TRIES seconds) for the running gateway's sockets; without them
+    // Pingora exits with status 1. The checks that can refuse the config and the rules ran before, so a bad
+    // one ends this process (exit 2) without touching the socket.
     server.bootstrap();
 
     let audit = match &config.audit {
         Some(a) => {
-            let (audit, writer) = Audit::open(a).map_err(|error| StartError::Audit {
-                dir: a.dir.clone(),
-                error,
-            })?;
+            let (audit, writer) =
+                Audit::open(a, launch.upgrade).map_err(|error| StartError::Audit {
+                    dir: a.dir.clone(),
+                    error,
+                })?;
             server.add_service(background_service("audit writer", writer));
             if let Some(w) = &a.webhook {
                 let webhook = Webhook::new(a.dir.clone(), w.clone())?;
@@ -318,6 +354,9 @@ fn server_conf(config: &Config) -> ServerConf {
         // process as soon as the last in-flight request finishes, so this is an upper bound, not a wait.
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_TRIES),
+        pid_file: config.pid_file.display().to_string(),
         // Pingora's proxy loop follows the one retry policy (`upstream::retry`): this caps its attempts.
         max_retries: retry::PROXY_ATTEMPTS,
         // One set of roots for every upstream (the configuration refuses different CA files).
@@ -572,6 +611,10 @@ impl BackgroundService for Drain {
             }
         }
         let since = Instant::now();
+        tracing::info!(
+            in_flight = IN_FLIGHT.load(Ordering::Acquire),
+            "listeners closed; finishing in-flight requests"
+        );
         // A connection accepted just before the listeners closed may not have reached `new_ctx` yet.
         tokio::time::sleep(Duration::from_millis(100)).await;
         while IN_FLIGHT.load(Ordering::Acquire) > 0 {

@@ -12,7 +12,9 @@
 //!   counts it, and the writer leaves a gap record (`{"type":"audit.gap","dropped":N}`) in the file;
 //! - file not writable: the batch is kept and retried every second, the failure is logged and exported
 //!   (`promptgate_audit_sink_up 0`), and `on_failure = "fail_closed"` refuses new requests with 503 until a
-//!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`).
+//!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`);
+//! - directory locked by the gateway a graceful upgrade replaces: the writer opens it once the lock is free
+//!   (that gateway has drained and written its last event), events queued meanwhile (`Audit::open`).
 
 pub mod event;
 pub mod segments;
@@ -82,27 +84,21 @@ impl Audit {
 
     /// Opens the directory (locks it, repairs a torn last line). The writer is returned as a background
     /// service for the server to run: nothing is written until it starts.
-    pub fn open(cfg: &AuditConfig) -> io::Result<(Self, WriterService)> {
+    ///
+    /// `wait_for_lock` (a graceful upgrade): the gateway being replaced holds the directory's lock until it
+    /// has drained, so the writer takes it — and opens the directory — only once it is free; events queue
+    /// meanwhile, bounded by `audit.queue` like any backlog.
+    pub fn open(cfg: &AuditConfig, wait_for_lock: bool) -> io::Result<(Self, WriterService)> {
         std::fs::create_dir_all(&cfg.dir)?;
-        let lock = segments::lock(&cfg.dir)?;
-        let (segment, file, len) = segments::open_last(&cfg.dir)?;
-        let (tx, rx) = mpsc::channel(cfg.queue);
         let shared = Arc::new(Shared::default());
-        let writer = Writer {
-            dir: cfg.dir.clone(),
-            fsync: cfg.fsync,
-            max_bytes: cfg.max_file_bytes,
-            keep: cfg.keep_files,
-            protect_undelivered: cfg.webhook.is_some(),
-            stdout: cfg.stdout,
-            segment,
-            file,
-            len,
-            last_sync: Instant::now(),
-            dirty: false,
-            shared: shared.clone(),
-            _lock: lock,
+        let writer = match Writer::open(cfg, &shared) {
+            Ok(w) => Opening::Open(w),
+            Err(e) if wait_for_lock && e.kind() == io::ErrorKind::WouldBlock => {
+                Opening::AfterLock(Box::new(cfg.clone()), shared.clone())
+            }
+            Err(e) => return Err(e),
         };
+        let (tx, rx) = mpsc::channel(cfg.queue);
         metrics::AUDIT_SINK_UP.set(1);
         let audit = Self {
             tx: Some(tx),
@@ -162,7 +158,16 @@ impl Audit {
 }
 
 /// The writer, run by the server as a background service (on a blocking thread: it writes and syncs files).
-pub struct WriterService(Mutex<Option<(Writer, mpsc::Receiver<Entry>)>>);
+pub struct WriterService(Mutex<Option<(Opening, mpsc::Receiver<Entry>)>>);
+
+/// The writer, or what it opens once the directory's lock is free (a graceful upgrade).
+enum Opening {
+    Open(Writer),
+    AfterLock(Box<AuditConfig>, Arc<Shared>),
+}
+
+/// How often the writer of an upgraded gateway tries the lock its predecessor holds while it drains.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 
 #[async_trait]
 impl BackgroundService for WriterService {
@@ -170,8 +175,15 @@ impl BackgroundService for WriterService {
         // Not stopped by the shutdown signal itself: requests finishing in the grace period still record
         // their events. The drain closes it (`Audit::close`) once the last one is done.
         let taken = self.0.lock().ok().and_then(|mut w| w.take());
-        let Some((writer, rx)) = taken else { return };
-        if let Err(e) = tokio::task::spawn_blocking(move || writer.run(rx)).await {
+        let Some((opening, rx)) = taken else { return };
+        let run = move || {
+            let writer = match opening {
+                Opening::Open(w) => w,
+                Opening::AfterLock(cfg, shared) => Writer::open_when_free(&cfg, shared),
+            };
+            writer.run(rx)
+        };
+        if let Err(e) = tokio::task::spawn_blocking(run).await {
             tracing::error!("AUDIT SINK FAILING: the writer stopped: {e}");
             metrics::AUDIT_SINK_UP.set(0);
         }
@@ -197,6 +209,53 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Locks the directory and opens its last segment for appending.
+    fn open(cfg: &AuditConfig, shared: &Arc<Shared>) -> io::Result<Self> {
+        let lock = segments::lock(&cfg.dir)?;
+        let (segment, file, len) = segments::open_last(&cfg.dir)?;
+        Ok(Writer {
+            dir: cfg.dir.clone(),
+            fsync: cfg.fsync,
+            max_bytes: cfg.max_file_bytes,
+            keep: cfg.keep_files,
+            protect_undelivered: cfg.webhook.is_some(),
+            stdout: cfg.stdout,
+            segment,
+            file,
+            len,
+            last_sync: Instant::now(),
+            dirty: false,
+            shared: shared.clone(),
+            _lock: lock,
+        })
+    }
+
+    /// [`Writer::open`] once the gateway being replaced has released the lock (it does when it has drained
+    /// and written its last event, so the two never append to one file at once). Any other failure is retried
+    /// every second, reported as a failing sink like a write that fails.
+    fn open_when_free(cfg: &AuditConfig, shared: Arc<Shared>) -> Self {
+        tracing::info!(dir = %cfg.dir.display(), "audit: waiting for the gateway being replaced to release the directory; events queue meanwhile");
+        let mut logged = false;
+        loop {
+            match Self::open(cfg, &shared) {
+                Ok(w) => {
+                    tracing::info!(dir = %cfg.dir.display(), "audit: directory taken over");
+                    return w;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(LOCK_RETRY),
+                Err(e) => {
+                    shared.failed.store(true, Ordering::Relaxed);
+                    metrics::AUDIT_SINK_UP.set(0);
+                    if !logged {
+                        tracing::error!(dir = %cfg.dir.display(), "AUDIT SINK FAILING: cannot open the directory ({e}); retrying every second");
+                        logged = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
         let tick = match self.fsync {
             Fsync::Always => Duration::from_secs(3600),

@@ -291,6 +291,10 @@ pub struct ServerSection {
     pub tls: Vec<TlsListenerSection>,
     /// Prior-knowledge HTTP/2 in cleartext on `server.listen`.
     pub h2c: bool,
+    /// The Unix socket the listeners are handed over on in a graceful upgrade (`run --upgrade`).
+    pub upgrade_sock: String,
+    /// Where `run --daemon` writes its process id.
+    pub pid_file: String,
 }
 
 /// One `[[server.tls]]` entry.
@@ -314,6 +318,8 @@ impl Default for ServerSection {
             max_connections_per_ip: 1_000,
             tls: Vec::new(),
             h2c: false,
+            upgrade_sock: "/tmp/promptgate-upgrade.sock".into(),
+            pid_file: "/tmp/promptgate.pid".into(),
         }
     }
 }

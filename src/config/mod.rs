@@ -62,6 +62,10 @@ pub struct Config {
     pub h2c: bool,
     /// How long in-flight requests and streams may run on after SIGTERM / SIGINT.
     pub grace_period: Duration,
+    /// The Unix socket a graceful upgrade hands the listeners over on (`server.upgrade_sock`), absolute.
+    pub upgrade_sock: PathBuf,
+    /// Where `run --daemon` writes its process id (`server.pid_file`), absolute.
+    pub pid_file: PathBuf,
     /// The pools requests are routed to (at least one).
     pub upstreams: Vec<PoolConfig>,
     pub rules: RulesConfig,
@@ -321,6 +325,7 @@ impl Config {
         let (listen, admin, threads, grace_period) = server(&raw.server, overrides, &src)?;
         let edge = edge(&raw.server, &raw.limits, &src)?;
         let tls = tls_listeners(&raw.server.tls, [listen, admin], &src)?;
+        let (upgrade_sock, pid_file) = process_files(&raw.server, &src)?;
         let upstreams = pools::pools(&raw.upstream, overrides, &src)?;
         let rules = rules(&raw.rules, overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
@@ -338,6 +343,8 @@ impl Config {
             tls,
             h2c: raw.server.h2c,
             grace_period,
+            upgrade_sock,
+            pid_file,
             upstreams,
             rules,
             inspect,
@@ -488,6 +495,40 @@ fn server(
     let threads = src.between("server.threads", s.threads, (1, 256))?;
     let grace_period = Duration::from_secs(s.grace_period_seconds);
     Ok((listen, admin, threads, grace_period))
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes on Linux, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `server.upgrade_sock` and `server.pid_file`: absolute (a relative path is taken from the working directory
+/// now, since a daemon changes its own to `/`), in a directory that exists; the socket's path short enough
+/// for a Unix socket address.
+fn process_files(s: &file::ServerSection, src: &Source) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let absolute = |field: &str, p: &str| -> Result<PathBuf, ConfigError> {
+        if p.is_empty() {
+            return Err(src.error(field, "must not be empty"));
+        }
+        let path = std::path::absolute(p).map_err(|e| src.error(field, format!("{p:?}: {e}")))?;
+        match path.parent() {
+            Some(dir) if dir.is_dir() => Ok(path),
+            _ => Err(src.error(
+                field,
+                format!("{}: its directory does not exist", path.display()),
+            )),
+        }
+    };
+    let sock = absolute("server.upgrade_sock", &s.upgrade_sock)?;
+    let len = sock.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(src.error(
+            "server.upgrade_sock",
+            format!(
+                "{}: {len} bytes, a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                sock.display()
+            ),
+        ));
+    }
+    Ok((sock, absolute("server.pid_file", &s.pid_file)?))
 }
 
 /// `[[server.tls]]`: each listener's address (not one already taken) and its certificate, read and checked
@@ -1022,6 +1063,50 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = load_str(&text, &Overrides::default()).expect_err(want);
+            assert!(err.starts_with(&format!("x.toml: {want}")), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn upgrade_socket_and_pid_file_are_absolute_in_a_directory_that_exists() {
+        let c = load_str("", &Overrides::default()).expect("defaults");
+        assert_eq!(
+            c.upgrade_sock,
+            PathBuf::from("/tmp/promptgate-upgrade.sock")
+        );
+        assert_eq!(c.pid_file, PathBuf::from("/tmp/promptgate.pid"));
+        // Relative: from the working directory at start (a daemon moves to `/` later).
+        let c = load_str(
+            "[server]\nupgrade_sock = \"up.sock\"",
+            &Overrides::default(),
+        )
+        .expect("relative");
+        assert_eq!(
+            c.upgrade_sock,
+            std::env::current_dir().expect("cwd").join("up.sock")
+        );
+        let long = format!("/tmp/{}.sock", "s".repeat(110));
+        let cases = [
+            (
+                "upgrade_sock = \"\"",
+                "server.upgrade_sock: must not be empty",
+            ),
+            (
+                "upgrade_sock = \"/nonexistent/dir/up.sock\"",
+                "server.upgrade_sock: /nonexistent/dir/up.sock: its directory",
+            ),
+            (
+                &*format!("upgrade_sock = \"{long}\""),
+                "server.upgrade_sock: /tmp/sss",
+            ),
+            (
+                "pid_file = \"/nonexistent/p.pid\"",
+                "server.pid_file: /nonexistent/p.pid: its directory",
+            ),
+        ];
+        for (line, want) in cases {
+            let err =
+                load_str(&format!("[server]\n{line}"), &Overrides::default()).expect_err(want);
             assert!(err.starts_with(&format!("x.toml: {want}")), "{want}: {err}");
         }
     }

@@ -13,7 +13,8 @@ use crate::support::{
 
 const PROVIDER_KEY: &str = "sk-provider-test-0123456789";
 
-async fn keys_gateway(mock: &MockUpstream, keys: &KeysFile, extra: &str) -> Gateway {
+/// A gateway in `gateway_keys` mode with `keys` (and `extra` TOML), forwarding to `mock`.
+pub(crate) async fn keys_gateway(mock: &MockUpstream, keys: &KeysFile, extra: &str) -> Gateway {
     Gateway::start_with(
         GatewayOpts::new(mock.url())
             .toml(&format!(

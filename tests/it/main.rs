@@ -1,6 +1,7 @@
 //! The integration suite: one binary, real processes on ephemeral ports. The gateway runs as the real
 //! `promptgate` executable; the upstream is the project's mock (a real HTTP server task) or, for TLS, a Python
-//! HTTPS server; clients are `reqwest`, raw TCP and the official `openai` Python package.
+//! HTTPS server; clients are `reqwest`, raw TCP and the official `openai` packages for Python and
+//! Node.
 
 mod dns_server;
 mod support;
@@ -24,6 +25,8 @@ mod requests;
 mod rules_engine;
 mod rules_reload;
 mod sdk;
+mod sdk_node;
 mod streams;
 mod tls;
 mod tracing;
+mod upgrade;

@@ -8,22 +8,47 @@ use crate::support::{repo_root, Gateway, MockUpstream};
 
 /// Runs a script from `tests/python` against the gateway and returns its JSON output.
 pub async fn run_sdk_script(script: &str, gw: &Gateway, env: &[(&str, &str)]) -> Value {
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_root().join("tests/python").join(script))
-        .env("PROMPTGATE_BASE_URL", gw.url("/v1"));
+    run_client(
+        "python3",
+        &format!("python/{script}"),
+        "is the openai package installed? the README's test command installs it",
+        gw,
+        env,
+    )
+    .await
+}
+
+/// Runs `tests/<script>` with `program` (an SDK's interpreter), `PROMPTGATE_BASE_URL` pointing at the
+/// gateway, and returns the one JSON value it prints. A failing script fails the test with its stderr and
+/// `hint`.
+pub async fn run_client(
+    program: &str,
+    script: &str,
+    hint: &str,
+    gw: &Gateway,
+    env: &[(&str, &str)],
+) -> Value {
+    let path = repo_root().join("tests").join(script);
+    let mut cmd = Command::new(program);
+    cmd.arg(&path).env("PROMPTGATE_BASE_URL", gw.url("/v1"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join")
-        .expect("python3");
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
-        "{script} failed (is the openai package installed? the README's test command installs it):\n{}",
+        "{script} failed ({hint}):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("script prints JSON")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} prints JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[tokio::test]
