@@ -47,7 +47,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("audit dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     v.sort();
     v
@@ -188,7 +188,7 @@ async fn verify_passes_on_a_rotated_retained_directory_and_names_each_tampering_
     let middle = files[1].file_name().expect("name").to_owned();
     let lines = lines_of(&files[1]);
     assert!(
-        lines.len() >= 5,
+        lines.len() >= 4,
         "{} lines in the middle segment",
         lines.len()
     );
