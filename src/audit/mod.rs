@@ -320,8 +320,10 @@ impl Writer {
                     }
                 }
             }
-            busy = !batch.is_empty();
-            if busy {
+            // Requests waiting on intents (write_ahead) are not made to wait out a nap as well: the next
+            // group forms while this one is written and synced.
+            busy = !batch.is_empty() && waiters.is_empty();
+            if !batch.is_empty() {
                 let taken = batch.len() as i64;
                 let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
