@@ -53,7 +53,7 @@ enum AuditCommand {
     /// file:line and what it looks like (edited, deleted, reordered, inserted, truncated, segment missing).
     Verify(AuditDirArgs),
     /// Print the records that match every filter given, as JSON lines or CSV (streamed).
-    Query(AuditQueryArgs),
+    Query(Box<AuditQueryArgs>),
 }
 
 #[derive(Args)]
@@ -210,7 +210,7 @@ pub fn main() -> i32 {
         ),
         Command::Keys(KeysCommand::New(args)) => keys_new(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
-        Command::Audit(AuditCommand::Query(args)) => audit_query(args),
+        Command::Audit(AuditCommand::Query(args)) => audit_query(*args),
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::support::{
-    binary, chat_body, post, recorded_header, wait_file_events, Gateway, GatewayOpts, MockUpstream,
+    binary, chat_body, post, recorded_header, wait_file_events, ws_connect, ws_next_json, Gateway,
+    GatewayOpts, MockUpstream,
 };
 
 /// Runs `promptgate ARGS`: exit code and stdout (stderr appended).
@@ -513,4 +514,42 @@ async fn query_filters_return_exactly_the_matching_records() {
     assert!(!out.contains("jane.doe"), "a matched value in the export");
     let (code, out) = cli(&["audit", "query", &d, "--decision", "maybe"]);
     assert_eq!(code, 2, "{out}");
+}
+
+#[tokio::test]
+async fn write_ahead_makes_a_realtime_sessions_intent_durable_before_its_upstream_handshake() {
+    let mock = MockUpstream::start().await;
+    let audit = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_with(
+        GatewayOpts::new(mock.url())
+            .toml(&audit_toml(audit.path(), "durability = \"write_ahead\"")),
+    )
+    .await;
+    let url = gw
+        .url("/v1/realtime?model=gpt-realtime")
+        .replacen("http://", "ws://", 1);
+    let (mut ws, resp) = ws_connect(&url, &[("authorization", "Bearer sk-test-client")], &[])
+        .await
+        .expect("the session opens");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(ws_next_json(&mut ws).await["type"], "session.created");
+    ws.close(None).await.expect("close");
+    let records = wait_file_events(audit.path(), 2).await;
+    let session = records
+        .iter()
+        .find(|r| r["route"] == "realtime" && r["type"] != "audit.intent")
+        .expect("the session's event");
+    let intent = records
+        .iter()
+        .find(|r| r["type"] == "audit.intent")
+        .expect("the session's intent");
+    assert_eq!(intent["route"], "realtime");
+    assert_eq!(intent["request_id"], session["request_id"]);
+    assert_eq!(intent["model"], "gpt-realtime");
+    assert!(
+        intent["seq"].as_u64() < session["seq"].as_u64(),
+        "the intent was written after the session's event"
+    );
+    let (code, out) = verify(audit.path());
+    assert_eq!(code, 0, "{out}");
 }
