@@ -45,7 +45,9 @@ pub async fn make_durable(
     };
     let durable = gw.audit.intend(Box::new(intent)).await;
     if !durable {
-        tracing::error!(
+        // Per request, so not above debug: the writer logs the disk's failure once, and the request's decision
+        // event records the 503 `audit_unavailable`.
+        tracing::debug!(
             request_id = %ctx.request_id,
             "audit: the request's intent could not be made durable (durability = \"write_ahead\"); refusing it"
         );
