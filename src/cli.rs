@@ -1,5 +1,6 @@
 //! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone),
-//! `check` / `scan` (rules), `keys new` (gateway keys).
+//! `check` / `scan` (rules), `keys new` (gateway keys), `audit verify` / `audit query` (the audit directory:
+//! `audit/verify.rs`, `audit/query.rs`).
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for any configuration or usage error (printed as one line).
 
@@ -41,6 +42,62 @@ enum Command {
     /// Gateway keys (auth.mode = "gateway_keys").
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit directory: verify its hash chain, query its records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk every segment and check the hash chain. Exit 0 with a summary, or 1 naming the first break as
+    /// file:line and what it looks like (edited, deleted, reordered, inserted, truncated, segment missing).
+    Verify(AuditDirArgs),
+    /// Print the records that match every filter given, as JSON lines or CSV (streamed).
+    Query(Box<AuditQueryArgs>),
+}
+
+#[derive(Args)]
+struct AuditDirArgs {
+    /// The audit directory. Default: `audit.dir` of the config.
+    dir: Option<PathBuf>,
+    /// Config file to take `audit.dir` from (default: conf/promptgate.toml when it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AuditQueryArgs {
+    #[command(flatten)]
+    dir: AuditDirArgs,
+    /// Records at or after this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    from: Option<String>,
+    /// Records at or before this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    to: Option<String>,
+    /// Gateway key id.
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// allow, redact, block, monitor or error, in either direction.
+    #[arg(long)]
+    decision: Option<String>,
+    /// A rule id that matched.
+    #[arg(long)]
+    rule: Option<String>,
+    /// The client's session id.
+    #[arg(long)]
+    session: Option<String>,
+    /// Record type (chat.message, chat.blocked, chat.escalated, audit.gap, audit.intent, audit.segment).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Only intents that no decision event completes (requests in flight at a crash, or still in flight).
+    #[arg(long)]
+    incomplete: bool,
+    /// jsonl (each record as written) or csv (the columns in the README).
+    #[arg(long, default_value = "jsonl")]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +219,93 @@ pub fn main() -> i32 {
             &args.direction,
         ),
         Command::Keys(KeysCommand::New(args)) => keys_new(&args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
+        Command::Audit(AuditCommand::Query(args)) => audit_query(*args),
+    }
+}
+
+/// The audit directory: given, or the config's `audit.dir`.
+fn audit_dir(args: AuditDirArgs) -> Result<PathBuf, i32> {
+    if let Some(d) = args.dir {
+        return Ok(d);
+    }
+    let config = Config::load(config_path(args.config).as_deref(), &Overrides::default())
+        .map_err(|e| fail(&e))?;
+    match config.audit {
+        Some(a) => Ok(a.dir),
+        None => {
+            eprintln!(
+                "promptgate: audit: the config has audit.enabled = false; give the directory"
+            );
+            Err(2)
+        }
+    }
+}
+
+fn audit_verify(args: AuditDirArgs) -> i32 {
+    let dir = match audit_dir(args) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let report = match crate::audit::verify::verify(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("promptgate: audit verify: {}: {e}", dir.display());
+            return 2;
+        }
+    };
+    report
+        .print(&dir, &mut std::io::stdout().lock())
+        .unwrap_or(2)
+}
+
+fn audit_query(args: AuditQueryArgs) -> i32 {
+    use crate::audit::query::{self, Filter, Format};
+    let format = match args.format.as_str() {
+        "jsonl" => Format::Jsonl,
+        "csv" => Format::Csv,
+        other => {
+            eprintln!("promptgate: audit query: --format {other:?}: expected jsonl or csv");
+            return 2;
+        }
+    };
+    let time = |t: &Option<String>| t.as_deref().map(query::parse_time).transpose();
+    let (from, to) = match (time(&args.from), time(&args.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("promptgate: audit query: {e}");
+            return 2;
+        }
+    };
+    const DECISIONS: [&str; 5] = ["allow", "redact", "block", "monitor", "error"];
+    if let Some(d) = args.decision.as_deref().filter(|d| !DECISIONS.contains(d)) {
+        eprintln!("promptgate: audit query: --decision {d:?}: expected one of {DECISIONS:?}");
+        return 2;
+    }
+    let filter = Filter {
+        from,
+        to,
+        key: args.key,
+        tenant: args.tenant,
+        decision: args.decision,
+        rule: args.rule,
+        session: args.session,
+        kind: args.kind,
+        incomplete: args.incomplete,
+    };
+    let dir = match audit_dir(args.dir) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match query::run(&dir, &filter, format, &mut out) {
+        Ok(_) => 0,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("promptgate: audit query: {}: {e}", dir.display());
+            1
+        }
     }
 }
 

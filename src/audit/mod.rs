@@ -15,9 +15,24 @@
 //!   write succeeds again (`"fail_open"` serves them and counts each in `promptgate_fail_open_total`);
 //! - directory locked by the gateway a graceful upgrade replaces: the writer opens it once the lock is free
 //!   (that gateway has drained and written its last event), events queued meanwhile (`Audit::open`).
+//!
+//! Every line the writer writes is sealed into a hash chain (`chain.rs`): a `seq` and a `chain` value that
+//! covers the line and the one before it, each segment opening with a header that names the previous
+//! segment's last value. `promptgate audit verify` (`verify.rs`) walks it; `promptgate audit query`
+//! (`query.rs`) filters it. The writer holds the chain's tip in memory and, on open, reads it back from the
+//! last whole line, so a torn tail cut after a crash re-links to the last whole record.
+//!
+//! `durability = "write_ahead"`: before a request goes upstream, the request path hands an intent record
+//! (`intent.rs`) to the same queue and waits until the writer has written *and synced* it — group commit: one
+//! write and one `fsync` acknowledge every intent of the batch. An intent that cannot be made durable within
+//! [`INTENT_WAIT`] refuses the request (503). The request's decision event completes it later.
 
+pub mod chain;
 pub mod event;
+pub mod intent;
+pub mod query;
 pub mod segments;
+pub mod verify;
 pub mod webhook;
 
 use std::fs::File;
@@ -33,6 +48,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, oneshot};
 
 pub use event::Event;
+pub use intent::Intent;
 
 use crate::config::{AuditConfig, Fsync};
 use crate::metrics;
@@ -42,6 +58,9 @@ const BATCH: usize = 1024;
 /// While events keep coming, the writer collects them this often instead of being woken for each: with
 /// `fsync = "always"` that is at most ~200 fsyncs a second, each covering everything queued since the last.
 const BUSY_NAP: Duration = Duration::from_millis(5);
+/// The longest a forwarded request waits for its intent to be written and synced (`write_ahead`) before it is
+/// refused: a disk that hangs must not hold requests forever.
+pub const INTENT_WAIT: Duration = Duration::from_secs(5);
 
 /// Events handed to the queue and not yet written (and synced, under `fsync = "always"`): the drain on
 /// shutdown waits for it to reach zero before the process exits.
@@ -59,6 +78,8 @@ struct Shared {
 /// What the queue carries to the writer.
 enum Entry {
     Event(Box<Event>),
+    /// Write and sync it, then say whether it is durable.
+    Intent(Box<Intent>, oneshot::Sender<bool>),
     /// Write and sync what came before, then stop (and say so).
     Close(oneshot::Sender<()>),
 }
@@ -68,6 +89,7 @@ pub struct Audit {
     tx: Option<mpsc::Sender<Entry>>,
     block_when_full: bool,
     fail_closed: bool,
+    write_ahead: bool,
     shared: Arc<Shared>,
 }
 
@@ -78,6 +100,7 @@ impl Audit {
             tx: None,
             block_when_full: true,
             fail_closed: false,
+            write_ahead: false,
             shared: Arc::default(),
         }
     }
@@ -104,6 +127,7 @@ impl Audit {
             tx: Some(tx),
             block_when_full: cfg.block_when_full,
             fail_closed: cfg.fail_closed,
+            write_ahead: cfg.write_ahead,
             shared,
         };
         Ok((audit, WriterService(Mutex::new(Some((writer, rx))))))
@@ -143,6 +167,35 @@ impl Audit {
 
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Whether forwarded requests must first make an intent durable (`durability = "write_ahead"`).
+    pub fn write_ahead(&self) -> bool {
+        self.write_ahead && self.tx.is_some()
+    }
+
+    /// Hands an intent to the writer and waits until it is written and synced (at most [`INTENT_WAIT`],
+    /// waiting for room in the queue whatever `on_full` says: an intent is never dropped). `false`: it is
+    /// not durable, and the request must not go upstream.
+    pub async fn intend(&self, intent: Box<Intent>) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        if self.shared.failed.load(Ordering::Relaxed) {
+            // The writer is retrying a failed write: nothing queued now is synced before it succeeds.
+            return false;
+        }
+        let (ack, durable) = oneshot::channel();
+        let waited = tokio::time::timeout(INTENT_WAIT, async {
+            // Room first: counted as pending only once it is surely queued.
+            let Ok(permit) = tx.reserve().await else {
+                return false;
+            };
+            metrics::AUDIT_QUEUE_DEPTH.inc();
+            PENDING.fetch_add(1, Ordering::AcqRel);
+            permit.send(Entry::Intent(intent, ack));
+            durable.await.unwrap_or(false)
+        })
+        .await;
+        waited.unwrap_or(false)
     }
 
     /// Makes the writer write and sync everything queued so far and stop, and waits (at most `limit`) until
@@ -204,6 +257,10 @@ pub struct Writer {
     last_sync: Instant,
     /// Written but not yet synced.
     dirty: bool,
+    /// The chain's tip: the last line written.
+    tip: chain::Tip,
+    /// The next write starts a new segment (the current one holds lines from before the chain).
+    rotate_next: bool,
     shared: Arc<Shared>,
     _lock: File,
 }
@@ -213,6 +270,7 @@ impl Writer {
     fn open(cfg: &AuditConfig, shared: &Arc<Shared>) -> io::Result<Self> {
         let lock = segments::lock(&cfg.dir)?;
         let (segment, file, len) = segments::open_last(&cfg.dir)?;
+        let resume = segments::resume(&cfg.dir, segment, len)?;
         Ok(Writer {
             dir: cfg.dir.clone(),
             fsync: cfg.fsync,
@@ -225,6 +283,8 @@ impl Writer {
             len,
             last_sync: Instant::now(),
             dirty: false,
+            tip: resume.tip,
+            rotate_next: resume.rotate,
             shared: shared.clone(),
             _lock: lock,
         })
@@ -274,6 +334,8 @@ impl Writer {
             }
         };
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+        // The intents of the batch, acknowledged once it is synced.
+        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
         let mut busy = false;
         let mut closing: Option<oneshot::Sender<()>> = None;
         loop {
@@ -285,6 +347,10 @@ impl Writer {
             } else {
                 match recv_timeout(&rt, &mut rx, tick) {
                     Recv::Entry(Entry::Event(e)) => batch.push(e.to_line()),
+                    Recv::Entry(Entry::Intent(i, ack)) => {
+                        batch.push(i.to_line());
+                        waiters.push(ack);
+                    }
                     Recv::Entry(Entry::Close(done)) => closing = Some(done),
                     Recv::Timeout => {
                         self.sync_if_due(true);
@@ -298,6 +364,10 @@ impl Writer {
                 match rx.try_recv() {
                     // Serialised here, on the writer's thread, not on the request's.
                     Ok(Entry::Event(e)) => batch.push(e.to_line()),
+                    Ok(Entry::Intent(i, ack)) => {
+                        batch.push(i.to_line());
+                        waiters.push(ack);
+                    }
                     Ok(Entry::Close(done)) => {
                         closing = Some(done);
                         closed = true;
@@ -309,14 +379,16 @@ impl Writer {
                     }
                 }
             }
-            busy = !batch.is_empty();
-            if busy {
+            // Requests waiting on intents (write_ahead) are not made to wait out a nap as well: the next
+            // group forms while this one is written and synced.
+            busy = !batch.is_empty() && waiters.is_empty();
+            if !batch.is_empty() {
                 let taken = batch.len() as i64;
                 let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
                     batch.push(gap_record(dropped));
                 }
-                self.write_until_done(&batch);
+                self.write_until_done(&batch, &mut waiters);
                 metrics::AUDIT_QUEUE_DEPTH.sub(taken);
                 PENDING.fetch_sub(taken as usize, Ordering::AcqRel);
                 batch.clear();
@@ -331,12 +403,21 @@ impl Writer {
         }
     }
 
-    /// Writes a batch, retrying every second while the disk refuses; the batch is never given up.
-    fn write_until_done(&mut self, batch: &[Vec<u8>]) {
+    /// Writes a batch, retrying every second while the disk refuses; the batch is never given up. Its intents
+    /// are acknowledged once it is synced, or refused at the first failure (their requests are not held for
+    /// the retries).
+    fn write_until_done(&mut self, batch: &[Vec<u8>], waiters: &mut Vec<oneshot::Sender<bool>>) {
         let mut logged = false;
         loop {
             match self.write(batch) {
                 Ok(()) => {
+                    if !waiters.is_empty() {
+                        // Durable only once synced, whatever `fsync` says for plain events.
+                        let durable = self.sync_now();
+                        for w in waiters.drain(..) {
+                            let _ = w.send(durable);
+                        }
+                    }
                     if self.shared.failed.swap(false, Ordering::Relaxed) {
                         tracing::warn!("audit: the event file is writable again");
                     }
@@ -348,6 +429,9 @@ impl Writer {
                     self.shared.failed.store(true, Ordering::Relaxed);
                     metrics::AUDIT_SINK_UP.set(0);
                     metrics::AUDIT_WRITE_ERRORS.inc();
+                    for w in waiters.drain(..) {
+                        let _ = w.send(false);
+                    }
                     if !logged {
                         tracing::error!(
                             dir = %self.dir.display(),
@@ -362,29 +446,61 @@ impl Writer {
         }
     }
 
+    /// Seals the batch into the chain (a segment's first write opens with its header) and appends it. On
+    /// failure the file is cut back and the chain's tip restored, so a retry writes the same sequence.
     fn write(&mut self, batch: &[Vec<u8>]) -> io::Result<()> {
-        let size: u64 = batch.iter().map(|l| l.len() as u64 + 1).sum();
-        if self.len > 0 && self.len + size > self.max_bytes {
+        // What sealing adds per line: `,"seq":N,"chain":"<64 hex>"` and the newline.
+        const SEAL: u64 = 100;
+        let size: u64 = batch.iter().map(|l| l.len() as u64 + SEAL).sum();
+        if self.rotate_next || (self.len > 0 && self.len + size > self.max_bytes) {
             self.rotate()?;
         }
-        let mut buf = Vec::with_capacity(size as usize);
+        let before = self.tip;
+        let mut buf = Vec::with_capacity(size as usize + 256);
+        if self.len == 0 {
+            let header = chain::header(
+                self.segment,
+                &self.tip.link,
+                &event::rfc3339(SystemTime::now()),
+            );
+            buf.extend_from_slice(&self.tip.seal(header));
+            buf.push(b'\n');
+        }
+        let header_len = buf.len();
         for line in batch {
-            buf.extend_from_slice(line);
+            buf.extend_from_slice(&self.tip.seal(line.clone()));
             buf.push(b'\n');
         }
         if let Err(e) = self.file.write_all(&buf) {
             // A partial write leaves a torn line: cut back to the last complete event before retrying.
             let _ = self.file.set_len(self.len);
+            self.tip = before;
             return Err(e);
         }
-        self.len += size;
+        self.len += buf.len() as u64;
         self.dirty = true;
         self.sync_if_due(false);
         if self.stdout {
+            // The records, not the file's segment headers.
             let mut out = io::stdout().lock();
-            let _ = out.write_all(&buf).and_then(|()| out.flush());
+            let _ = out.write_all(&buf[header_len..]).and_then(|()| out.flush());
         }
         Ok(())
+    }
+
+    /// Syncs now if anything is unsynced; whether what was written is on disk.
+    fn sync_now(&mut self) -> bool {
+        if self.dirty {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!("audit: fsync failed: {e}");
+                self.shared.failed.store(true, Ordering::Relaxed);
+                metrics::AUDIT_SINK_UP.set(0);
+                return false;
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        true
     }
 
     fn sync_if_due(&mut self, idle: bool) {
@@ -420,6 +536,7 @@ impl Writer {
         self.file = file;
         self.segment = next;
         self.len = 0;
+        self.rotate_next = false;
         let protect = if self.protect_undelivered {
             // Not delivered yet: from the cursor's segment on (or everything, before the first delivery).
             Some(segments::read_cursor(&self.dir).map_or(0, |c| c.segment))

@@ -1,11 +1,14 @@
 //! The audit directory: numbered JSONL segments (`events-00000001.jsonl`, …), the webhook's cursor
 //! (`webhook.cursor`) and a lock file that keeps a second gateway out. Every complete line of a segment is
 //! one event; a line without its newline (a write cut short by a crash) is not an event and is cut off when
-//! the directory is opened again.
+//! the directory is opened again. Every line is sealed into the hash chain (`chain.rs`); [`resume`] finds
+//! where the chain stands so a restarted writer continues it from the last whole line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use super::chain::{self, Tip};
 
 const PREFIX: &str = "events-";
 const SUFFIX: &str = ".jsonl";
@@ -81,7 +84,7 @@ pub fn open_last(dir: &Path) -> io::Result<(u64, File, u64)> {
 }
 
 /// The length of the file up to and including its last newline.
-fn complete_len(f: &mut File, len: u64) -> io::Result<u64> {
+pub(crate) fn complete_len(f: &mut File, len: u64) -> io::Result<u64> {
     let mut end = len;
     let mut buf = vec![0u8; 64 * 1024];
     while end > 0 {
@@ -95,6 +98,81 @@ fn complete_len(f: &mut File, len: u64) -> io::Result<u64> {
         end = start;
     }
     Ok(0)
+}
+
+/// The longest line read back when looking for the chain's tip: far above any event the writer makes.
+const MAX_LINE: u64 = 16 << 20;
+
+/// Where a (re)opened writer continues the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The last whole line's `seq` and chain value (or the start, for an empty directory).
+    pub tip: Tip,
+    /// The last segment ends with lines written before the chain existed: the next write starts a fresh
+    /// segment, so every sealed segment is sealed from its first line.
+    pub rotate: bool,
+}
+
+/// Finds the chain's tip: the last whole line of the newest segment that has one (`current` is the segment
+/// being continued, `current_len` its length after a torn line was cut).
+pub fn resume(dir: &Path, current: u64, current_len: u64) -> io::Result<Resume> {
+    let mut candidates: Vec<u64> = list(dir)?.into_iter().filter(|n| *n <= current).collect();
+    candidates.reverse();
+    for n in candidates {
+        let mut f = File::open(path(dir, n))?;
+        let len = if n == current {
+            current_len
+        } else {
+            let len = f.metadata()?.len();
+            complete_len(&mut f, len)?
+        };
+        let Some(line) = last_line(&mut f, len)? else {
+            continue;
+        };
+        return Ok(match chain::tip_of(&line) {
+            Some(tip) => Resume { tip, rotate: false },
+            None => Resume {
+                tip: Tip::START,
+                rotate: n == current,
+            },
+        });
+    }
+    Ok(Resume {
+        tip: Tip::START,
+        rotate: false,
+    })
+}
+
+/// The last line of the first `len` bytes (which end with a newline), without its newline.
+fn last_line(f: &mut File, len: u64) -> io::Result<Option<Vec<u8>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let end = len - 1;
+    let mut start = end;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Back from the end to the newline before the last line (or the file's start).
+    while start > 0 {
+        let from = start.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(start - from) as usize];
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            start = from + i as u64 + 1;
+            break;
+        }
+        start = from;
+        if end - start > MAX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the last audit line is longer than 16 MiB",
+            ));
+        }
+    }
+    let mut line = vec![0u8; (end - start) as usize];
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut line)?;
+    Ok(Some(line))
 }
 
 /// Where the webhook has delivered up to: a segment and a byte offset in it.
@@ -175,5 +253,38 @@ mod tests {
         );
         enforce_retention(dir.path(), 1, None, 3);
         assert_eq!(list(dir.path()).expect("list"), [3]);
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn resume_continues_from_the_last_whole_line_of_the_newest_segment_that_has_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tip = Tip::START;
+        let mut text = tip.seal(chain::header(1, &tip.link, "t"));
+        text.push(b'\n');
+        text.extend_from_slice(&tip.seal(br#"{"type":"chat.message"}"#.to_vec()));
+        text.push(b'\n');
+        std::fs::write(path(dir.path(), 1), &text).expect("write");
+        // A crash right after a rotation: the new segment is empty.
+        std::fs::write(path(dir.path(), 2), b"").expect("write");
+        let (n, _f, len) = open_last(dir.path()).expect("open");
+        assert_eq!(
+            resume(dir.path(), n, len).expect("resume"),
+            Resume { tip, rotate: false }
+        );
+        // Lines from before the chain: start it afresh, in a new segment.
+        std::fs::write(path(dir.path(), 2), b"{\"type\":\"chat.message\"}\n").expect("write");
+        let (n, _f, len) = open_last(dir.path()).expect("open");
+        assert_eq!(
+            resume(dir.path(), n, len).expect("resume"),
+            Resume {
+                tip: Tip::START,
+                rotate: true
+            }
+        );
     }
 }

@@ -103,6 +103,7 @@ pub struct AuditSection {
     pub queue: usize,
     pub on_full: String,
     pub on_failure: String,
+    pub durability: String,
     pub stdout: bool,
     pub webhook: WebhookSection,
 }
@@ -119,6 +120,7 @@ impl Default for AuditSection {
             queue: 65_536,
             on_full: "block".into(),
             on_failure: "fail_closed".into(),
+            durability: "async".into(),
             stdout: false,
             webhook: WebhookSection::default(),
         }

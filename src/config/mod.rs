@@ -199,6 +199,8 @@ pub struct AuditConfig {
     pub block_when_full: bool,
     /// When the file cannot be written: refuse new requests with 503 (`true`, the default) or go on.
     pub fail_closed: bool,
+    /// `durability = "write_ahead"`: a forwarded request first makes an intent record durable (else 503).
+    pub write_ahead: bool,
     pub stdout: bool,
     pub webhook: Option<WebhookConfig>,
 }
@@ -865,6 +867,11 @@ fn audit(a: &file::AuditSection, src: &Source) -> Result<Option<AuditConfig>, Co
         &a.on_failure,
         &[("fail_closed", true), ("fail_open", false)],
     )?;
+    let write_ahead = src.one_of(
+        "audit.durability",
+        &a.durability,
+        &[("async", false), ("write_ahead", true)],
+    )?;
     Ok(Some(AuditConfig {
         dir: a.dir.clone(),
         fsync,
@@ -873,6 +880,7 @@ fn audit(a: &file::AuditSection, src: &Source) -> Result<Option<AuditConfig>, Co
         queue: src.positive("audit.queue", a.queue)?,
         block_when_full,
         fail_closed,
+        write_ahead,
         stdout: a.stdout,
         webhook: webhook(&a.webhook, src)?,
     }))
@@ -891,7 +899,12 @@ fn webhook(w: &file::WebhookSection, src: &Source) -> Result<Option<WebhookConfi
             format!("${} must hold the webhook's signing secret", w.secret_env),
         ));
     }
-    const TYPES: [&str; 3] = ["chat.message", "chat.blocked", "chat.escalated"];
+    const TYPES: [&str; 4] = [
+        "chat.message",
+        "chat.blocked",
+        "chat.escalated",
+        "audit.intent",
+    ];
     if let Some(bad) = w.events.iter().find(|e| !TYPES.contains(&e.as_str())) {
         return Err(src.error(
             "audit.webhook.events",

@@ -15,6 +15,7 @@ mod edge;
 mod error;
 mod finish;
 mod headers;
+mod intent;
 mod offload;
 mod path;
 mod realtime;
@@ -213,7 +214,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match path::choose(self, session, ctx).await {
+        let path = match path::choose(self, session, ctx).await {
+            // Going upstream: under `write_ahead`, not before its intent is durable.
+            Path::Relay | Path::Proxy
+                if !intent::make_durable(
+                    self,
+                    ctx,
+                    &session.req_header().method,
+                    ctx.route.label(),
+                    None,
+                )
+                .await =>
+            {
+                Path::Respond(Reply::Refuse(Rejection::AuditUnavailable))
+            }
+            path => path,
+        };
+        match path {
             Path::Respond(reply) => self.respond(session, ctx, reply).await.map(|()| true),
             Path::Relay => relay::run(self, session, ctx).await.map(|()| true),
             Path::Proxy => {

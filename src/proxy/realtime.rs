@@ -338,6 +338,18 @@ impl Realtime {
         ctx.pool = Some(i);
         let pool = gw.upstreams.pools[i].clone();
         pool.count_request();
+        // Before the upstream handshake: under `write_ahead`, not before the session's intent is durable.
+        if !super::intent::make_durable(
+            gw,
+            ctx,
+            &http::Method::GET,
+            "realtime",
+            hs.model.as_deref(),
+        )
+        .await
+        {
+            return Err(Opened::Refused(Rejection::AuditUnavailable));
+        }
         // A gateway key stays here: in `gateway_keys` mode no key subprotocol is passed on.
         let gateway_key = ctx
             .admission

@@ -8,6 +8,7 @@ mod support;
 
 mod answers;
 mod audit;
+mod audit_chain;
 mod dns;
 mod fleet;
 mod forwarding;

@@ -536,7 +536,8 @@ pub fn key_entry(id: &str, secret: &str, extra: &str) -> String {
     )
 }
 
-/// Every complete event line in the audit directory.
+/// Every complete record line in the audit directory, but the segment headers of the hash chain (bookkeeping,
+/// one per file: `audit verify` checks them, `tests/it/audit_chain.rs` sees them).
 pub fn file_events(dir: &Path) -> Vec<Value> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("audit dir")
@@ -549,7 +550,10 @@ pub fn file_events(dir: &Path) -> Vec<Value> {
         let text = std::fs::read(&p).expect("segment");
         for line in text.split_inclusive(|b| *b == b'\n') {
             if line.ends_with(b"\n") {
-                out.push(serde_json::from_slice(line).expect("event line is JSON"));
+                let v: Value = serde_json::from_slice(line).expect("event line is JSON");
+                if v["type"] != "audit.segment" {
+                    out.push(v);
+                }
             }
         }
     }
