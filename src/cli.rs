@@ -1,5 +1,5 @@
 //! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone),
-//! `check` / `scan` (rules), `keys new` (gateway keys).
+//! `check` / `scan` (rules), `keys new` (gateway keys), `usage` (requests and tokens from the audit files).
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for any configuration or usage error (printed as one line).
 
@@ -41,6 +41,8 @@ enum Command {
     /// Gateway keys (auth.mode = "gateway_keys").
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Requests and tokens per key, tenant, model and time, read from the audit directory.
+    Usage(crate::usage::cli::UsageArgs),
 }
 
 #[derive(Subcommand)]
@@ -152,6 +154,7 @@ pub fn main() -> i32 {
             &args.direction,
         ),
         Command::Keys(KeysCommand::New(args)) => keys_new(&args),
+        Command::Usage(args) => crate::usage::cli::run(&args),
     }
 }
 
@@ -194,7 +197,8 @@ fn init_tracing() {
         .init();
 }
 
-fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+/// The config file to read: the one given, else the default one if it exists.
+pub(crate) fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
     explicit.or_else(|| {
         Path::new(DEFAULT_CONFIG)
             .is_file()

@@ -10,7 +10,8 @@
 //! Around it: `openai` (wire knowledge: routes, JSON and SSE framing, usage, the error format — pure),
 //! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
 //! for the rules, the keys and the certificates), `server` (assembly: listeners plain and TLS, background
-//! services, shutdown), `tls` (the TLS listeners' certificates), `admin` (health, metrics, reload), `cli`
+//! services, shutdown), `tls` (the TLS listeners' certificates), `admin` (health, metrics, reload, usage),
+//! `usage` (requests and tokens per caller, tenant, model and hour, from per-hour rollups of the audit files), `cli`
 //! (subcommands), `mock` (the mock upstream of the demo, the tests and the benchmarks), `harness` (hidden, not
 //! the product: the property checks behind the fuzz targets in `tests/fuzz/` and their corpus replay).
 
@@ -33,3 +34,4 @@ pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod usage;

@@ -26,3 +26,4 @@ mod rules_reload;
 mod sdk;
 mod streams;
 mod tls;
+mod usage;
