@@ -124,7 +124,8 @@ impl UsageIndex {
             },
             Err(_) => None,
         });
-        if let Some(d) = read {
+        if let Some(mut d) = read {
+            d.rollup.freeze();
             if segment_bytes.is_none() {
                 src.orphan_rollups += 1;
             }
@@ -144,7 +145,7 @@ impl UsageIndex {
             self.closed.remove(&n);
             return;
         };
-        let rollup = match self.closed.remove(&n) {
+        let mut rollup = match self.closed.remove(&n) {
             // Already in memory and still right for its segment: only the file is missing or damaged.
             Some(c) if c.segment_bytes == len => c.rollup,
             _ => match self.roll_up(n, len) {
@@ -156,6 +157,7 @@ impl UsageIndex {
                 }
             },
         };
+        rollup.freeze();
         src.rebuilt += 1;
         let file = match sidecar::write(&self.dir, n, &sidecar::encode(n, len, &rollup)) {
             Ok(()) => file_stamp(&car),

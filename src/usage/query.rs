@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::rollup::{Rollup, Sums};
+use super::rollup::{IdMap, NameId, Rollup, Sums, NONE};
 use super::time::{self, End, HOUR};
 
 /// Rows per page unless `page_size` says otherwise.
@@ -222,8 +222,15 @@ pub fn answer<'a>(
     let mut groups: HashMap<Group<'a>, Sums> = HashMap::new();
     let mut totals = Sums::default();
     let has = |d: Dim| q.group_by.contains(&d);
+    let (by_hour, by_day) = (has(Dim::Hour), has(Dim::Day));
+    let (by_key, by_tenant, by_model) = (has(Dim::Key), has(Dim::Tenant), has(Dim::Model));
     for r in rollups {
-        // A filter on a name this rollup never saw: nothing in it matches.
+        // A rollup wholly outside the range, or without a name a filter asks for: nothing in it matches.
+        if let Some((lo, hi)) = r.span() {
+            if q.from_hour.is_some_and(|f| hi < f) || q.to_hour.is_some_and(|t| lo >= t) {
+                continue;
+            }
+        }
         let want = |f: &Option<String>| match f {
             None => Ok(None),
             Some(n) => r.find(n).map(Some).ok_or(()),
@@ -232,6 +239,8 @@ pub fn answer<'a>(
         else {
             continue;
         };
+        // Grouped by ids within the rollup first (cheap to hash), by names once per group after.
+        let mut local: IdMap<(i64, NameId, NameId, NameId), Sums> = IdMap::default();
         for (c, s) in r.cells() {
             if key.is_some_and(|k| k != c.key)
                 || tenant.is_some_and(|t| t != c.tenant)
@@ -241,21 +250,31 @@ pub fn answer<'a>(
             {
                 continue;
             }
-            totals.add(s);
-            let name = |on: bool, id| if on { r.name(id) } else { None };
-            let g = Group {
-                time: if has(Dim::Hour) {
-                    c.hour
-                } else if has(Dim::Day) {
-                    c.hour.div_euclid(24)
-                } else {
-                    0
-                },
-                key: name(has(Dim::Key), c.key),
-                tenant: name(has(Dim::Tenant), c.tenant),
-                model: name(has(Dim::Model), c.model),
+            let time = if by_hour {
+                c.hour
+            } else if by_day {
+                c.hour.div_euclid(24)
+            } else {
+                0
             };
-            groups.entry(g).or_default().add(s);
+            let id = |on: bool, id: NameId| if on { id } else { NONE };
+            let g = (
+                time,
+                id(by_key, c.key),
+                id(by_tenant, c.tenant),
+                id(by_model, c.model),
+            );
+            local.entry(g).or_default().add(s);
+        }
+        for ((time, k, t, m), s) in local {
+            totals.add(&s);
+            let g = Group {
+                time,
+                key: r.name(k),
+                tenant: r.name(t),
+                model: r.name(m),
+            };
+            groups.entry(g).or_default().add(&s);
         }
     }
     let mut rows: Vec<(Group, Sums)> = groups.into_iter().collect();
