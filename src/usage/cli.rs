@@ -157,11 +157,11 @@ fn table(v: &Value) -> String {
     let widths: Vec<usize> = (0..lines[0].len())
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
-    let range = |e: &str| v["range"][e].as_str().unwrap_or("…").to_string();
+    let range = |e: &str, open: &str| v["range"][e].as_str().unwrap_or(open).to_string();
     let mut out = format!(
         "# usage from {} to {} (whole hours, UTC){}\n",
-        range("from"),
-        range("to"),
+        range("from", "the first event"),
+        range("to", "the last"),
         if v["has_more"] == true {
             "; more pages follow"
         } else {
