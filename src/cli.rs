@@ -1,6 +1,6 @@
 //! Subcommands: `run` (the gateway), `demo` (mock + gateway, no setup), `mock` (the mock upstream alone),
 //! `check` / `scan` (rules), `keys new` (gateway keys), `audit verify` / `audit query` (the audit directory:
-//! `audit/verify.rs`, `audit/query.rs`).
+//! `audit/verify.rs`, `audit/query.rs`), `usage` (requests and tokens from the audit files).
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for any configuration or usage error (printed as one line).
 
@@ -42,6 +42,8 @@ enum Command {
     /// Gateway keys (auth.mode = "gateway_keys").
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Requests and tokens per key, tenant, model and time, read from the audit directory.
+    Usage(crate::usage::cli::UsageArgs),
     /// The audit directory: verify its hash chain, query its records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -219,6 +221,7 @@ pub fn main() -> i32 {
             &args.direction,
         ),
         Command::Keys(KeysCommand::New(args)) => keys_new(&args),
+        Command::Usage(args) => crate::usage::cli::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
         Command::Audit(AuditCommand::Query(args)) => audit_query(*args),
     }
@@ -354,7 +357,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+/// The config file to read: the one given, else the default one if it exists.
+pub(crate) fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
     explicit.or_else(|| {
         Path::new(DEFAULT_CONFIG)
             .is_file()

@@ -11,7 +11,9 @@
 //! `config` (the TOML format and the validated config), `live` (one live-reloaded set — load, validate, swap —
 //! for the rules, the keys and the certificates), `server` (assembly: listeners plain and TLS, background
 //! services, shutdown), `tls` (the TLS listeners' certificates), `otel` (OpenTelemetry
-//! traces: the trace context of a request, its spans, the OTLP exporter), `admin` (health, metrics, reload), `cli`
+//! traces: the trace context of a request, its spans, the OTLP exporter), `admin` (health, metrics,
+//! reload, usage), `usage` (requests and tokens per caller, tenant, model and hour, from per-hour rollups of the
+//! audit files), `cli`
 //! (subcommands), `mock` (the mock upstream of the demo, the tests and the benchmarks), `harness` (hidden, not
 //! the product: the property checks behind the fuzz targets in `tests/fuzz/` and their corpus replay).
 
@@ -35,3 +37,4 @@ pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod usage;

@@ -240,13 +240,21 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     let certs = add_tls_listeners(&mut service, config)?;
     server.add_service(service);
 
+    // Usage from the audit files: rollups kept current in the background, questions on the admin listener.
+    let usage = config
+        .audit
+        .as_ref()
+        .map(|a| crate::usage::Usage::new(a.dir.clone()));
+    if let Some(u) = &usage {
+        server.add_service(background_service("usage rollups", u.service()));
+    }
     let mut admin = Service::new(
         "promptgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(
-            store.clone(),
-            auth.keys().cloned(),
-            upstreams,
-        )),
+        HttpServer::new_app(
+            AdminApp::new(store.clone(), auth.keys().cloned(), upstreams)
+                .with_token(config.admin_token.as_ref().map(|t| t.0.as_str()))
+                .with_usage(usage),
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.to_string());

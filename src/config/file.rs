@@ -71,6 +71,15 @@ impl Default for LogSection {
             format: "text".into(),
         }
     }
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: the admin listener's access (its address is `server.admin`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The environment variable holding the admin bearer token; empty: no token.
+    pub token_env: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -536,9 +545,9 @@ impl Default for RulesSection {
 
 /// The sections of the file: every top-level key is one of them, and a table. The fields of [`FileConfig`], in
 /// order (`sections_are_the_fields_of_file_config` keeps the two equal).
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server", "upstream", "rules", "inspect", "policy", "limits", "auth", "audit", "realtime",
-    "tracing", "log",
+    "tracing", "log", "admin",
 ];
 
 impl FileConfig {

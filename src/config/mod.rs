@@ -6,7 +6,7 @@
 //!
 //! Errors in the text name their place too, in three steps (`FileConfig::parse`): the text is first parsed into
 //! an `outline` that keeps where every key is written (a syntax error names `(file)` and its line); then each
-//! top-level key must be a known section and a table, so an unknown `[admin]` or an `[[upstream]]` is named as
+//! top-level key must be a known section and a table, so an unknown `[metrics]` or an `[[upstream]]` is named as
 //! itself, with its line; only then is the typed file deserialised, and the byte offset serde reports is turned
 //! into the dotted field it is about by the outline (the key there, or the key the value there was written
 //! after), whatever the nesting: `[a.b]` headers, inline tables, dotted or quoted keys, values over several lines.
@@ -83,6 +83,18 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     /// How log lines are written (`log.format`).
     pub log_format: LogFormat,
+    /// The bearer token the admin endpoints that act or reveal require (`admin.token_env`); `None`: open.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin bearer token, read from the environment at start. Never printed.
+#[derive(Clone)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
 }
 
 /// Where quotas are counted (`limits.backend`).
@@ -317,6 +329,26 @@ impl Config {
         Self::from_file(raw, &source_name, overrides)
     }
 
+    /// The audit directory a config file names (`audit.dir`, or its default), without validating the rest:
+    /// `promptgate usage` reads it on hosts where the gateway's secrets are not in the environment.
+    pub fn audit_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        let Some(p) = path else {
+            return Ok(FileConfig::default().audit.dir);
+        };
+        let name = p.display().to_string();
+        let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let raw = FileConfig::parse(&text).map_err(|(field, message)| ConfigError {
+            source_name: name,
+            field,
+            message,
+        })?;
+        Ok(raw.audit.dir)
+    }
+
     /// Validates a parsed file with `overrides` applied on top: one step per section, in the order of the file.
     pub fn from_file(
         raw: FileConfig,
@@ -337,6 +369,7 @@ impl Config {
         let realtime = realtime(&raw.realtime, &raw.limits, &src)?;
         let tracing = telemetry::tracing(&raw.tracing, &src)?;
         let log_format = telemetry::log_format(&raw.log, &src)?;
+        let admin_token = admin_token(&raw.admin, &src)?;
         Ok(Config {
             listen,
             admin,
@@ -357,6 +390,7 @@ impl Config {
             realtime,
             tracing,
             log_format,
+            admin_token,
         })
     }
 }
@@ -843,6 +877,24 @@ fn limits_backend(
     }))
 }
 
+/// `[admin]`: the token named by `token_env` must be set and non-empty when a name is given.
+fn admin_token(a: &file::AdminSection, src: &Source) -> Result<Option<AdminToken>, ConfigError> {
+    if a.token_env.is_empty() {
+        return Ok(None);
+    }
+    match std::env::var(&a.token_env) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(AdminToken(t.trim().to_string()))),
+        _ => Err(src.error(
+            "admin.token_env",
+            format!(
+                "${} must hold the admin bearer token (set it, or remove admin.token_env to leave the \
+                 admin endpoints open)",
+                a.token_env
+            ),
+        )),
+    }
+}
+
 /// `[audit]`: `None` when disabled.
 fn audit(a: &file::AuditSection, src: &Source) -> Result<Option<AuditConfig>, ConfigError> {
     if !a.enabled {
@@ -1167,14 +1219,14 @@ mod tests {
             ),
             // The file's shape: each top-level key is one of the sections, and a table.
             (
-                "[audit]\nenabled = true\n[admin]\nx = 1",
-                "x.toml: admin: unknown section [admin] (line 3); expected one of server, upstream, rules, \
+                "[audit]\nenabled = true\n[metrics]\nx = 1",
+                "x.toml: metrics: unknown section [metrics] (line 3); expected one of server, upstream, rules, \
                  inspect, policy, limits, auth, audit",
                 Some(3),
             ),
             (
-                "admin.x = 1\n[server]\nthreads = 2",
-                "x.toml: admin: unknown section [admin]",
+                "metrics.x = 1\n[server]\nthreads = 2",
+                "x.toml: metrics: unknown section [metrics]",
                 Some(1),
             ),
             (

@@ -32,7 +32,7 @@ fn run_with_config(toml: &str, extra: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn bad_config_exits_2_naming_the_field() {
-    let cases: [(&str, &[&str], &str); 8] = [
+    let cases: [(&str, &[&str], &str); 9] = [
         (
             "[upstream]\nurl = \"htp://x\"\n",
             &[],
@@ -49,9 +49,15 @@ fn bad_config_exits_2_naming_the_field() {
             "server.threads: invalid type",
         ),
         (
+            "[audit]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:1\"\n",
+            &[],
+            ": metrics: unknown section [metrics] (line 3)",
+        ),
+        // [admin] holds the token only; its address is server.admin.
+        (
             "[audit]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:1\"\n",
             &[],
-            ": admin: unknown section [admin] (line 3)",
+            ": admin.listen: unknown field `listen`, expected `token_env` (line 4)",
         ),
         // A syntax error is reported on one line too (toml's message spans two).
         (

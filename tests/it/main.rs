@@ -31,3 +31,4 @@ mod streams;
 mod tls;
 mod tracing;
 mod upgrade;
+mod usage;
