@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub realtime: RealtimeSection,
     pub tracing: TracingSection,
     pub log: LogSection,
+    pub admin: AdminSection,
 }
 
 /// `[tracing]`: OpenTelemetry traces exported over OTLP.
@@ -71,7 +72,6 @@ impl Default for LogSection {
             format: "text".into(),
         }
     }
-    pub admin: AdminSection,
 }
 
 /// `[admin]`: the admin listener's access (its address is `server.admin`).
