@@ -168,6 +168,10 @@ struct RunArgs {
     /// Run in the background; the process id goes to server.pid_file (systemd Type=forking).
     #[arg(long, short)]
     daemon: bool,
+    /// Check everything `run` would load (config, rules, keys, certificates, upstreams) and exit 0 without
+    /// listening: safe next to a running gateway, the step before an upgrade.
+    #[arg(long, short)]
+    test: bool,
 }
 
 #[derive(Args)]
@@ -393,6 +397,7 @@ fn run(args: RunArgs) -> i32 {
     let launch = server::Launch {
         upgrade: args.upgrade,
         daemon: args.daemon,
+        test: args.test,
     };
     match server::run(config, launch) {
         Ok(()) => 0,

@@ -84,6 +84,9 @@ pub struct Launch {
     pub upgrade: bool,
     /// Run in the background, the process id written to `server.pid_file` (systemd `Type=forking`).
     pub daemon: bool,
+    /// Build everything `run` would — config, rules, keys, certificates, upstreams — then exit 0 without
+    /// listening: the check before a graceful upgrade, next to a running gateway.
+    pub test: bool,
 }
 
 /// How long the two sides of a graceful upgrade wait for each other on the upgrade socket, in one-second
@@ -133,7 +136,7 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     metrics::init();
     // Upgrading, the addresses are the running gateway's, and its sockets are handed over (an address new in
     // this config is bound by Pingora, which logs and retries it in the background if it is taken).
-    if !launch.upgrade {
+    if !launch.upgrade && !launch.test {
         check_addresses(config)?;
     }
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
@@ -155,20 +158,19 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     let opt = Opt {
         upgrade: launch.upgrade,
         daemon: launch.daemon,
+        test: launch.test,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
-    // Upgrading, this waits (at most UPGRADE_TRIES seconds) for the running gateway's sockets; without them
-    // Pingora exits with status 1. The checks that can refuse the config and the rules ran before, so a bad
-    // one ends this process (exit 2) without touching the socket.
-    server.bootstrap();
 
     let audit = match &config.audit {
         Some(a) => {
             let (audit, writer) =
-                Audit::open(a, launch.upgrade).map_err(|error| StartError::Audit {
-                    dir: a.dir.clone(),
-                    error,
+                Audit::open(a, launch.upgrade || launch.test).map_err(|error| {
+                    StartError::Audit {
+                        dir: a.dir.clone(),
+                        error,
+                    }
                 })?;
             server.add_service(background_service("audit writer", writer));
             if let Some(w) = &a.webhook {
@@ -262,6 +264,14 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     server.add_service(background_service("drain", Drain { audit, tracer }));
     add_reloads(&mut server, config, &store, &auth);
     add_cert_reloads(&mut server, config, certs);
+    // Last, once nothing can fail any more: upgrading, this takes the running gateway's sockets (waiting at
+    // most UPGRADE_TRIES seconds for them; without them Pingora exits with status 1), and from then on that
+    // gateway stops accepting within seconds. A config, rules, keys, certificate or resolver error ends this
+    // process before (exit 2), the running gateway untouched. `--test` ends here (Pingora exits 0).
+    if launch.test {
+        tracing::info!("--test: the config, rules, keys and certificates are valid; exiting");
+    }
+    server.bootstrap();
     Ok(server)
 }
 

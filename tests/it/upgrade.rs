@@ -335,3 +335,95 @@ async fn an_upgrade_under_load_drops_nothing_and_the_old_process_finishes_its_st
         count(&served) + 1
     );
 }
+
+/// `promptgate run --test` with `config`: its exit code and stderr.
+fn run_test(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .current_dir(repo_root())
+        .args(["run", "--test", "--config"])
+        .arg(config)
+        .output()
+        .expect("run --test");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn run_test_checks_a_config_next_to_the_running_gateway_and_leaves_it_serving() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin_port) = (free_port(), free_port());
+    let good = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nupgrade_sock = {:?}\n\
+         [upstream]\nurl = {:?}\n[audit]\ndir = {:?}\n",
+        dir.path().join("upgrade.sock").display().to_string(),
+        mock.url(),
+        dir.path().join("audit").display().to_string(),
+    );
+    let config = dir.path().join("promptgate.toml");
+    std::fs::write(&config, &good).expect("config");
+    let mut running = Process::spawn(&config, dir.path(), "running", &[]);
+    let client = reqwest::Client::new();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let pid = u64::from(running.child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz_pid(&client, &admin).await != Some(pid) {
+        assert!(Instant::now() < deadline, "not ready: {}", running.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    chat(&client, &url).await.expect("served");
+
+    // The same config, its addresses and audit directory in use: valid, and nothing taken.
+    let (code, stderr) = run_test(&config);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--test: the config, rules, keys and certificates are valid"),
+        "{stderr}"
+    );
+    // A rule set that does not compile, and a keys file that does not parse: refused, naming what is wrong.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    std::fs::write(rules.join("bad.toml"), "[[rule]]\nid = \"x\"\n").expect("bad rule");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        "[[key]]\nid = \"k\"\nsha256 = \"not-hex\"\ntenant = \"t\"\n",
+    )
+    .expect("bad keys");
+    for (extra, want) in [
+        (
+            format!("[rules]\ndir = {:?}\n", rules.display().to_string()),
+            "invalid rule set",
+        ),
+        (
+            format!(
+                "[auth]\nmode = \"gateway_keys\"\nkeys_file = {:?}\n",
+                keys.display().to_string()
+            ),
+            "invalid keys file",
+        ),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, format!("{good}{extra}")).expect("bad config");
+        let (code, stderr) = run_test(&bad);
+        assert_eq!(code, Some(2), "{want}: {stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+
+    // The running gateway saw none of it: same process, still serving, its audit directory still its own.
+    assert!(
+        running.child.try_wait().expect("wait").is_none(),
+        "{}",
+        running.stderr()
+    );
+    assert_eq!(healthz_pid(&client, &admin).await, Some(pid));
+    let id = chat(&client, &url).await.expect("still served");
+    running.signal("TERM");
+    assert_eq!(running.wait_exit().await, Some(0), "{}", running.stderr());
+    let events = file_events(&dir.path().join("audit"));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["request_id"], id.as_str());
+}
