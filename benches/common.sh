@@ -57,9 +57,29 @@ dir = \"$WORK/$name-audit\""; fi
   GW_ADMIN="http://127.0.0.1:$ap"
 }
 
-# cpu_ticks PID → the process's user + system CPU time so far, in clock ticks (all its threads: workers, the
-# audit writer, the webhook).
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID → user + system CPU time so far, in clock ticks, of the process (all its threads: workers, the
+# audit writer, the webhook) and of its descendants — live ones, and reaped ones through their parents' children
+# times — so a server that forks workers (as Python and Node servers may) is measured whole.
+cpu_ticks() {
+  python3 - "$1" <<'PY'
+import os, sys
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        continue  # exited while we looked
+    parent[int(pid)] = int(rest[1])
+    ticks[int(pid)] = sum(int(x) for x in rest[11:15])  # utime, stime, cutime, cstime
+tree, todo = set(), [int(sys.argv[1])]
+while todo:
+    p = todo.pop()
+    tree.add(p)
+    todo.extend(c for c, pp in parent.items() if pp == p and c not in tree)
+print(sum(ticks.get(p, 0) for p in tree))
+PY
+}
 
 # make_body SIZE PLANT: a chat body of about SIZE bytes of prose, with PLANT (if any) in the middle.
 make_body() {
