@@ -5,6 +5,8 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 GW_THREADS=${GW_THREADS:-1}
+# wrk counts a request unanswered after this long as an error (and run_wrk fails on any error).
+WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
 
 if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -117,7 +119,8 @@ LUA
   "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
   local out before=0 after=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$WRK_TIMEOUT" -s "$WORK/$name.lua" \
+    "$url/v1/chat/completions" | grep '^RESULT')
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   read -r _ rps p50 p99 errors total <<<"$out"
   if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi

@@ -37,6 +37,8 @@ TOKEN_MS=${TOKEN_MS:-20}
 TOKEN_CHUNKS=${TOKEN_CHUNKS:-17}
 TTFT_SAMPLES=${TTFT_SAMPLES:-15}
 START_TIMEOUT=${START_TIMEOUT:-180}
+# A Python or Node peer saturated by 32 connections queues requests for longer than wrk's 2 s default.
+WRK_TIMEOUT=${WRK_TIMEOUT:-10s}
 source benches/common.sh
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 mkdir -p "$PEERS_CACHE"
@@ -51,6 +53,7 @@ wait_http "http://127.0.0.1:$STREAM_PORT/v1/models"
 make_body 4096 "" >"$WORK/body4k.json"
 
 note() { echo "peers: $*" >&2; NOTES+=("$*"); }
+brief() { tail -n "${2:-1}" "$1" | tr '\n' ' ' | cut -c1-240; } # brief FILE [LINES]: a log's last words, for a note
 NOTES=()
 
 # wait_up URL PID → 0 once URL answers anything over HTTP, 1 if PID died or START_TIMEOUT passed first.
@@ -151,7 +154,7 @@ NGINX
   "${PIN_GW[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" -g 'daemon off;' \
     >"$WORK/nginx.log" 2>&1 &
   PEER_PID=$!
-  wait_up "http://127.0.0.1:$p/" "$PEER_PID" || { SKIP_WHY="nginx did not start: $(tail -c 300 "$WORK/nginx.log")"; return 1; }
+  wait_up "http://127.0.0.1:$p/" "$PEER_PID" || { SKIP_WHY="nginx did not start: $(brief "$WORK/nginx.log" 2)"; return 1; }
   PEER_URL="http://127.0.0.1:$p" PEER_STREAM_URL="http://127.0.0.1:$sp" PEER_LUA="" PEER_HEADERS=()
 }
 
@@ -179,7 +182,7 @@ start_litellm() {
     rm -rf "$venv"
     { python3 -m venv "$venv" && "$venv/bin/pip" install -q "litellm[proxy]==$LITELLM_VERSION"; } \
       >"$WORK/litellm-install.log" 2>&1 ||
-      { SKIP_WHY="pip install litellm[proxy]==$LITELLM_VERSION failed: $(tail -n 2 "$WORK/litellm-install.log")"; return 1; }
+      { SKIP_WHY="pip install litellm[proxy]==$LITELLM_VERSION failed: $(brief "$WORK/litellm-install.log" 1)"; return 1; }
     touch "$venv/.installed"
   fi
   p=$(port)
@@ -197,7 +200,7 @@ YAML
     >"$WORK/litellm.log" 2>&1) &
   PEER_PID=$!
   wait_up "http://127.0.0.1:$p/health/liveliness" "$PEER_PID" ||
-    { SKIP_WHY="LiteLLM did not start: $(tail -n 3 "$WORK/litellm.log")"; return 1; }
+    { SKIP_WHY="LiteLLM did not start: $(brief "$WORK/litellm.log" 3)"; return 1; }
   PEER_URL="http://127.0.0.1:$p" PEER_STREAM_URL="http://127.0.0.1:$p"
   PEER_LUA="wrk.headers[\"authorization\"] = \"Bearer $LITELLM_KEY\""
   PEER_HEADERS=("authorization:Bearer $LITELLM_KEY") PEER_STREAM_MODEL=gpt-4o-mini-paced
@@ -218,7 +221,7 @@ start_portkey() {
 }
 JSON
     (cd "$dir" && npm install --no-audit --no-fund --ignore-scripts) >"$WORK/portkey-install.log" 2>&1 ||
-      { SKIP_WHY="npm install @portkey-ai/gateway@$PORTKEY_VERSION failed: $(tail -n 2 "$WORK/portkey-install.log")"; return 1; }
+      { SKIP_WHY="npm install @portkey-ai/gateway@$PORTKEY_VERSION failed: $(brief "$WORK/portkey-install.log" 2)"; return 1; }
     touch "$dir/.installed"
   fi
   cat >"$WORK/loopback.mjs" <<'JS'
@@ -234,7 +237,7 @@ JS
     --port="$p" --headless >"$WORK/portkey.log" 2>&1 &
   PEER_PID=$!
   wait_up "http://127.0.0.1:$p/" "$PEER_PID" ||
-    { SKIP_WHY="Portkey did not start: $(tail -n 3 "$WORK/portkey.log")"; return 1; }
+    { SKIP_WHY="Portkey did not start: $(brief "$WORK/portkey.log" 3)"; return 1; }
   PEER_URL="http://127.0.0.1:$p" PEER_STREAM_URL="http://127.0.0.1:$p"
   PEER_LUA="wrk.headers[\"x-portkey-provider\"] = \"openai\"
 wrk.headers[\"x-portkey-custom-host\"] = \"http://127.0.0.1:$MOCK_PORT/v1\"
@@ -263,15 +266,19 @@ echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a 2 s warm-up) and -c
 echo "streams: $TOKEN_CHUNKS deltas $TOKEN_MS ms apart, TTFT median of $TTFT_SAMPLES. PIN=$PIN (gateway on CPU 0, wrk + mocks + client on the rest)."
 echo "Versions: promptgate $V_PG, nginx $V_NGINX, LiteLLM $V_LITELLM (Python $(python3 -c 'import platform; print(platform.python_version())')), Portkey gateway $V_PORTKEY (Node $V_NODE)."
 echo
-echo "| path | req/s (c=$CONNECTIONS) | ÷ nginx | CPU µs/req | gateway core busy | p50 c=1 ms | p99 c=1 ms | added p50 µs | added p99 µs | TTFT ms (min–max) | added TTFT ms |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| path | req/s (c=$CONNECTIONS) | ÷ nginx | CPU µs/req | req/s per core | gateway core busy | p50 c=1 ms | p99 c=1 ms | added p50 µs | added p99 µs | TTFT ms (min–max) | added TTFT ms |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for key in "${ORDER[@]}"; do
   ratio="—"
   if [ -n "${RPS[nginx]:-}" ]; then ratio=$(python3 -c "print(f'{${RPS[$key]} / ${RPS[nginx]}:.2f}')"); fi
-  cpu=${CPU[$key]:-—} busy="—"
+  cpu=${CPU[$key]:-—} busy="—" per_core="—"
   # CPU per request × requests per second: how much of its core the gateway used under load (near 100 %: the
   # gateway was the bound; well under: wrk and the mock on the other core were).
-  if [ -n "${CPU[$key]:-}" ]; then busy=$(python3 -c "print(f'{${CPU[$key]} * ${RPS[$key]} / 1e4:.0f} %')"); fi
+  # One core's worth of CPU ÷ CPU per request: what the gateway would serve with a core to itself.
+  if [ -n "${CPU[$key]:-}" ]; then
+    busy=$(python3 -c "print(f'{${CPU[$key]} * ${RPS[$key]} / 1e4:.0f} %')")
+    per_core=$(python3 -c "print(f'{1e6 / ${CPU[$key]}:.0f}')")
+  fi
   added50="—" added99="—" addttft="—"
   if [ "$key" != direct ] && [ -n "${P50[direct]:-}" ]; then
     added50=$(ms_added "${P50[$key]}" "${P50[direct]}")
@@ -280,7 +287,7 @@ for key in "${ORDER[@]}"; do
   fi
   ttft="${TTFT[$key]} (${TTFT_RANGE[$key]})"
   if [ -n "${TEXT[direct]:-}" ] && [ "${TEXT[$key]}" != "${TEXT[direct]}" ]; then ttft="$ttft, text differs"; fi
-  echo "| ${LABEL[$key]} | ${RPS[$key]} | $ratio | $cpu | $busy | ${P50[$key]} | ${P99[$key]} | $added50 | $added99 | $ttft | $addttft |"
+  echo "| ${LABEL[$key]} | ${RPS[$key]} | $ratio | $cpu | $per_core | $busy | ${P50[$key]} | ${P99[$key]} | $added50 | $added99 | $ttft | $addttft |"
 done
 for n in "${NOTES[@]}"; do echo; echo "Note: $n"; done
 exit 0
