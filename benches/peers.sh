@@ -67,11 +67,13 @@ wait_up() {
   return 1
 }
 
-# stop PID: ends the process and whatever it forked (nginx's worker, a Python server's children).
+# stop PID: ends the process and whatever it forked (nginx's worker, a Python server's children). The parent
+# first (so nginx's master does not replace a worker it sees die), then the children listed before it went.
 stop() {
-  local child
-  for child in $(pgrep -P "$1" || true); do stop "$child"; done
+  local child children
+  children=$(pgrep -P "$1" || true)
   kill "$1" 2>/dev/null || true
+  for child in $children; do stop "$child"; done
   wait "$1" 2>/dev/null || true
 }
 
