@@ -26,8 +26,8 @@ cd "$(dirname "$0")/.."
 
 PIN=${PIN:-1}
 PEERS_CACHE=${PEERS_CACHE:-$HOME/.cache/promptgate-peers}
-# Pinned peers. LiteLLM: the newest release whose `proxy` extra resolves from PyPI here (later ones pin
-# litellm-proxy-extras / litellm-enterprise builds the registry does not serve). Portkey: the current
+# Pinned peers. LiteLLM: a recent release whose `proxy` extra resolves from PyPI here (the later ones checked
+# pin litellm-proxy / litellm-proxy-extras / litellm-enterprise builds the registry does not serve). Portkey: the current
 # release, with @hono/node-server held at the version the gateway's own repository patches (its package
 # range lets npm pick a newer one, and with that one every streamed answer fails: Portkey-AI/gateway#1389).
 LITELLM_VERSION=${LITELLM_VERSION:-1.108.7}
