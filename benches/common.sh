@@ -5,6 +5,8 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 GW_THREADS=${GW_THREADS:-1}
+# wrk counts a request unanswered after this long as an error (and run_wrk fails on any error).
+WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
 
 if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -57,9 +59,29 @@ dir = \"$WORK/$name-audit\""; fi
   GW_ADMIN="http://127.0.0.1:$ap"
 }
 
-# cpu_ticks PID → the process's user + system CPU time so far, in clock ticks (all its threads: workers, the
-# audit writer, the webhook).
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID → user + system CPU time so far, in clock ticks, of the process (all its threads: workers, the
+# audit writer, the webhook) and of its descendants — live ones, and reaped ones through their parents' children
+# times — so a server that forks workers (as Python and Node servers may) is measured whole.
+cpu_ticks() {
+  python3 - "$1" <<'PY'
+import os, sys
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        continue  # exited while we looked
+    parent[int(pid)] = int(rest[1])
+    ticks[int(pid)] = sum(int(x) for x in rest[11:15])  # utime, stime, cutime, cstime
+tree, todo = set(), [int(sys.argv[1])]
+while todo:
+    p = todo.pop()
+    tree.add(p)
+    todo.extend(c for c, pp in parent.items() if pp == p and c not in tree)
+print(sum(ticks.get(p, 0) for p in tree))
+PY
+}
 
 # make_body SIZE PLANT: a chat body of about SIZE bytes of prose, with PLANT (if any) in the middle.
 make_body() {
@@ -97,7 +119,8 @@ LUA
   "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
   local out before=0 after=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$name.lua" "$url/v1/chat/completions" | grep '^RESULT')
+  out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$WRK_TIMEOUT" -s "$WORK/$name.lua" \
+    "$url/v1/chat/completions" | grep '^RESULT')
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   read -r _ rps p50 p99 errors total <<<"$out"
   if [ "$errors" != "0" ]; then echo "$name: $errors of $total requests failed" >&2; exit 1; fi
