@@ -17,6 +17,12 @@ const LOCK: &str = ".lock";
 
 /// The segment numbers in `dir`, ascending.
 pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
+    numbered(dir, SUFFIX)
+}
+
+/// The numbers `N` of the files `events-N<suffix>` in `dir`, ascending: the segments (`.jsonl`) or a file kept
+/// beside each (the usage rollups, `.usage`).
+pub fn numbered(dir: &Path, suffix: &str) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -27,7 +33,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
         let Some(name) = name.to_str() else { continue };
         if let Some(n) = name
             .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_suffix(SUFFIX))
+            .and_then(|r| r.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok())
         {
             out.push(n);

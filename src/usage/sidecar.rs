@@ -33,21 +33,7 @@ pub fn path(dir: &Path, n: u64) -> PathBuf {
 
 /// The segment numbers that have a rollup file in `dir`, ascending.
 pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_suffix(SUFFIX))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            out.push(n);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
+    crate::audit::segments::numbered(dir, SUFFIX)
 }
 
 #[derive(Serialize, Deserialize)]
