@@ -286,7 +286,7 @@ async fn sse_reaches_the_client_before_the_upstream_finishes() {
         })
         .collect();
     assert_eq!(content, "first second third fourth");
-    assert_eq!(mock.received().await[0]["completed"], true);
+    mock.wait_completed("the streamed answer", |_| true).await;
 }
 
 #[tokio::test]

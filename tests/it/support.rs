@@ -129,6 +129,22 @@ impl MockUpstream {
             .unwrap_or_default()
     }
 
+    /// Waits until a recorded request that `pick` chooses is marked completed. The mock marks an answer
+    /// completed once its last write has returned, which can be after the client has read the answer's end, so
+    /// a test that reads the mark right after the answer races it. Panics after 30 s.
+    pub async fn wait_completed(&self, what: &str, pick: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .received()
+            .await
+            .iter()
+            .any(|r| r["completed"] == true && pick(r))
+        {
+            assert!(Instant::now() < deadline, "never completed: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `ws://` and this mock's address, then `path`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
