@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::event::rfc3339;
-use crate::rules::{Direction, RuleSet};
+use crate::rules::RuleSet;
 
 /// `type` of an intent record.
 pub const INTENT: &str = "audit.intent";
@@ -62,9 +62,10 @@ struct Decision {
 impl Intent {
     /// The record's JSON line (without the newline and the chain fields).
     pub fn to_line(&self) -> Vec<u8> {
-        let model = self.model.as_deref().filter(|m| {
-            crate::openai::is_safe_name(m) && self.rules.scan(m, Direction::Request).is_empty()
-        });
+        let model = self
+            .model
+            .as_deref()
+            .filter(|m| super::event::safe_model(&self.rules, m));
         let mut rules: Vec<&str> = self
             .hits
             .iter()
