@@ -231,26 +231,17 @@ pub fn main() -> i32 {
     }
 }
 
-/// The audit directory: given, or the config's `audit.dir`.
-fn audit_dir(args: AuditDirArgs) -> Result<PathBuf, i32> {
-    if let Some(d) = args.dir {
-        return Ok(d);
-    }
-    let config = Config::load(config_path(args.config).as_deref(), &Overrides::default())
-        .map_err(|e| fail(&e))?;
-    match config.audit {
-        Some(a) => Ok(a.dir),
-        None => {
-            eprintln!(
-                "promptgate: audit: the config has audit.enabled = false; give the directory"
-            );
-            Err(2)
-        }
+/// The audit directory: given, or the `audit.dir` the config names (read without the rest of the config's
+/// checks, so it works on a host without the gateway's secrets). Shared by `audit` and `usage`.
+pub(crate) fn audit_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, i32> {
+    match dir {
+        Some(d) => Ok(d),
+        None => Config::audit_dir(config_path(config).as_deref()).map_err(|e| fail(&e)),
     }
 }
 
 fn audit_verify(args: AuditDirArgs) -> i32 {
-    let dir = match audit_dir(args) {
+    let dir = match audit_dir(args.dir, args.config) {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -300,7 +291,7 @@ fn audit_query(args: AuditQueryArgs) -> i32 {
         kind: args.kind,
         incomplete: args.incomplete,
     };
-    let dir = match audit_dir(args.dir) {
+    let dir = match audit_dir(args.dir.dir, args.dir.config) {
         Ok(d) => d,
         Err(code) => return code,
     };

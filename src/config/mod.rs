@@ -306,24 +306,27 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Reads and parses a config file: its name (for errors) and its sections, not yet validated.
+fn read_file(p: &Path) -> Result<(String, FileConfig), ConfigError> {
+    let name = p.display().to_string();
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let raw = FileConfig::parse(&text).map_err(|(field, message)| ConfigError {
+        source_name: name.clone(),
+        field,
+        message,
+    })?;
+    Ok((name, raw))
+}
+
 impl Config {
     /// Loads `path` (or the built-in defaults when `path` is `None`), applies `overrides`, validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let (source_name, raw) = match path {
-            Some(p) => {
-                let name = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                    source_name: name.clone(),
-                    field: "(file)".into(),
-                    message: format!("cannot read: {e}"),
-                })?;
-                let raw = FileConfig::parse(&text).map_err(|(field, message)| ConfigError {
-                    source_name: name.clone(),
-                    field,
-                    message,
-                })?;
-                (name, raw)
-            }
+            Some(p) => read_file(p)?,
             None => ("(defaults)".to_string(), FileConfig::default()),
         };
         Self::from_file(raw, &source_name, overrides)
@@ -332,20 +335,10 @@ impl Config {
     /// The audit directory a config file names (`audit.dir`, or its default), without validating the rest:
     /// `promptgate usage` reads it on hosts where the gateway's secrets are not in the environment.
     pub fn audit_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
-        let Some(p) = path else {
-            return Ok(FileConfig::default().audit.dir);
+        let raw = match path {
+            Some(p) => read_file(p)?.1,
+            None => FileConfig::default(),
         };
-        let name = p.display().to_string();
-        let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-            source_name: name.clone(),
-            field: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let raw = FileConfig::parse(&text).map_err(|(field, message)| ConfigError {
-            source_name: name,
-            field,
-            message,
-        })?;
         Ok(raw.audit.dir)
     }
 

@@ -56,17 +56,9 @@ pub fn run(args: &UsageArgs) -> i32 {
             return 2;
         }
     };
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => match crate::config::Config::audit_dir(
-            crate::cli::config_path(args.config.clone()).as_deref(),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("promptgate: {e}");
-                return 2;
-            }
-        },
+    let dir = match crate::cli::audit_dir(args.dir.clone(), args.config.clone()) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let all = usize::MAX.to_string();
     let mut pairs: Vec<(&str, &str)> = [
