@@ -405,11 +405,12 @@ impl Writer {
 
     /// Writes a batch, retrying every second while the disk refuses; the batch is never given up. Its intents
     /// are acknowledged once it is synced, or refused at the first failure (their requests are not held for
-    /// the retries).
+    /// the retries). A retry resumes after the lines already written.
     fn write_until_done(&mut self, batch: &[Vec<u8>], waiters: &mut Vec<oneshot::Sender<bool>>) {
         let mut logged = false;
+        let mut done = 0;
         loop {
-            match self.write(batch) {
+            match self.write(batch, &mut done) {
                 Ok(()) => {
                     if !waiters.is_empty() {
                         // Durable only once synced, whatever `fsync` says for plain events.
@@ -446,15 +447,39 @@ impl Writer {
         }
     }
 
-    /// Seals the batch into the chain (a segment's first write opens with its header) and appends it. On
-    /// failure the file is cut back and the chain's tip restored, so a retry writes the same sequence.
-    fn write(&mut self, batch: &[Vec<u8>]) -> io::Result<()> {
+    /// Seals the batch's lines from `done` on into the chain and appends them, rotating wherever the next
+    /// line would take the segment past `max_file_bytes` (a batch is not a unit of rotation: however many
+    /// events a busy moment gathers, a segment holds at most its size, or one line larger than it). A
+    /// segment's first write opens with its header. `done` counts the lines written; on failure the file is
+    /// cut back to its last complete line and the chain's tip restored, so a retry writes the same sequence.
+    fn write(&mut self, batch: &[Vec<u8>], done: &mut usize) -> io::Result<()> {
         // What sealing adds per line: `,"seq":N,"chain":"<64 hex>"` and the newline.
         const SEAL: u64 = 100;
-        let size: u64 = batch.iter().map(|l| l.len() as u64 + SEAL).sum();
-        if self.rotate_next || (self.len > 0 && self.len + size > self.max_bytes) {
-            self.rotate()?;
+        // A segment's sealed header line, at most (its segment number, previous link and time).
+        const HEADER: u64 = 160 + SEAL;
+        while *done < batch.len() {
+            let first = batch[*done].len() as u64 + SEAL;
+            if self.rotate_next || (self.len > 0 && self.len + first > self.max_bytes) {
+                self.rotate()?;
+            }
+            // The lines that fit in this segment (at least one).
+            let mut size = first + if self.len == 0 { HEADER } else { 0 };
+            let mut end = *done + 1;
+            while let Some(line) = batch.get(end) {
+                let next = line.len() as u64 + SEAL;
+                if self.len + size + next > self.max_bytes {
+                    break;
+                }
+                size += next;
+                end += 1;
+            }
+            self.append(&batch[*done..end], size)?;
+            *done = end;
         }
+        Ok(())
+    }
+
+    fn append(&mut self, lines: &[Vec<u8>], size: u64) -> io::Result<()> {
         let before = self.tip;
         let mut buf = Vec::with_capacity(size as usize + 256);
         if self.len == 0 {
@@ -467,7 +492,7 @@ impl Writer {
             buf.push(b'\n');
         }
         let header_len = buf.len();
-        for line in batch {
+        for line in lines {
             buf.extend_from_slice(&self.tip.seal(line.clone()));
             buf.push(b'\n');
         }

@@ -163,19 +163,31 @@ async fn verify_passes_on_a_rotated_retained_directory_and_names_each_tampering_
         "max_file_bytes = 4096\nkeep_files = 3",
     )))
     .await;
-    for i in 0..40 {
-        let r = post(
-            &gw,
-            "/v1/chat/completions",
-            chat_body(&format!("request {i}")).into_bytes(),
-            &[],
-        )
+    // In rounds of eight at once, so that the writer takes several events in one batch: a batch is not a
+    // unit of rotation.
+    for round in 0..5 {
+        let answers = futures_util::future::join_all((0..8).map(|i| {
+            post(
+                &gw,
+                "/v1/chat/completions",
+                chat_body(&format!("request {round}.{i}")).into_bytes(),
+                &[],
+            )
+        }))
         .await;
-        assert_eq!(r.status(), 200);
+        assert!(answers.iter().all(|r| r.status() == 200));
     }
     stop(gw).await;
     let files = segment_files(audit.path());
     assert_eq!(files.len(), 3, "retention keeps 3 segments: {files:?}");
+    for f in &files {
+        let len = std::fs::metadata(f).expect("meta").len();
+        assert!(
+            len <= 4096,
+            "{} holds {len} bytes, over max_file_bytes",
+            f.display()
+        );
+    }
     assert_ne!(
         files[0].file_name().expect("name"),
         "events-00000001.jsonl",

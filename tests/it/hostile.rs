@@ -178,6 +178,12 @@ async fn connections_over_the_per_address_cap_are_refused_and_the_cap_is_given_b
             .toml("[server]\nmax_connections_per_ip = 2\ngrace_period_seconds = 10"),
     )
     .await;
+    // The readiness probe's connection holds a place until the gateway reads its close: wait for that.
+    assert_eq!(
+        gw.metric_eventually("promptgate_connections_open", 0.0)
+            .await,
+        Some(0.0)
+    );
     // Two idle connections hold both places.
     let a = TcpStream::connect(gw.addr).expect("a");
     let b = TcpStream::connect(gw.addr).expect("b");
