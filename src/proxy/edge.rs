@@ -63,8 +63,10 @@ pub struct Edge {
     connections: Arc<Connections>,
     /// Prior-knowledge HTTP/2 accepted on plaintext connections (`server.h2c`).
     h2c: bool,
-    /// Realtime sessions (`/v1/realtime` upgrades), when served.
+    /// Realtime sessions (`/v1/realtime` upgrades, when served) and tunnels (other upgrades, when passed).
     realtime: Option<Arc<super::Realtime>>,
+    /// Upgrades other than realtime sessions are tunnelled (`inspect.websocket = "pass"`).
+    tunnels: bool,
 }
 
 impl Edge {
@@ -78,7 +80,10 @@ impl Edge {
             proxy: Arc::new(proxy),
             cfg,
             h2c,
-            realtime: realtime.filter(|r| r.enabled()).map(Arc::new),
+            tunnels: realtime
+                .as_ref()
+                .is_some_and(|r| r.gw.inspect.upgrades == crate::config::Upgrades::Pass),
+            realtime: realtime.map(Arc::new),
             connections: Arc::new(Connections::new(
                 cfg.max_connections,
                 cfg.max_connections_per_ip,
@@ -121,14 +126,18 @@ impl ServerApp for Edge {
                     return None;
                 }
             };
-            if let Some(rt) = self
-                .realtime
-                .as_ref()
-                .filter(|_| super::realtime::wants(&head))
-            {
-                // A realtime session: the gateway holds both legs (`realtime.rs`); the connection ends with it.
-                rt.serve(stream, head, shutdown).await;
-                return None;
+            if let Some(rt) = &self.realtime {
+                if rt.enabled() && super::realtime::wants(&head) {
+                    // A realtime session: the gateway holds both legs (`realtime.rs`); the connection ends with
+                    // it.
+                    rt.serve(stream, head, shutdown).await;
+                    return None;
+                }
+                if self.tunnels && super::tunnel::wants(&head) {
+                    // Any other upgrade, passed on uninspected: also held here (`tunnel.rs` says why).
+                    rt.tunnel(stream, head, shutdown).await;
+                    return None;
+                }
             }
             if first && self.h2c && head.starts_with(H2_PREFACE_HEAD) {
                 // Prior-knowledge h2c opens a plaintext connection; the preface goes back to the stream for

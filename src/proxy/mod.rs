@@ -21,6 +21,7 @@ mod path;
 mod realtime;
 mod relay;
 mod stream;
+mod tunnel;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -232,7 +232,7 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
 
 /// Routes the request to its pool, once: by the model its body names (or `/v1/models/{model}`), its path, or
 /// the default. Not routable: 404 `model_not_found`, nothing sent.
-fn route(gw: &Gateway, ctx: &mut RequestCtx, path: &str) -> Result<(), Rejection> {
+pub(super) fn route(gw: &Gateway, ctx: &mut RequestCtx, path: &str) -> Result<(), Rejection> {
     let model = ctx
         .body
         .as_ref()

@@ -62,7 +62,7 @@ use crate::inspect::{judge, Decision, RuleHit};
 use crate::metrics;
 use crate::openai::usage::Usage;
 use crate::openai::Rejection;
-use crate::rules::Direction;
+use crate::rules::{Direction, RuleSet};
 use crate::upstream::{pool::Failure, retry, HOP_BY_HOP};
 
 /// The path of realtime sessions.
@@ -88,9 +88,9 @@ type Sink = futures_util::stream::SplitSink<Ws, Message>;
 
 /// Serves realtime sessions with the gateway's rules, callers, limits, pools and audit.
 pub struct Realtime {
-    gw: Gateway,
+    pub(super) gw: Gateway,
     cfg: RealtimeConfig,
-    connector: TransportConnector,
+    pub(super) connector: TransportConnector,
 }
 
 /// Whether a request head asks for a realtime session: `GET /v1/realtime` (with any query) with an `Upgrade`
@@ -108,7 +108,7 @@ pub fn wants(head: &[u8]) -> bool {
 }
 
 /// Whether the head has a field of this (lowercase) name.
-fn find_field(head: &[u8], name: &[u8]) -> bool {
+pub(super) fn find_field(head: &[u8], name: &[u8]) -> bool {
     head.split(|&b| b == b'\n').skip(1).any(|line| {
         line.len() > name.len()
             && line[..name.len()].eq_ignore_ascii_case(name)
@@ -183,19 +183,7 @@ impl Realtime {
                 return;
             }
         };
-        ctx.request_id = match hs
-            .headers
-            .get(headers::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(v)
-                if crate::openai::is_safe_id(v.as_bytes())
-                    && rules.scan(v, Direction::Request).is_empty() =>
-            {
-                v.to_string()
-            }
-            _ => super::ctx::new_request_id(),
-        };
+        ctx.request_id = self.request_id(&hs.headers, &rules);
         if let Some(tracer) = &self.gw.tracer {
             ctx.trace = Some(Box::new(tracer.start(&hs.headers)));
         }
@@ -260,20 +248,42 @@ impl Realtime {
         // The quotas' permits go back first (the session's tokens were settled response by response), then
         // the session's event is handed over (which may wait for room in the audit queue).
         ctx.admission.end(&*self.gw.limiter, true, None, None);
-        self.trace_session(&ctx, model.as_deref(), 101);
+        self.trace_session(&ctx, "realtime", model.as_deref(), 101);
         self.session_event(&mut ctx, model, counts, request_hits, loose)
             .await;
     }
 
-    /// The session's one SERVER span (a sampled session's), from its start to now.
-    fn trace_session(&self, ctx: &RequestCtx, model: Option<&str>, status: u16) {
+    /// The client's request id when it is a safe one, else a new one.
+    pub(super) fn request_id(&self, headers: &http::HeaderMap, rules: &RuleSet) -> String {
+        match headers
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v)
+                if crate::openai::is_safe_id(v.as_bytes())
+                    && rules.scan(v, Direction::Request).is_empty() =>
+            {
+                v.to_string()
+            }
+            _ => super::ctx::new_request_id(),
+        }
+    }
+
+    /// The session's (or tunnel's) one SERVER span (a sampled one's), from its start to now.
+    pub(super) fn trace_session(
+        &self,
+        ctx: &RequestCtx,
+        operation: &'static str,
+        model: Option<&str>,
+        status: u16,
+    ) {
         let (Some(tracer), Some(t)) = (&self.gw.tracer, &ctx.trace) else {
             return;
         };
         let rules = ctx.rules.as_deref();
         let caller = ctx.admission.caller.as_ref();
         let finished = crate::otel::Finished {
-            operation: "realtime",
+            operation,
             model: model.filter(|m| rules.is_some_and(|r| event::safe_model(r, m))),
             response_model: None,
             method: "GET",
@@ -512,7 +522,7 @@ impl Realtime {
 
     /// The upstream refused the upgrade: its status goes to the client, with its body if that passes
     /// inspection (an error message can echo input), else the gateway's own error for that status.
-    async fn pass_refusal(
+    pub(super) async fn pass_refusal(
         &self,
         stream: &mut Stream,
         ctx: &mut RequestCtx,
@@ -529,7 +539,7 @@ impl Realtime {
             .filter(|v| v.blocked_by.is_none())
             .map(|v| v.rewritten.unwrap_or(body));
         let body = clean.unwrap_or_else(|| {
-            let msg = "The upstream refused the realtime session";
+            let msg = "The upstream refused the upgrade";
             json!({"error": {"message": msg, "type": "api_error", "param": null, "code": "upstream_refused"}})
                 .to_string()
                 .into_bytes()
@@ -551,7 +561,7 @@ impl Realtime {
     }
 
     async fn refusal_event(&self, ctx: &mut RequestCtx, model: Option<&str>, status: u16) {
-        self.trace_session(ctx, model, status);
+        self.trace_session(ctx, "realtime", model, status);
         if !self.gw.audit.enabled() {
             return;
         }
@@ -563,7 +573,12 @@ impl Realtime {
     }
 
     /// The event common to a session and its responses (the caller fills in the rest).
-    fn event(&self, ctx: &RequestCtx, model: Option<String>, status: u16) -> Option<Event> {
+    pub(super) fn event(
+        &self,
+        ctx: &RequestCtx,
+        model: Option<String>,
+        status: u16,
+    ) -> Option<Event> {
         let rules = ctx.rules.clone()?;
         let caller = ctx.admission.caller.as_ref();
         let now = Instant::now();
@@ -781,7 +796,11 @@ fn parse(head: &[u8]) -> Result<Handshake, Rejection> {
 }
 
 /// Writes a response head (and body) on the raw connection, best effort.
-async fn write_head(stream: &mut Stream, h: &ResponseHeader, body: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_head(
+    stream: &mut Stream,
+    h: &ResponseHeader,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = h.status.canonical_reason().unwrap_or("Unknown");
     let mut out = format!("HTTP/1.1 {} {reason}\r\n", h.status.as_u16()).into_bytes();
     for (name, value) in h.headers.iter() {

@@ -7,11 +7,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::{
     chat_body, key_entry, post, recorded_header, wait_file_events, ws_connect, ws_next_json,
-    Gateway, GatewayOpts, KeysFile, MockUpstream,
+    ws_send_json, Gateway, GatewayOpts, KeysFile, MockUpstream,
 };
 
 /// Sends raw bytes (each part followed by its pause) and reads what comes back until the gateway closes the
@@ -247,20 +247,48 @@ async fn upgrades_other_than_realtime_sessions_are_refused_by_default_counted_an
         Some(1.0)
     );
     drop(gw);
-    // Tunnelled by Pingora when the operator says so (here with realtime sessions off, so that the mock's
+    // Tunnelled by the gateway when the operator says so (here with realtime sessions off, so that the mock's
     // realtime endpoint is reached through the tunnel): the mock upgrades it and records the session.
-    let gw = Gateway::start_with(
-        GatewayOpts::new(mock.url())
-            .toml("[inspect]\nwebsocket = \"pass\"\n[realtime]\nenabled = false\n"),
-    )
+    // The mock speaks first (its `session.created` follows its 101 at once): the tunnel must survive an upstream
+    // whose answer is read before anything else happens.
+    let audit = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).toml(&format!(
+        "[inspect]\nwebsocket = \"pass\"\n[realtime]\nenabled = false\n[audit]\ndir = {:?}\n",
+        audit.path().display().to_string()
+    )))
     .await;
     let (mut ws, resp) = ws_connect(&gw.ws_url("/v1/realtime?model=gpt-4o-realtime"), &[], &[])
         .await
         .expect("upgrade passed on");
     assert_eq!(resp.status(), 101);
+    assert!(resp.headers().contains_key("x-request-id"), "{resp:?}");
     assert_eq!(ws_next_json(&mut ws).await["type"], "session.created");
+    // Both ways, uninspected: the operator chose a tunnel.
+    ws_send_json(
+        &mut ws,
+        json!({"type": "session.update", "session": {"instructions": "through the tunnel"}}),
+    )
+    .await;
+    let updated = ws_next_json(&mut ws).await;
+    assert_eq!(updated["type"], "session.updated", "{updated}");
+    assert!(updated.to_string().contains("through the tunnel"));
     assert_eq!(mock.received().await.len(), 1);
     assert_eq!(mock.realtime_sessions().await.len(), 1);
+    drop(ws);
+    let events = wait_file_events(audit.path(), 1).await;
+    assert_eq!(events[0]["status"], 101, "{:?}", events[0]);
+    // Bytes each way through the tunnel: the client's event in, the upstream's two events out.
+    assert!(
+        events[0]["bytes"]["in"].as_u64() > Some(0),
+        "{:?}",
+        events[0]
+    );
+    assert!(events[0]["bytes"]["out"].as_u64() > events[0]["bytes"]["in"].as_u64());
+    assert_eq!(
+        gw.metric_eventually(r#"promptgate_upgrades_total{outcome="passed"}"#, 1.0)
+            .await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
