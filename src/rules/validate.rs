@@ -25,6 +25,15 @@ pub enum Validator {
     /// Panics on every candidate: a fault injected by tests to prove that a failing rule fails closed. Only
     /// loadable when `PROMPTGATE_ALLOW_FAULT_INJECTION=1` is set.
     FaultInjection,
+    /// GitHub / npm token checksum: the last 6 characters are the CRC-32 of the 30 random characters before
+    /// them, in base62 (`0-9A-Za-z`), left-padded with `0`.
+    Crc32Base62,
+    /// The value looks random: at least 8 characters, Shannon entropy of at least 3 bits per character, and
+    /// not a placeholder (`${VAR}`, `<your key>`, `null`, `xxxx…`, `changeme`, a path, a number). The value is
+    /// what follows the first `=` or `:` (quotes and spaces trimmed), or the whole candidate without one.
+    Entropy,
+    /// A URL's userinfo carries a real password: present, non-empty, not a template or a placeholder word.
+    UrlPassword,
 }
 
 impl Validator {
@@ -38,6 +47,9 @@ impl Validator {
             Validator::Jwt => jwt(candidate),
             Validator::Phone => phone(candidate),
             Validator::FaultInjection => panic!("fault injected by a test rule"),
+            Validator::Crc32Base62 => crc32_base62(candidate),
+            Validator::Entropy => entropy(candidate),
+            Validator::UrlPassword => url_password(candidate),
         }
     }
 
@@ -51,6 +63,9 @@ impl Validator {
             Validator::Jwt => "jwt",
             Validator::Phone => "phone",
             Validator::FaultInjection => "fault_injection",
+            Validator::Crc32Base62 => "crc32_base62",
+            Validator::Entropy => "entropy",
+            Validator::UrlPassword => "url_password",
         }
     }
 }
@@ -300,6 +315,155 @@ fn jwt(s: &str) -> bool {
     is_object(header).is_some_and(|h| h.contains_key("alg")) && is_object(payload).is_some()
 }
 
+/// CRC-32 (IEEE 802.3, reflected, as zlib computes it). Bitwise: the inputs are 30 bytes long.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `n` in base62 (`0-9A-Za-z`), left-padded with `0` to 6 digits (a CRC-32 always fits: 62^6 > 2^32).
+fn base62_6(mut n: u32) -> [u8; 6] {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+/// GitHub's and npm's token checksum: `<prefix>_` then 30 random base62 characters then 6 base62 characters of
+/// their CRC-32. The prefix is whatever precedes the last `_`; the part after it must be exactly 36 characters.
+fn crc32_base62(s: &str) -> bool {
+    let Some((_, body)) = s.rsplit_once('_') else {
+        return false;
+    };
+    let body = body.as_bytes();
+    if body.len() != 36 || !body.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let (random, check) = body.split_at(30);
+    base62_6(crc32(random)) == check
+}
+
+/// Shannon entropy of `s`'s bytes, in bits per byte.
+fn shannon_bits(s: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in s {
+        counts[b as usize] += 1;
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Words that mark a value as a stand-in for a secret rather than one (matched anywhere in the value, ASCII
+/// case-insensitively).
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "xxxx",
+    "****",
+    "....",
+    "example",
+    "placeholder",
+    "changeme",
+    "change_me",
+    "your",
+    "redacted",
+    "dummy",
+    "sample",
+    "insert",
+    "replace",
+];
+
+/// Whole values that are not secrets whatever their spelling.
+const PLACEHOLDER_VALUES: &[&str] = &[
+    "null",
+    "none",
+    "nil",
+    "true",
+    "false",
+    "undefined",
+    "empty",
+    "password",
+    "secret",
+];
+
+/// The value part of an assignment candidate: after the first `=` or `:` (then `=`/`>` of `:=`/`=>`,
+/// spaces and quotes trimmed), or the whole candidate when it has no separator.
+fn assigned_value(s: &str) -> &str {
+    let value = match s.find(['=', ':']) {
+        Some(i) => &s[i + 1..],
+        None => s,
+    };
+    value
+        .trim_start_matches(['=', '>', ' ', '\t', '"', '\'', '`'])
+        .trim_end_matches(['"', '\'', '`'])
+}
+
+/// Whether `value` is a stand-in: a template (`${X}`, `{{x}}`, `<x>`, `%(x)s`), a path, a number, a
+/// placeholder word, or a single repeated character.
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    value.starts_with(['$', '{', '<', '%', '[', '/', '~'])
+        || value.starts_with("./")
+        || value.contains("://")
+        || value.bytes().all(|b| b.is_ascii_digit())
+        || PLACEHOLDER_VALUES.contains(&lower.as_str())
+        || PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m))
+        || value.bytes().all(|b| Some(b) == value.bytes().next())
+}
+
+/// A value random enough to be a credential (see [`Validator::Entropy`]).
+fn entropy(s: &str) -> bool {
+    const MIN_LEN: usize = 8;
+    const MIN_BITS: f64 = 3.0;
+    let value = assigned_value(s);
+    value.len() >= MIN_LEN && !is_placeholder(value) && shannon_bits(value.as_bytes()) >= MIN_BITS
+}
+
+/// Passwords in connection-string examples that stand for "put yours here".
+const URL_PLACEHOLDER_PASSWORDS: &[&str] = &[
+    "password", "pass", "passwd", "pwd", "secret", "changeme", "xxx", "****", "...",
+];
+
+/// The password of `scheme://user:password@host` is present and real (see [`Validator::UrlPassword`]).
+fn url_password(s: &str) -> bool {
+    let Some((_, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let Some((userinfo, _host)) = rest.rsplit_once('@') else {
+        return false;
+    };
+    let Some((_user, password)) = userinfo.split_once(':') else {
+        return false;
+    };
+    let lower = password.to_ascii_lowercase();
+    !password.is_empty()
+        && !password.starts_with(['$', '{', '<', '[', '*'])
+        && !password.starts_with("%(")
+        && !lower.contains("your")
+        && !URL_PLACEHOLDER_PASSWORDS.contains(&lower.as_str())
+        && !password
+            .bytes()
+            .all(|b| b == b'x' || b == b'X' || b == b'*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,5 +637,136 @@ mod tests {
         );
         assert!(!Validator::Jwt.check("abc.def.ghi"));
         assert!(!Validator::Jwt.check("a.b"));
+    }
+
+    /// `prefix` + `random` + the base62 CRC-32 of `random`: a token as GitHub and npm mint them.
+    fn checksummed(prefix: &str, random: &str) -> String {
+        let check = base62_6(crc32(random.as_bytes()));
+        format!(
+            "{prefix}{random}{}",
+            std::str::from_utf8(&check).expect("ascii")
+        )
+    }
+
+    #[test]
+    fn crc32_and_base62_match_their_references() {
+        // The CRC-32 check value of the standard ("123456789"), and base62 with `0-9A-Za-z` digits.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(&base62_6(0), b"000000");
+        assert_eq!(&base62_6(61), b"00000z");
+        assert_eq!(&base62_6(62), b"000010");
+        assert_eq!(&base62_6(u32::MAX), b"4gfFC3");
+    }
+
+    #[test]
+    fn crc32_base62_accepts_minted_tokens_and_refuses_any_change() {
+        // Minted by an independent implementation (Python's binascii.crc32 and a base62 encoder).
+        for t in [
+            "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",
+            "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",
+            "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",
+        ] {
+            assert!(Validator::Crc32Base62.check(t), "{t}");
+        }
+        for (prefix, random) in [
+            ("ghp_", "AbCdEfGhIjKlMnOpQrStUvWxYz0123"),
+            ("ghs_", "000000000000000000000000000000"),
+            ("npm_", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"),
+        ] {
+            let t = checksummed(prefix, random);
+            assert!(Validator::Crc32Base62.check(&t), "{t}");
+            // Every single-character change, in the random part or the checksum, is caught.
+            for i in prefix.len()..t.len() {
+                let mut b = t.clone().into_bytes();
+                b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+                let changed = String::from_utf8(b).expect("ascii");
+                assert!(!Validator::Crc32Base62.check(&changed), "{changed}");
+            }
+        }
+        for bad in [
+            "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            "ghp_short",
+            "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x",
+            "no underscore",
+            "ghp_Ky9Pf34qY6Nb3wWD25RQ4F5ZR3qa7y3gm1I-",
+            "ghp_Ky9Pf34qY6Nb3wWD25RQ4F5ZR3qa7y3gm1Iﬁ",
+        ] {
+            assert!(!Validator::Crc32Base62.check(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entropy_accepts_random_values_and_refuses_stand_ins() {
+        for ok in [
+            "password=Xk29fLq0pZ!m",
+            "DB_PASSWORD: \"lMz#Bk4opH1Dr8#h97s!\"",
+            "api_key => 'AbC123xYz789QwErTy'",
+            "token := e3b0c44298fc1c149afbf4c8996fb924",
+            "sk_live_ibaZUPgHV7iB3m03nbqnsGpW",
+            "SKe58b081006f7e3dfc967a64cb14028d5",
+        ] {
+            assert!(Validator::Entropy.check(ok), "{ok}");
+        }
+        for bad in [
+            "password=changeme",
+            "password=${DB_PASSWORD}",
+            "api_key=<your key here>",
+            "token=null",
+            "token=undefined",
+            "password=Password",
+            "password=short1",
+            "api_key=xxxxxxxxxxxxxxxx",
+            "secret=****************",
+            "token=aaaaaaaaaaaaaaaa",
+            "token=abababababababab",
+            "token_count=1234567890123",
+            "secret=/run/secrets/db_password",
+            "token=https://example.com/callback",
+            "api_key=YOUR_API_KEY_GOES_HERE",
+            "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx",
+            "password: EXAMPLEpassword123",
+            "",
+            "=",
+        ] {
+            assert!(!Validator::Entropy.check(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shannon_bits_of_known_strings() {
+        assert_eq!(shannon_bits(b"aaaa"), 0.0);
+        assert!((shannon_bits(b"abcd") - 2.0).abs() < 1e-9);
+        assert!((shannon_bits(b"abcdefgh") - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn url_password_needs_a_real_password() {
+        for ok in [
+            "postgres://app:Xk29fLq0pZ@db.internal",
+            "redis://:redispass123@cache",
+            "mongodb+srv://admin:s3cr3t@cluster0.mongodb.net",
+            "mysql://root:toor@localhost",
+            "amqp://u:p%40ss@host",
+        ] {
+            assert!(Validator::UrlPassword.check(ok), "{ok}");
+        }
+        for bad in [
+            "postgres://app@db.internal",
+            "postgres://app:@db.internal",
+            "postgres://user:password@localhost",
+            "postgres://user:PASSWORD@localhost",
+            "postgres://user:${DB_PASSWORD}@db",
+            "postgres://user:<password>@db",
+            "postgres://user:{{ pg_pass }}@db",
+            "postgres://user:%(password)s@db",
+            "postgres://user:****@db",
+            "postgres://user:xxxxxx@db",
+            "postgres://user:your_password@db",
+            "not a url",
+            "postgres://no-at-sign",
+        ] {
+            assert!(!Validator::UrlPassword.check(bad), "{bad}");
+        }
     }
 }

@@ -27,6 +27,7 @@ mod rules_engine;
 mod rules_reload;
 mod sdk;
 mod sdk_node;
+mod secrets;
 mod streams;
 mod tls;
 mod tracing;

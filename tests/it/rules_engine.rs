@@ -48,7 +48,9 @@ fn default_pack_covers_the_documented_kinds() {
             "{}: default rules apply both ways",
             r.id
         );
-        let want = if r.id.starts_with("pii.") {
+        // Secrets block, except where a false positive would cost a request (see rules/README.md).
+        let redacted_secrets = ["secret.generic_assignment", "secret.stripe_test_key"];
+        let want = if r.id.starts_with("pii.") || redacted_secrets.contains(&r.id.as_str()) {
             Action::Redact
         } else {
             Action::Block

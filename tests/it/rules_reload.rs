@@ -24,6 +24,14 @@ fn check(dir: &Path) -> (i32, String) {
     )
 }
 
+/// How many rules the shipped pack holds: the tests below count from it, so a pack that grows keeps them honest.
+fn shipped_rules() -> u64 {
+    promptgate::rules::load_dir(&repo_root().join("rules"))
+        .expect("the shipped rules load")
+        .rules
+        .len() as u64
+}
+
 /// The version `promptgate check` reports for a directory.
 fn checked_version(dir: &Path) -> String {
     let (code, out) = check(dir);
@@ -41,7 +49,8 @@ fn check_passes_the_shipped_rules_and_reports_failures_with_file_line() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().count(), 1, "one-line summary: {out}");
     assert!(
-        out.contains("13 rules in 3 files") && out.contains("examples pass"),
+        out.contains(&format!("{} rules in 3 files", shipped_rules()))
+            && out.contains("examples pass"),
         "{out}"
     );
 
@@ -174,7 +183,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
     let (v1, n1) = healthz(&gw).await;
     assert_eq!(v1, checked_version(dir.path()));
-    assert_eq!(n1, 13);
+    assert_eq!(n1, shipped_rules());
 
     // Traffic for the whole test: every response must be a 200 carrying a version that was live at some point.
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +211,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     std::fs::write(&extra, EXTRA).expect("write");
     let v2 = checked_version(dir.path());
     wait_version(&gw, &v2).await;
-    assert_eq!(healthz(&gw).await.1, 14);
+    assert_eq!(healthz(&gw).await.1, shipped_rules() + 1);
     live.insert(v2.clone());
 
     // 2. A bad edit: refused, counted, the last good set stays.
@@ -213,7 +222,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
         assert!(Instant::now() < deadline, "bad edit was never counted");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(healthz(&gw).await, (v2.clone(), 14));
+    assert_eq!(healthz(&gw).await, (v2.clone(), shipped_rules() + 1));
     assert!(
         gw.stderr()
             .contains("extra.toml:1: missing field `description`"),
@@ -224,7 +233,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     // 3. A deleted file: back to the original set (same content, same version).
     std::fs::remove_file(&extra).expect("rm");
     wait_version(&gw, &v1).await;
-    assert_eq!(healthz(&gw).await.1, 13);
+    assert_eq!(healthz(&gw).await.1, shipped_rules());
 
     // 4. Rapid successive edits: the final content wins.
     for i in 0..10 {
@@ -319,7 +328,10 @@ async fn sighup_and_post_reload_reload_on_demand() {
         text.contains(&format!("promptgate_rules_info{{version=\"{v1}\"}} 1")),
         "{text}"
     );
-    assert!(text.contains("promptgate_rules 13"), "{text}");
+    assert!(
+        text.contains(&format!("promptgate_rules {}", shipped_rules())),
+        "{text}"
+    );
     assert!(
         text.contains("promptgate_rules_reload_total{result=\"error\"} 1"),
         "{text}"
@@ -370,5 +382,5 @@ async fn a_writer_that_never_pauses_does_not_hold_reloads_off() {
         "the rules reloaded only once the writer stopped"
     );
     assert_eq!(reload_errors(&gw).await, 0.0);
-    assert_eq!(healthz(&gw).await.1, 14);
+    assert_eq!(healthz(&gw).await.1, shipped_rules() + 1);
 }
