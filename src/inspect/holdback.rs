@@ -1231,6 +1231,112 @@ mod tests {
         ]
     }
 
+    /// The whole text redacted by one scan, as a stream of it must leave (no redaction here exposes another
+    /// value).
+    fn redacted_whole(set: &RuleSet, text: &str) -> String {
+        let matches = set.scan(text, Direction::Response);
+        redact(
+            text,
+            matches
+                .iter()
+                .map(|m| (m.range(), set.rule(m.rule).replacement.as_str())),
+        )
+    }
+
+    #[test]
+    fn a_context_word_before_a_value_is_seen_however_the_stream_is_split() {
+        let set = pack();
+        // Farther apart than the shipped windows (40 characters), so each value has its own context.
+        let gap = " -- and now for some words of no interest at all -- ";
+        let text = [
+            "my SSN is 123456789",
+            "order 123456789",
+            "call me at 4155552671",
+            "ref 4155552671",
+            "ssn\u{200B} 078051120",
+            "lessn 078051120.",
+        ]
+        .join(gap);
+        let want = redacted_whole(&set, &text);
+        assert_eq!(
+            want,
+            [
+                "my SSN is [SSN]",
+                "order 123456789",
+                "call me at [PHONE]",
+                "ref 4155552671",
+                "ssn\u{200B} [SSN]",
+                "lessn 078051120."
+            ]
+            .join(gap)
+        );
+        let text = text.as_str();
+        for cut in (0..=text.len()).filter(|&c| text.is_char_boundary(c)) {
+            for cut2 in [cut, (cut + 7).min(text.len())] {
+                if !text.is_char_boundary(cut2) {
+                    continue;
+                }
+                let (out, end) = run(&set, &[&text[..cut], &text[cut..cut2], &text[cut2..]]);
+                assert_eq!(
+                    (out.concat(), end),
+                    (want.clone(), None),
+                    "cuts {cut} {cut2}"
+                );
+            }
+        }
+        let bytes: Vec<&str> = text
+            .char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect();
+        let (out, end) = run(&set, &bytes);
+        assert_eq!((out.concat(), end), (want, None), "one character at a time");
+    }
+
+    #[test]
+    fn a_context_word_released_long_before_its_value_is_still_its_context() {
+        // The round drops released text from its buffer; it must keep the window before what it still holds,
+        // or a word that left in an earlier piece is forgotten by the time the value after it is complete.
+        let set = pack();
+        for filler in [0, 5000, 20_000] {
+            let lead = "word ".repeat(filler / 5);
+            let text = format!("{lead}my ssn is 123456789 and my phone 4155552671 ok");
+            let want = format!("{lead}my ssn is [SSN] and my phone [PHONE] ok");
+            assert_eq!(redacted_whole(&set, &text), want);
+            let at = text.find("123456789").expect("value");
+            let at2 = text.find("4155552671").expect("value");
+            let pieces = [
+                &text[..at],
+                &text[at..at + 4],
+                &text[at + 4..at2 + 3],
+                &text[at2 + 3..],
+            ];
+            let (out, end) = run(&set, &pieces);
+            assert_eq!((out.concat(), end), (want, None), "lead of {filler}");
+        }
+    }
+
+    #[test]
+    fn a_value_a_redaction_exposes_keeps_the_context_sent_before_it() {
+        // The email's match ends glued to nine digits, so no SSN stands there in the first round; once the
+        // email is `[EMAIL]`, the digits are a value whose context word left before the redaction began. The
+        // round that inspects what the first one released must see that word, as a request's rescan does.
+        let set = pack();
+        for lead in ["", &"word ".repeat(2000)] {
+            let text = format!("{lead}my ssn: jane@example.com123456789 ok");
+            let want = settled(&set, &text);
+            assert!(want.ends_with("my ssn: [EMAIL][SSN] ok"), "{want}");
+            for cut in lead.len()..=text.len() {
+                let (out, end) = run(&set, &[&text[..cut], &text[cut..]]);
+                assert_eq!((out.concat(), end), (want.clone(), None), "cut {cut}");
+            }
+            let bytes: Vec<&str> = (lead.len()..text.len()).map(|i| &text[i..i + 1]).collect();
+            let mut pieces = vec![lead];
+            pieces.extend(bytes);
+            let (out, end) = run(&set, &pieces);
+            assert_eq!((out.concat(), end), (want, None), "byte by byte");
+        }
+    }
+
     #[test]
     fn work_stays_linear_in_the_input_however_it_is_split() {
         let set = pack();
