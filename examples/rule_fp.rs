@@ -1,8 +1,9 @@
 //! False positives of a rules directory on ordinary prose: scans every paragraph (outside fenced code blocks)
-//! of the `README.md` files under a directory and counts, per rule, the paragraphs it fires on.
+//! of the Markdown files under a directory (`README.md` only, or every `*.md` with `--all-md`) and counts, per
+//! rule, the paragraphs it fires on.
 //!
 //! ```sh
-//! cargo run --release --example rule_fp -- rules/optional ~/.cargo/registry/src [--show]
+//! cargo run --release --example rule_fp -- rules/optional ~/.cargo/registry/src [--all-md] [--show]
 //! ```
 //!
 //! A measurement, not a test: its figures depend on the prose it is given. `--show` prints each match (the
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use promptgate::rules::{load, Budget, Direction};
 
-/// Every `README.md` under `dir`, at most `depth` levels down, sorted.
-fn readmes(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// Every `README.md` (or, `all`, every `*.md`) under `dir`, at most `depth` levels down, sorted.
+fn markdown(dir: &Path, depth: usize, all: bool, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -22,10 +23,11 @@ fn readmes(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     paths.sort();
     for p in paths {
         if p.is_dir() && depth > 0 {
-            readmes(&p, depth - 1, out);
+            markdown(&p, depth - 1, all, out);
         } else if p
             .file_name()
             .is_some_and(|n| n.eq_ignore_ascii_case("README.md"))
+            || (all && p.extension().is_some_and(|x| x == "md"))
         {
             out.push(p);
         }
@@ -64,9 +66,10 @@ fn paragraphs(text: &str) -> Vec<String> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let show = args.iter().any(|a| a == "--show");
+    let all = args.iter().any(|a| a == "--all-md");
     let args: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (Some(rules), Some(prose)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: rule_fp RULES_DIR PROSE_DIR [--show]");
+        eprintln!("usage: rule_fp RULES_DIR PROSE_DIR [--all-md] [--show]");
         std::process::exit(2);
     };
     let set = match load(Path::new(rules), &Budget::default()) {
@@ -79,7 +82,7 @@ fn main() {
         }
     };
     let mut files = Vec::new();
-    readmes(Path::new(prose), 3, &mut files);
+    markdown(Path::new(prose), 5, all, &mut files);
     let mut hits: BTreeMap<String, usize> = set.rules().iter().map(|r| (r.id.clone(), 0)).collect();
     let (mut count, mut bytes) = (0usize, 0usize);
     for file in &files {
@@ -105,7 +108,7 @@ fn main() {
         }
     }
     println!(
-        "{} README files, {count} paragraphs, {:.1} MB of prose",
+        "{} Markdown files, {count} paragraphs, {:.1} MB of prose",
         files.len(),
         bytes as f64 / 1e6
     );
