@@ -174,7 +174,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
     let (v1, n1) = healthz(&gw).await;
     assert_eq!(v1, checked_version(dir.path()));
-    assert_eq!(n1, 13);
+    assert_eq!(n1, 15);
 
     // Traffic for the whole test: every response must be a 200 carrying a version that was live at some point.
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +202,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     std::fs::write(&extra, EXTRA).expect("write");
     let v2 = checked_version(dir.path());
     wait_version(&gw, &v2).await;
-    assert_eq!(healthz(&gw).await.1, 14);
+    assert_eq!(healthz(&gw).await.1, 16);
     live.insert(v2.clone());
 
     // 2. A bad edit: refused, counted, the last good set stays.
@@ -213,7 +213,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
         assert!(Instant::now() < deadline, "bad edit was never counted");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(healthz(&gw).await, (v2.clone(), 14));
+    assert_eq!(healthz(&gw).await, (v2.clone(), 16));
     assert!(
         gw.stderr()
             .contains("extra.toml:1: missing field `description`"),
@@ -224,7 +224,7 @@ async fn edits_reload_while_traffic_runs_and_bad_edits_keep_the_last_good_set() 
     // 3. A deleted file: back to the original set (same content, same version).
     std::fs::remove_file(&extra).expect("rm");
     wait_version(&gw, &v1).await;
-    assert_eq!(healthz(&gw).await.1, 13);
+    assert_eq!(healthz(&gw).await.1, 15);
 
     // 4. Rapid successive edits: the final content wins.
     for i in 0..10 {
@@ -319,7 +319,7 @@ async fn sighup_and_post_reload_reload_on_demand() {
         text.contains(&format!("promptgate_rules_info{{version=\"{v1}\"}} 1")),
         "{text}"
     );
-    assert!(text.contains("promptgate_rules 13"), "{text}");
+    assert!(text.contains("promptgate_rules 15"), "{text}");
     assert!(
         text.contains("promptgate_rules_reload_total{result=\"error\"} 1"),
         "{text}"
@@ -370,5 +370,5 @@ async fn a_writer_that_never_pauses_does_not_hold_reloads_off() {
         "the rules reloaded only once the writer stopped"
     );
     assert_eq!(reload_errors(&gw).await, 0.0);
-    assert_eq!(healthz(&gw).await.1, 14);
+    assert_eq!(healthz(&gw).await.1, 16);
 }
