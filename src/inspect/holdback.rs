@@ -96,6 +96,9 @@ pub struct HeldText {
     /// Bytes released by the last round so far, and the last character of them.
     sent: usize,
     last_sent: Option<char>,
+    /// The end of what the last round released, as much as context words may look back on (at least
+    /// [`context_bytes`], at most twice that): a round started later sees it before its text.
+    sent_tail: String,
 }
 
 impl HeldText {
@@ -108,6 +111,7 @@ impl HeldText {
             rounds,
             sent: 0,
             last_sent: None,
+            sent_tail: String::new(),
         }
     }
 
@@ -146,6 +150,22 @@ impl HeldText {
         held.finish(h)
     }
 
+    /// Notes the end of what was sent for the context of a later round: `keep` bytes at least (amortised
+    /// constant time per byte: trimmed once twice that).
+    fn keep_sent(&mut self, text: &str, keep: usize) {
+        if keep == 0 {
+            return;
+        }
+        self.sent_tail.push_str(text);
+        if self.sent_tail.len() > 2 * keep {
+            let mut cut = self.sent_tail.len() - keep;
+            while !self.sent_tail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.sent_tail.drain(..cut);
+        }
+    }
+
     /// Passes what the first round released through the rounds after it (`finishing`: each then finishes).
     fn onward(&mut self, mut released: Release, h: &mut Holding<'_>, finishing: bool) -> Release {
         let mut rules = Vec::new();
@@ -174,6 +194,7 @@ impl HeldText {
                     if let Some(c) = text.chars().next_back() {
                         self.last_sent = Some(c);
                     }
+                    self.keep_sent(&text, context_bytes(h.rules));
                     return Release::Text {
                         text,
                         rules,
@@ -183,7 +204,8 @@ impl HeldText {
                 if next == MAX_ROUNDS || self.form == Form::Json {
                     return Release::Block { rule };
                 }
-                self.rounds.push(Round::after(self.sent, self.last_sent));
+                self.rounds
+                    .push(Round::after(self.sent, &self.sent_tail, self.last_sent));
             }
             let round = &mut self.rounds[next];
             released = round.push(&text, h);
@@ -258,10 +280,12 @@ impl Round {
         }
     }
 
-    /// A plain-text round fed from `at` on, the text before it (already sent) ending in `behind`.
-    fn after(at: usize, behind: Option<char>) -> Self {
+    /// A plain-text round fed from `at` on, the text before it (already sent) ending in `sent` (as much as
+    /// context words look back on) and in `behind`.
+    fn after(at: usize, sent: &str, behind: Option<char>) -> Self {
         Self {
-            origin: at,
+            text: sent.to_string(),
+            origin: at - sent.len(),
             released: at,
             behind: behind.map(|c| (at - c.len_utf8(), c)),
             growing: Growing::at(at),
@@ -306,7 +330,7 @@ impl Round {
             .grow(&mut self.growing, h.cache, &self.text, self.origin);
         let from = self.growing.hold_from();
         let release = self.settle(from, h);
-        self.compact();
+        self.compact(context_bytes(h.rules));
         if self.over_budget() {
             return Release::OverBudget;
         }
@@ -391,24 +415,33 @@ impl Round {
         let tail = &self.text[at..end - self.origin];
         // The look-behind character and the text from `released`: borrowed when they touch, else joined (the
         // characters between them are invisible to the matchers, so the join is what they see).
-        let (ctx, slice): (usize, Cow<'_, str>) = match self.behind {
+        // What comes before the slice (for context words: the buffer keeps enough of it, see `compact`), and
+        // how much of the slice's start repeats its end.
+        let (ctx, slice, before, skip): (usize, Cow<'_, str>, &str, usize) = match self.behind {
             Some((p, c)) if p + c.len_utf8() == self.released && p >= self.origin => (
                 p,
                 Cow::Borrowed(&self.text[p - self.origin..end - self.origin]),
+                &self.text[..p - self.origin],
+                0,
             ),
             Some((_, c)) => {
                 let mut joined = String::with_capacity(c.len_utf8() + tail.len());
                 joined.push(c);
                 joined.push_str(tail);
-                (self.released - c.len_utf8(), Cow::Owned(joined))
+                (
+                    self.released - c.len_utf8(),
+                    Cow::Owned(joined),
+                    &self.text[..at],
+                    c.len_utf8(),
+                )
             }
-            None => (self.released, Cow::Borrowed(tail)),
+            None => (self.released, Cow::Borrowed(tail), &self.text[..at], 0),
         };
         // Two views of the slice are built and searched.
         self.work += 2 * slice.len() as u64;
         let released = self.released;
         let matches: Vec<Match> = rules
-            .scan(&slice, Direction::Response)
+            .scan_after(before, skip, &slice, Direction::Response)
             .into_iter()
             .map(|m| Match {
                 rule: m.rule,
@@ -527,13 +560,17 @@ impl Round {
     }
 
     /// Drops released text from the buffers once it is most of them (amortised constant time per byte),
-    /// keeping the look-behind character.
-    fn compact(&mut self) {
+    /// keeping the look-behind character and the `context` bytes before it (the context words' window).
+    fn compact(&mut self, context: usize) {
         // The look-behind character stays when it touches `released` (the scan borrows it from the buffer).
-        let keep = match self.behind {
+        let behind = match self.behind {
             Some((p, c)) if p + c.len_utf8() == self.released && p >= self.origin => p,
             _ => self.released,
         };
+        let mut keep = behind.saturating_sub(context).max(self.origin);
+        while !self.text.is_char_boundary(keep - self.origin) {
+            keep -= 1;
+        }
         let drop = keep - self.origin;
         if drop < 4096 || drop < self.text.len() / 2 {
             return;
@@ -551,6 +588,15 @@ impl Round {
         }
         self.text.drain(..drop);
         self.origin = keep;
+    }
+}
+
+/// The bytes of released text a round keeps before its look-behind for context words: the widest window and
+/// one character more, at 4 bytes a character at most.
+fn context_bytes(rules: &RuleSet) -> usize {
+    match rules.context_reach() {
+        0 => 0,
+        reach => 4 * (reach + 1),
     }
 }
 
@@ -1183,6 +1229,112 @@ mod tests {
                 format!("{{\"k\":\"{}\"}}", "\\u0041".repeat(n / 6)),
             ),
         ]
+    }
+
+    /// The whole text redacted by one scan, as a stream of it must leave (no redaction here exposes another
+    /// value).
+    fn redacted_whole(set: &RuleSet, text: &str) -> String {
+        let matches = set.scan(text, Direction::Response);
+        redact(
+            text,
+            matches
+                .iter()
+                .map(|m| (m.range(), set.rule(m.rule).replacement.as_str())),
+        )
+    }
+
+    #[test]
+    fn a_context_word_before_a_value_is_seen_however_the_stream_is_split() {
+        let set = pack();
+        // Farther apart than the shipped windows (40 characters), so each value has its own context.
+        let gap = " -- and now for some words of no interest at all -- ";
+        let text = [
+            "my SSN is 123456789",
+            "order 123456789",
+            "call me at 4155552671",
+            "ref 4155552671",
+            "ssn\u{200B} 078051120",
+            "lessn 078051120.",
+        ]
+        .join(gap);
+        let want = redacted_whole(&set, &text);
+        assert_eq!(
+            want,
+            [
+                "my SSN is [SSN]",
+                "order 123456789",
+                "call me at [PHONE]",
+                "ref 4155552671",
+                "ssn\u{200B} [SSN]",
+                "lessn 078051120."
+            ]
+            .join(gap)
+        );
+        let text = text.as_str();
+        for cut in (0..=text.len()).filter(|&c| text.is_char_boundary(c)) {
+            for cut2 in [cut, (cut + 7).min(text.len())] {
+                if !text.is_char_boundary(cut2) {
+                    continue;
+                }
+                let (out, end) = run(&set, &[&text[..cut], &text[cut..cut2], &text[cut2..]]);
+                assert_eq!(
+                    (out.concat(), end),
+                    (want.clone(), None),
+                    "cuts {cut} {cut2}"
+                );
+            }
+        }
+        let bytes: Vec<&str> = text
+            .char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect();
+        let (out, end) = run(&set, &bytes);
+        assert_eq!((out.concat(), end), (want, None), "one character at a time");
+    }
+
+    #[test]
+    fn a_context_word_released_long_before_its_value_is_still_its_context() {
+        // The round drops released text from its buffer; it must keep the window before what it still holds,
+        // or a word that left in an earlier piece is forgotten by the time the value after it is complete.
+        let set = pack();
+        for filler in [0, 5000, 20_000] {
+            let lead = "word ".repeat(filler / 5);
+            let text = format!("{lead}my ssn is 123456789 and my phone 4155552671 ok");
+            let want = format!("{lead}my ssn is [SSN] and my phone [PHONE] ok");
+            assert_eq!(redacted_whole(&set, &text), want);
+            let at = text.find("123456789").expect("value");
+            let at2 = text.find("4155552671").expect("value");
+            let pieces = [
+                &text[..at],
+                &text[at..at + 4],
+                &text[at + 4..at2 + 3],
+                &text[at2 + 3..],
+            ];
+            let (out, end) = run(&set, &pieces);
+            assert_eq!((out.concat(), end), (want, None), "lead of {filler}");
+        }
+    }
+
+    #[test]
+    fn a_value_a_redaction_exposes_keeps_the_context_sent_before_it() {
+        // The email's match ends glued to nine digits, so no SSN stands there in the first round; once the
+        // email is `[EMAIL]`, the digits are a value whose context word left before the redaction began. The
+        // round that inspects what the first one released must see that word, as a request's rescan does.
+        let set = pack();
+        for lead in ["", &"word ".repeat(2000)] {
+            let text = format!("{lead}my ssn: jane@example.com123456789 ok");
+            let want = settled(&set, &text);
+            assert!(want.ends_with("my ssn: [EMAIL][SSN] ok"), "{want}");
+            for cut in lead.len()..=text.len() {
+                let (out, end) = run(&set, &[&text[..cut], &text[cut..]]);
+                assert_eq!((out.concat(), end), (want.clone(), None), "cut {cut}");
+            }
+            let bytes: Vec<&str> = (lead.len()..text.len()).map(|i| &text[i..i + 1]).collect();
+            let mut pieces = vec![lead];
+            pieces.extend(bytes);
+            let (out, end) = run(&set, &pieces);
+            assert_eq!((out.concat(), end), (want, None), "byte by byte");
+        }
     }
 
     #[test]

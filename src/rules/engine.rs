@@ -18,6 +18,7 @@ use super::plan::{self, Scope};
 use super::prefix::{Growing, PrefixCache, Prefixes};
 use super::spec::{
     default_replacement, Action, Direction, LoadedRule, LoadedSet, Mode, RuleError, Severity,
+    MAX_CONTEXT_WINDOW,
 };
 use super::validate::Validator;
 
@@ -56,6 +57,20 @@ pub struct Rule {
     pub line: usize,
     validator: Option<Validator>,
     whole_word: bool,
+    context: Option<Context>,
+}
+
+/// A rule's compiled `context`: its words in one automaton (normalised and folded, searched in a folded view
+/// of the window before a candidate).
+#[derive(Debug, Clone)]
+struct Context {
+    words: AhoCorasick,
+    /// Characters before the candidate searched.
+    window: usize,
+    require: bool,
+    /// With `require = false`: the index of this rule's twin (the same rule at the context severity), which
+    /// names the candidates that have a context word.
+    boosted: Option<usize>,
 }
 
 /// One match, in original byte offsets (always on character boundaries).
@@ -96,6 +111,10 @@ pub struct RuleSet {
     regexes: Vec<Regexes>,
     prefixes: Prefixes,
     terms: usize,
+    /// Rules as declared: `rules` holds them, then the twins of optional-context rules.
+    declared: usize,
+    /// The widest context window of any rule, characters (0: no rule has a context).
+    context_reach: usize,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -124,7 +143,9 @@ impl RuleSet {
     /// Compiles a loaded set, refuses it if it breaks the budget, and runs every rule's examples.
     pub fn compile(loaded: &LoadedSet, budget: &Budget) -> Result<RuleSet, Vec<RuleError>> {
         let started = Instant::now();
-        let rules = rule_table(loaded);
+        let mut rules = rule_table(loaded);
+        let declared = rules.len();
+        let context_reach = add_contexts(loaded, &mut rules)?;
         let terms = terms_within_budget(loaded, budget)?;
         let Matchers {
             folded,
@@ -144,6 +165,8 @@ impl RuleSet {
             regexes,
             prefixes,
             terms,
+            declared,
+            context_reach,
         };
         let failures = set.check_examples(loaded);
         if !failures.is_empty() {
@@ -157,21 +180,15 @@ impl RuleSet {
         let mut errors = Vec::new();
         for (i, r) in loaded.rules.iter().enumerate() {
             let err = |message: String| rule_error(r, message);
+            // A match of an optional-context rule with context is named by its twin, which has the same id.
+            let named = |m: &Match| m.rule == i || self.rules[m.rule].id == r.spec.id;
             for ex in &r.spec.examples.should_match {
-                if !self
-                    .candidates(ex, Direction::Both)
-                    .iter()
-                    .any(|m| m.rule == i)
-                {
+                if !self.candidates_in_context("", 0, ex).iter().any(named) {
                     errors.push(err(format!("example {ex:?} should match but does not")));
                 }
             }
             for ex in &r.spec.examples.no_match {
-                if self
-                    .candidates(ex, Direction::Both)
-                    .iter()
-                    .any(|m| m.rule == i)
-                {
+                if self.candidates_in_context("", 0, ex).iter().any(named) {
                     errors.push(err(format!("example {ex:?} should not match but does")));
                 }
             }
@@ -183,12 +200,21 @@ impl RuleSet {
         &self.version
     }
 
+    /// The rules as declared (a match may also name the twin of an optional-context rule: see [`Self::rule`]).
     pub fn rules(&self) -> &[Rule] {
-        &self.rules
+        &self.rules[..self.declared]
     }
 
+    /// The rule a match names: a declared rule, or the twin of an optional-context rule (same id, the context
+    /// severity).
     pub fn rule(&self, index: usize) -> &Rule {
         &self.rules[index]
+    }
+
+    /// The widest context window of any rule, in characters: a text that arrives in pieces must keep this many
+    /// characters (and one more) of what it released before the text still to scan (see [`Self::scan_after`]).
+    pub fn context_reach(&self) -> usize {
+        self.context_reach
     }
 
     /// Keyword terms across all rules.
@@ -213,7 +239,18 @@ impl RuleSet {
     /// merge into one match spanning both, named by the most severe rule (action, then severity, then the
     /// longer span).
     pub fn scan(&self, text: &str, flow: Direction) -> Vec<Match> {
+        self.scan_after("", 0, text, flow)
+    }
+
+    /// [`Self::scan`] of `text`, which follows `before` (text already dealt with, seen only by context
+    /// checks); `text[..skip]` repeats the end of `before` (a look-behind character copied in front of it), so
+    /// the context of a match at `s` is `before` then `text[skip..s]`. Only the last [`Self::context_reach`]
+    /// characters (and one more) of `before` matter.
+    pub fn scan_after(&self, before: &str, skip: usize, text: &str, flow: Direction) -> Vec<Match> {
         let mut cands = self.candidates(text, flow);
+        if self.context_reach > 0 {
+            self.apply_context(&mut cands, before, skip, text);
+        }
         if cands.len() <= 1 {
             return cands;
         }
@@ -277,6 +314,39 @@ impl RuleSet {
             self.scan_keywords(kw, &folded, flow, &mut out);
         }
         out
+    }
+
+    /// Every candidate, context applied (for the examples, which see the candidates before merging).
+    fn candidates_in_context(&self, before: &str, skip: usize, text: &str) -> Vec<Match> {
+        let mut cands = self.candidates(text, Direction::Both);
+        self.apply_context(&mut cands, before, skip, text);
+        cands
+    }
+
+    /// Drops the candidates of rules that require a context word and have none before them; names those of
+    /// optional-context rules that have one by the rule's twin. Reads at most the rule's window (and one
+    /// character more) before each candidate of a context rule.
+    fn apply_context(&self, cands: &mut Vec<Match>, before: &str, skip: usize, text: &str) {
+        cands.retain_mut(|m| {
+            let Some(ctx) = &self.rules[m.rule].context else {
+                return true;
+            };
+            // A match starting inside the repeated look-behind: its context ends that much earlier in `before`.
+            let (before, head) = if m.start >= skip {
+                (before, &text[skip..m.start])
+            } else {
+                let mut end = before.len().saturating_sub(skip - m.start);
+                while !before.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (&before[..end], "")
+            };
+            let found = context_found(ctx, before, head);
+            if let (true, Some(twin)) = (found, ctx.boosted) {
+                m.rule = twin;
+            }
+            found || !ctx.require
+        });
     }
 
     fn accepts(&self, rule: usize, hay: &str, r: &Range<usize>, flow: Direction) -> bool {
@@ -392,8 +462,109 @@ fn rule_table(loaded: &LoadedSet) -> Vec<Rule> {
             line: r.line,
             validator: r.spec.validator,
             whole_word: r.spec.whole_word,
+            context: None,
         })
         .collect()
+}
+
+/// Compiles each rule's `context` into `rules` (indexed like `loaded.rules`) and appends the twin of each
+/// optional-context rule; returns the widest window.
+fn add_contexts(loaded: &LoadedSet, rules: &mut Vec<Rule>) -> Result<usize, Vec<RuleError>> {
+    let mut errors = Vec::new();
+    let mut reach = 0;
+    for (i, r) in loaded.rules.iter().enumerate() {
+        let Some(spec) = &r.spec.context else {
+            continue;
+        };
+        let words: Vec<String> = spec.words.iter().map(|w| normalize_term(w, true)).collect();
+        if let Some(w) = words.iter().position(String::is_empty) {
+            errors.push(rule_error(
+                r,
+                format!("context: word {:?} is empty once normalised", spec.words[w]),
+            ));
+            continue;
+        }
+        let words = match AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&words)
+        {
+            Ok(ac) => ac,
+            Err(e) => {
+                errors.push(rule_error(r, format!("context words: {e}")));
+                continue;
+            }
+        };
+        let boosted = match (spec.require, spec.severity) {
+            (false, Some(severity)) => {
+                let twin = Rule {
+                    severity,
+                    ..rules[i].clone()
+                };
+                rules.push(twin);
+                Some(rules.len() - 1)
+            }
+            _ => None,
+        };
+        reach = reach.max(spec.window.min(MAX_CONTEXT_WINDOW));
+        rules[i].context = Some(Context {
+            words,
+            window: spec.window.min(MAX_CONTEXT_WINDOW),
+            require: spec.require,
+            boosted,
+        });
+    }
+    if errors.is_empty() {
+        Ok(reach)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The last `n` characters of `s` (fewer if it is shorter), and how many they are.
+fn last_chars(s: &str, n: usize) -> (&str, usize) {
+    let mut start = s.len();
+    let mut count = 0;
+    for (i, _) in s.char_indices().rev().take(n) {
+        start = i;
+        count += 1;
+    }
+    (&s[start..], count)
+}
+
+/// Whether a context word stands whole in the `window` characters that end where a candidate starts: the
+/// end of `before`, then `head`. One character more is read, to tell whether a word at the window's start
+/// is whole (`essn` is not `ssn`).
+fn context_found(ctx: &Context, before: &str, head: &str) -> bool {
+    let want = ctx.window + 1;
+    let (near, n) = last_chars(head, want);
+    let (far, m) = if n < want {
+        last_chars(before, want - n)
+    } else {
+        ("", 0)
+    };
+    let mut window = String::with_capacity(far.len() + near.len());
+    window.push_str(far);
+    window.push_str(near);
+    // With the extra character read, a word must start after it.
+    let edge = if n + m == want {
+        window.chars().next().map_or(0, char::len_utf8)
+    } else {
+        0
+    };
+    let view = View::new(&window, true);
+    let hay = view.text();
+    ctx.words.find_overlapping_iter(hay).any(|w| {
+        let r = w.range();
+        at_word_boundaries(hay, &r) && !bracketed(hay, &r) && view.to_original(r).start >= edge
+    })
+}
+
+/// Whether `r` stands alone in square brackets, as a replacement does (`[PHONE]`): a redaction must not make
+/// the context of the value after it (the text would change again on every rescan, and a stream's later
+/// rounds would judge a value differently from the whole text's first).
+fn bracketed(hay: &str, r: &Range<usize>) -> bool {
+    let b = hay.as_bytes();
+    r.start > 0 && b[r.start - 1] == b'[' && b.get(r.end) == Some(&b']')
 }
 
 /// Keyword terms in all rules together, refused over the budget before anything is built.

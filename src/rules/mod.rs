@@ -23,3 +23,5 @@ pub fn load(dir: &std::path::Path, budget: &Budget) -> Result<RuleSet, Vec<RuleE
     let loaded = load_dir(dir)?;
     RuleSet::compile(&loaded, budget)
 }
+#[cfg(test)]
+mod detection_tests;

@@ -65,6 +65,18 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The name rule files use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeywordSpec {
@@ -117,6 +129,40 @@ pub struct RuleSpec {
     pub mode: Mode,
     #[serde(default)]
     pub examples: Examples,
+    /// Words that must (or, with `require = false`, may) stand shortly before a match.
+    #[serde(default)]
+    pub context: Option<ContextSpec>,
+}
+
+/// The widest context window a rule may ask for, in characters: the stream hold-back keeps this much of the
+/// text it released to decide the values after it, and the check reads it once per candidate.
+pub const MAX_CONTEXT_WINDOW: usize = 256;
+
+fn default_window() -> usize {
+    40
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `context = { words = [...], window = 40, require = true }`: words (case-insensitive, whole words) looked
+/// for in the `window` characters before a candidate. Only before it: a streamed value is decided when it is
+/// complete, so looking ahead would hold text back for words that may never come.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSpec {
+    pub words: Vec<String>,
+    /// Characters before the match searched for a word, 1 to [`MAX_CONTEXT_WINDOW`].
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// `true` (the default): a candidate counts only with a context word before it. `false`: it counts either
+    /// way, and with a context word its severity is `severity`.
+    #[serde(default = "yes")]
+    pub require: bool,
+    /// With `require = false`: the severity of a match with context (above the rule's own).
+    #[serde(default)]
+    pub severity: Option<Severity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +366,9 @@ impl Loader<'_> {
         if spec.keywords.is_some() && spec.validator.is_some() {
             errors.push(at("validators apply to regex rules only".into()));
         }
+        if let Some(c) = &spec.context {
+            errors.extend(context_errors(c, spec.severity).into_iter().map(&at));
+        }
         if spec
             .replacement
             .as_ref()
@@ -386,6 +435,39 @@ impl Loader<'_> {
             files: self.files,
         })
     }
+}
+
+/// What is wrong with a rule's `context`, one message per problem.
+fn context_errors(c: &ContextSpec, severity: Severity) -> Vec<String> {
+    let mut errors = Vec::new();
+    if c.words.is_empty() {
+        errors.push("context: no words (add `words = [\"...\"]` or remove `context`)".to_string());
+    }
+    if let Some(i) = c.words.iter().position(|w| w.trim().is_empty()) {
+        errors.push(format!("context: word #{} is empty", i + 1));
+    }
+    if !(1..=MAX_CONTEXT_WINDOW).contains(&c.window) {
+        errors.push(format!(
+            "context: window = {} is outside 1..={MAX_CONTEXT_WINDOW} (characters before the match)",
+            c.window
+        ));
+    }
+    match (c.require, c.severity) {
+        (true, Some(_)) => errors.push(
+            "context: `severity` applies with `require = false` only (a required context changes no severity)"
+                .to_string(),
+        ),
+        (false, None) => errors.push(
+            "context: `require = false` needs `severity` (what a match with context becomes)".to_string(),
+        ),
+        (false, Some(s)) if s <= severity => errors.push(format!(
+            "context: severity \"{}\" is not above the rule's own (\"{}\"); use a higher one",
+            s.as_str(),
+            severity.as_str()
+        )),
+        _ => {}
+    }
+    errors
 }
 
 /// The default replacement: `[KIND]` from the last segment of the id (`pii.email` → `[EMAIL]`).

@@ -40,7 +40,7 @@ impl Validator {
     pub fn check(self, candidate: &str) -> bool {
         match self {
             Validator::Luhn => digits(candidate).is_some_and(|d| d.len() >= 2 && luhn(&d)),
-            Validator::PaymentCard => digits(candidate).is_some_and(|d| payment_card(&d)),
+            Validator::PaymentCard => payment_card_as_written(candidate),
             Validator::UsSsn => digits(candidate).is_some_and(|d| us_ssn(&d)),
             Validator::Iban => iban(candidate),
             Validator::AbaRouting => digits(candidate).is_some_and(|d| aba_routing(&d)),
@@ -130,6 +130,27 @@ fn payment_card(d: &[u8]) -> bool {
         || (p2 == 62 && (16..=19).contains(&len))
         // Maestro
         || (matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763) && (12..=19).contains(&len))
+}
+
+/// How many digits a short group after a card may have and still be redacted with it (a CVV, an expiry year).
+const TRAILING_GROUP: std::ops::RangeInclusive<usize> = 2..=4;
+
+/// A payment card as written: its digits make a card; or, for a number written in groups, the groups before
+/// a short last one (2 to 4 digits, [`TRAILING_GROUP`]) make a card of 15 digits or more. A pattern can match
+/// only one span per start, and a card followed by its CVV or expiry (`4111 1111 1111 1111 123`) reads as
+/// one longer number that is no card: without this the card itself would go unseen. What follows it is
+/// redacted with it.
+fn payment_card_as_written(candidate: &str) -> bool {
+    if digits(candidate).is_some_and(|d| payment_card(&d)) {
+        return true;
+    }
+    let Some(cut) = candidate.rfind([' ', '-']) else {
+        return false;
+    };
+    let last = &candidate[cut + 1..];
+    TRAILING_GROUP.contains(&last.len())
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && digits(&candidate[..cut]).is_some_and(|d| d.len() >= 15 && payment_card(&d))
 }
 
 fn us_ssn(d: &[u8]) -> bool {

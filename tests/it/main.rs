@@ -9,6 +9,7 @@ mod support;
 mod answers;
 mod audit;
 mod audit_chain;
+mod detection_context;
 mod dns;
 mod fleet;
 mod forwarding;
