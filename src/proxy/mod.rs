@@ -18,6 +18,7 @@ mod headers;
 mod intent;
 mod offload;
 mod path;
+mod policy;
 mod realtime;
 mod relay;
 mod stream;

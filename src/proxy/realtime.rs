@@ -285,6 +285,7 @@ impl Realtime {
             decision_request: ctx.outcome.request.decision.as_str(),
             decision_response: ctx.outcome.response.decision.as_str(),
             rules: Vec::new(),
+            policy: rules.map(|r| r.policy()),
             input_tokens: None,
             output_tokens: None,
             error: ctx.error_code,
@@ -330,6 +331,7 @@ impl Realtime {
             .admit_session(&gw.auth, &*gw.limiter, hs.model.as_deref())
             .await
             .map_err(Opened::Refused)?;
+        super::policy::choose(ctx, PATH, hs.model.as_deref()).map_err(Opened::Refused)?;
         let Some(i) = gw.upstreams.route(hs.model.as_deref(), PATH) else {
             return Err(Opened::Refused(Rejection::ModelNotFound(
                 hs.model.clone().unwrap_or_default(),
