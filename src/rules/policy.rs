@@ -493,3 +493,333 @@ pub fn with_default(set: RuleSet, name: Option<&str>, dir: &Path) -> Result<Rule
     let view = (**view).clone_view();
     Ok(view.with_catalog(catalog))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, Action, Budget};
+    use super::*;
+
+    /// A card, an email and a codename in one text (the card is Luhn-valid).
+    const TEXT: &str = "card 4111 1111 1111 1111, mail jane@example.com, re Project Bluebird";
+
+    const RULES: &str = r#"
+[[rule]]
+id = "pii.email"
+description = "Email"
+regex = { pattern = '[a-z]+@[a-z]+\.com' }
+action = "redact"
+
+[[rule]]
+id = "pii.payment_card"
+description = "Card"
+regex = { pattern = '[0-9]{4}(?: [0-9]{4}){3}' }
+validator = "payment_card"
+action = "redact"
+
+[[rule]]
+id = "confidential.codename"
+description = "Codename"
+keywords = { terms = ["Project Bluebird"] }
+tags = ["legal"]
+action = "block"
+
+[[rule]]
+id = "secret.token"
+description = "Token"
+regex = { pattern = 'tok_[a-z0-9]{8}' }
+action = "block"
+"#;
+
+    fn set(policies: &str) -> Result<RuleSet, Vec<RuleError>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.toml"), RULES).expect("write");
+        std::fs::write(dir.path().join("policies.toml"), policies).expect("write");
+        load(dir.path(), &Budget::default())
+    }
+
+    fn ok(policies: &str) -> RuleSet {
+        set(policies).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn errors(policies: &str) -> Vec<String> {
+        set(policies)
+            .err()
+            .expect("refused")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}: {}",
+                    e.file.file_name().and_then(|f| f.to_str()).unwrap_or(""),
+                    e.line.unwrap_or(0),
+                    e.message
+                )
+            })
+            .collect()
+    }
+
+    fn view(set: &RuleSet, name: &str) -> Arc<RuleSet> {
+        Arc::clone(set.catalog().and_then(|c| c.get(name)).expect("policy"))
+    }
+
+    const TEAMS: &str = r#"
+[[policy]]
+name = "support"
+description = "Support bot: personal data redacted, secrets and codenames blocked"
+[[policy.override]]
+tags = ["pii"]
+action = "redact"
+[[policy.override]]
+tags = ["secret", "legal"]
+action = "block"
+
+[[policy]]
+name = "fraud-team"
+description = "Fraud team sees card numbers"
+[[policy.override]]
+ids = ["pii.payment_card"]
+action = "log"
+
+[[policy]]
+name = "contractors"
+description = "Codenames only"
+select = { tags = ["confidential"] }
+"#;
+
+    #[test]
+    fn each_policy_gives_its_own_outcome_for_the_same_text() {
+        let s = ok(TEAMS);
+        assert_eq!(outcome(&s, TEXT).0, Expected::Block, "as written");
+        assert_eq!(outcome(&view(&s, "support"), TEXT).0, Expected::Block);
+        assert_eq!(
+            outcome(&view(&s, "contractors"), "mail jane@example.com, card 4111 1111 1111 1111"),
+            (
+                Expected::Pass,
+                "mail jane@example.com, card 4111 1111 1111 1111".into()
+            ),
+            "contractors select only the codename rule"
+        );
+        let fraud = view(&s, "fraud-team");
+        assert_eq!(
+            outcome(&fraud, "card 4111 1111 1111 1111, mail jane@example.com"),
+            (
+                Expected::Redact,
+                "card 4111 1111 1111 1111, mail [EMAIL]".into()
+            )
+        );
+        assert_eq!(
+            outcome(&fraud, "card 4111 1111 1111 1111").0,
+            Expected::Log
+        );
+        // The view's table carries the override; the live set's does not change.
+        let card = s.rules().iter().position(|r| r.id == "pii.payment_card").expect("card");
+        assert_eq!(fraud.rule(card).action, Action::Log);
+        assert_eq!(s.rule(card).action, Action::Redact);
+    }
+
+    #[test]
+    fn every_view_shares_the_one_compiled_core() {
+        let s = ok(TEAMS);
+        let c = s.catalog().expect("catalog");
+        for name in c.names().into_iter().chain([DEFAULT]) {
+            assert!(Arc::ptr_eq(s.core(), view(&s, name).core()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_thousand_policies_build_one_core() {
+        let mut text = String::new();
+        for i in 0..1000 {
+            text.push_str(&format!(
+                "[[policy]]\nname = \"p{i}\"\ndescription = \"d\"\nselect = {{ ids = [\"{}\"] }}\n",
+                ["pii.*", "secret.token", "confidential.codename"][i % 3]
+            ));
+        }
+        let s = ok(&text);
+        let c = s.catalog().expect("catalog");
+        assert_eq!(c.names().len(), 1000);
+        // One core for all: the automata were built once (a view holds a table and a bitset).
+        assert!(c
+            .names()
+            .iter()
+            .all(|n| Arc::ptr_eq(s.core(), view(&s, n).core())));
+        assert_eq!(Arc::strong_count(s.core()), 1000 + 2, "the set, `default`, each policy");
+        assert_eq!(outcome(&view(&s, "p1"), "tok_abcdefgh").0, Expected::Block);
+        assert_eq!(outcome(&view(&s, "p0"), "tok_abcdefgh").0, Expected::Pass);
+    }
+
+    #[test]
+    fn a_rule_left_out_never_hides_the_span_of_one_applied() {
+        // The codename is inside a longer span of a rule the policy leaves out: it must still be found.
+        let rules = r#"
+[[rule]]
+id = "wide.quote"
+description = "A quoted line"
+regex = { pattern = 'QUOTE\[[^\]]*\]' }
+action = "block"
+severity = "critical"
+
+[[rule]]
+id = "narrow.codename"
+description = "Codename"
+keywords = { terms = ["bluebird"] }
+action = "redact"
+
+[[policy]]
+name = "narrow"
+description = "Only the codename"
+exclude = { ids = ["wide.*"] }
+"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.toml"), rules).expect("write");
+        let s = load(dir.path(), &Budget::default()).expect("set");
+        let text = "QUOTE[the bluebird flies]";
+        let all = s.scan(text, Direction::Request);
+        assert_eq!(all.len(), 1);
+        assert_eq!(s.rule(all[0].rule).id, "wide.quote", "merged, named by the severe rule");
+        let narrow = view(&s, "narrow");
+        let m = narrow.scan(text, Direction::Request);
+        assert_eq!(m.len(), 1);
+        assert_eq!(narrow.rule(m[0].rule).id, "narrow.codename");
+        assert_eq!(&text[m[0].range()], "bluebird");
+    }
+
+    #[test]
+    fn precedence_key_then_tenant_then_selector_then_default() {
+        let s = ok(&format!(
+            "{TEAMS}
+[[assign]]
+policy = \"contractors\"
+routes = [\"/v1/embeddings\"]
+
+[[assign]]
+policy = \"fraud-team\"
+models = [\"gpt-4o*\"]
+
+[[assign]]
+policy = \"support\"
+models = [\"gpt-4o-mini\"]
+routes = [\"/v1/chat/completions\"]
+
+[[assign]]
+policy = \"contractors\"
+models = [\"gpt-4o*\"]
+"
+        ));
+        let c = s.catalog().expect("catalog");
+        let name = |who: Chooser<'_>| -> Option<String> {
+            c.choose(&who).expect("chosen").map(|v| v.policy().to_string())
+        };
+        let chat = "/v1/chat/completions";
+        let base = Chooser {
+            key: None,
+            tenant: None,
+            route: chat,
+            model: Some("gpt-4o-mini"),
+        };
+        // (who, policy chosen; None: the gateway's default)
+        let cases = [
+            (Chooser { key: Some("contractors"), tenant: Some("support"), ..base }, Some("contractors")),
+            (Chooser { tenant: Some("fraud-team"), ..base }, Some("fraud-team")),
+            (Chooser { key: Some("default"), tenant: Some("support"), ..base }, Some("default")),
+            // model + route beats model alone, whatever the file order.
+            (base, Some("support")),
+            // model alone beats route alone; the first of equals wins.
+            (Chooser { route: "/v1/embeddings", ..base }, Some("fraud-team")),
+            (Chooser { model: Some("gpt-4o"), ..base }, Some("fraud-team")),
+            (Chooser { model: None, route: "/v1/embeddings", ..base }, Some("contractors")),
+            (Chooser { model: Some("o1"), ..base }, None),
+            (Chooser { model: None, ..base }, None),
+        ];
+        for (who, want) in cases {
+            assert_eq!(name(who).as_deref(), want, "{who:?}");
+        }
+        assert_eq!(
+            c.choose(&Chooser { key: Some("gone"), ..base }).err(),
+            Some(PolicyUnavailable("gone".into()))
+        );
+        assert!(c.chooses_by_model());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_naming_file_and_line() {
+        let cases: [(&str, &[&str]); 7] = [
+            (
+                "[[policy]]\nname = \"p\"\ndescription = \"d\"\nselect = { tags = [\"secrets\"], ids = [\"pii.nope\"] }\n",
+                &[
+                    "policies.toml:1: policy 'p': select: unknown tag 'secrets' (did you mean 'secret'?)",
+                    "policies.toml:1: policy 'p': select: unknown rule id 'pii.nope'",
+                ],
+            ),
+            (
+                "[[policy]]\nname = \"p\"\ndescription = \"d\"\n\n[[policy]]\nname = \"p\"\ndescription = \"d\"\n",
+                &["policies.toml:5: policy 'p': duplicate name: also defined at"],
+            ),
+            (
+                "[[policy]]\nname = \"p\"\ndescription = \"d\"\n[[policy.override]]\ntags = [\"pii\"]\n",
+                &["policies.toml:4: policy 'p': override changes nothing"],
+            ),
+            (
+                "[[policy]]\nname = \"p\"\ndescription = \"d\"\n[[policy.override]]\naction = \"log\"\n",
+                &["policies.toml:4: policy 'p': override selects no rule"],
+            ),
+            (
+                "[[policy]]\nname = \"p\"\ndescription = \"d\"\n[[policy.override]]\ntags = [\"pii\"]\naction = \"shout\"\n",
+                &["policies.toml:6: unknown variant `shout`"],
+            ),
+            (
+                "[[policy]]\nname = \"default\"\ndescription = \"d\"\n",
+                &["policies.toml:1: policy 'default': the name `default` is reserved"],
+            ),
+            (
+                "[[assign]]\npolicy = \"nobody\"\nmodels = [\"x\"]\n",
+                &["policies.toml:1: assign of policy 'nobody': no such policy"],
+            ),
+        ];
+        for (text, want) in cases {
+            let got = errors(text);
+            assert_eq!(got.len(), want.len(), "{text}\n{got:#?}");
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!(g.starts_with(w), "{text}\ngot  {g}\nwant {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn examples_run_and_a_failing_one_names_its_line() {
+        let good = "[[policy]]\nname = \"p\"\ndescription = \"d\"\n[[policy.override]]\ntags = [\"pii\"]\naction = \"log\"\n[[policy.example]]\ntext = \"mail jane@example.com\"\noutcome = \"log\"\n[[policy.example]]\ntext = \"tok_abcdefgh\"\noutcome = \"block\"\n";
+        ok(good);
+        let bad = good.replace("outcome = \"block\"", "outcome = \"pass\"");
+        assert_eq!(
+            errors(&bad),
+            ["policies.toml:10: policy 'p': example \"tok_abcdefgh\": expected pass, got block"]
+        );
+        let redacted = "[[policy]]\nname = \"p\"\ndescription = \"d\"\n[[policy.example]]\ntext = \"to jane@example.com\"\noutcome = \"redact\"\nredacted = \"to [X]\"\n";
+        assert_eq!(
+            errors(redacted),
+            ["policies.toml:4: policy 'p': example \"to jane@example.com\": expected the text \"to [X]\", got \"to [EMAIL]\""]
+        );
+    }
+
+    #[test]
+    fn a_policy_selecting_no_rule_is_a_warning_not_an_error() {
+        let s = ok("[[policy]]\nname = \"none\"\ndescription = \"d\"\nselect = { tags = [\"legal\"] }\nexclude = { tags = [\"confidential\"] }\n");
+        let w = s.catalog().expect("catalog").warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].ends_with("policies.toml:1: policy 'none' selects no rule"), "{w:?}");
+    }
+
+    #[test]
+    fn the_gateway_default_is_a_named_policy_or_every_rule() {
+        let dir = std::path::Path::new("rules");
+        let s = with_default(ok(TEAMS), Some("contractors"), dir).expect("default");
+        assert_eq!(s.policy(), "contractors");
+        assert!(s.catalog().is_some(), "the live set keeps the catalog");
+        assert_eq!(outcome(&s, "mail jane@example.com").0, Expected::Pass);
+        // What keeps client text out of records is every rule, whatever the policy.
+        assert_eq!(s.everything().policy(), DEFAULT);
+        assert!(!s.everything().scan("jane@example.com", Direction::Request).is_empty());
+        let e = with_default(ok(TEAMS), Some("gone"), dir).err().expect("refused");
+        assert!(e.message.contains("[inspect] policy = \"gone\""), "{e}");
+        assert_eq!(with_default(ok(TEAMS), None, dir).expect("as written").policy(), DEFAULT);
+    }
+}
