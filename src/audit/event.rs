@@ -196,7 +196,12 @@ impl Event {
             })
             .collect();
         // Client text goes into the record only in a safe shape and when no rule matches it.
-        let clean = |v: &str| self.rules.everything().scan(v, Direction::Request).is_empty();
+        let clean = |v: &str| {
+            self.rules
+                .everything()
+                .scan(v, Direction::Request)
+                .is_empty()
+        };
         let session_id = self
             .session_id
             .as_deref()

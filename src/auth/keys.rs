@@ -192,11 +192,11 @@ impl KeySet {
             .tenant_policies
             .iter()
             .map(|(t, p)| (format!("tenant {t:?}"), p.as_str()))
-            .chain(self.by_hash.values().filter_map(|k| {
-                k.policy
-                    .as_deref()
-                    .map(|p| (format!("key {:?}", k.id), p))
-            }))
+            .chain(
+                self.by_hash
+                    .values()
+                    .filter_map(|k| k.policy.as_deref().map(|p| (format!("key {:?}", k.id), p))),
+            )
             .collect();
         out.sort();
         out

@@ -229,7 +229,9 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
         Ok((BodyPlan::Untouched, _)) => {
             // No body to learn the model from but the path's (`/v1/models/{model}`).
             let path = session.req_header().uri.path().to_string();
-            let model = path.strip_prefix("/v1/models/").filter(|m| !m.contains('/'));
+            let model = path
+                .strip_prefix("/v1/models/")
+                .filter(|m| !m.contains('/'));
             (false, super::policy::choose(ctx, &path, model))
         }
         Ok((BodyPlan::Consume(insp), present)) => {
@@ -330,7 +332,11 @@ async fn consume(
         }
     }
     if super::policy::needs_model(ctx) {
-        let model = model_of(&insp, gw.inspect.max_decoded_body_bytes, gw.inspect.options.max_depth);
+        let model = model_of(
+            &insp,
+            gw.inspect.max_decoded_body_bytes,
+            gw.inspect.options.max_depth,
+        );
         let path = session.req_header().uri.path().to_string();
         super::policy::choose(ctx, &path, model.as_deref())?;
     }

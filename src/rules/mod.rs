@@ -14,8 +14,8 @@ mod store;
 mod validate;
 
 pub use engine::{redact, Budget, Core, Match, Rule, RuleSet};
-pub use policy::{Catalog, Chooser, PolicyUnavailable, DEFAULT as DEFAULT_POLICY};
 pub use normalize::View;
+pub use policy::{Catalog, Chooser, PolicyUnavailable, DEFAULT as DEFAULT_POLICY};
 pub use prefix::{Growing, PrefixCache};
 pub use spec::{load_dir, Action, Direction, Expected, LoadedSet, Mode, RuleError, Severity};
 pub use store::{RuleStore, RulesDir};

@@ -146,12 +146,20 @@ impl Catalog {
                 errors.push(err(p.line, "description is empty".into()));
             }
             if let Some(prev) = where_defined.insert(&p.spec.name, at) {
-                errors.push(err(p.line, format!("duplicate name: also defined at {prev}")));
+                errors.push(err(
+                    p.line,
+                    format!("duplicate name: also defined at {prev}"),
+                ));
             }
             match policy_view(base, p) {
                 Ok(view) => {
                     let view = view.with_all(&all);
-                    if view.rules().iter().enumerate().all(|(i, _)| !view.is_active(i)) {
+                    if view
+                        .rules()
+                        .iter()
+                        .enumerate()
+                        .all(|(i, _)| !view.is_active(i))
+                    {
                         warnings.push(format!(
                             "{}:{}: policy '{}' selects no rule",
                             p.file.display(),
@@ -463,7 +471,12 @@ fn check_assign(
     if let Some(r) = a.spec.routes.iter().find(|r| !r.starts_with('/')) {
         return Err(err(format!("route {r:?} must be a path starting with '/'")));
     }
-    if a.spec.models.iter().chain(&a.spec.routes).any(|s| s.is_empty() || s == "*") {
+    if a.spec
+        .models
+        .iter()
+        .chain(&a.spec.routes)
+        .any(|s| s.is_empty() || s == "*")
+    {
         return Err(err(
             "an empty pattern, or `*` alone, selects everything: leave the list out instead".into(),
         ));
@@ -482,14 +495,17 @@ pub fn with_default(set: RuleSet, name: Option<&str>, dir: &Path) -> Result<Rule
         return Ok(set);
     };
     let catalog = set.catalog().cloned();
-    let view = catalog.as_ref().and_then(|c| c.get(name)).ok_or_else(|| RuleError {
-        file: dir.to_path_buf(),
-        line: None,
-        rule: None,
-        message: format!(
+    let view = catalog
+        .as_ref()
+        .and_then(|c| c.get(name))
+        .ok_or_else(|| RuleError {
+            file: dir.to_path_buf(),
+            line: None,
+            rule: None,
+            message: format!(
             "[inspect] policy = {name:?}: no policy of that name in the rules (refusing the set)"
         ),
-    })?;
+        })?;
     let view = (**view).clone_view();
     Ok(view.with_catalog(catalog))
 }
@@ -591,7 +607,10 @@ select = { tags = ["confidential"] }
         assert_eq!(outcome(&s, TEXT).0, Expected::Block, "as written");
         assert_eq!(outcome(&view(&s, "support"), TEXT).0, Expected::Block);
         assert_eq!(
-            outcome(&view(&s, "contractors"), "mail jane@example.com, card 4111 1111 1111 1111"),
+            outcome(
+                &view(&s, "contractors"),
+                "mail jane@example.com, card 4111 1111 1111 1111"
+            ),
             (
                 Expected::Pass,
                 "mail jane@example.com, card 4111 1111 1111 1111".into()
@@ -606,12 +625,13 @@ select = { tags = ["confidential"] }
                 "card 4111 1111 1111 1111, mail [EMAIL]".into()
             )
         );
-        assert_eq!(
-            outcome(&fraud, "card 4111 1111 1111 1111").0,
-            Expected::Log
-        );
+        assert_eq!(outcome(&fraud, "card 4111 1111 1111 1111").0, Expected::Log);
         // The view's table carries the override; the live set's does not change.
-        let card = s.rules().iter().position(|r| r.id == "pii.payment_card").expect("card");
+        let card = s
+            .rules()
+            .iter()
+            .position(|r| r.id == "pii.payment_card")
+            .expect("card");
         assert_eq!(fraud.rule(card).action, Action::Log);
         assert_eq!(s.rule(card).action, Action::Redact);
     }
@@ -642,7 +662,11 @@ select = { tags = ["confidential"] }
             .names()
             .iter()
             .all(|n| Arc::ptr_eq(s.core(), view(&s, n).core())));
-        assert_eq!(Arc::strong_count(s.core()), 1000 + 2, "the set, `default`, each policy");
+        assert_eq!(
+            Arc::strong_count(s.core()),
+            1000 + 2,
+            "the set, `default`, each policy"
+        );
         assert_eq!(outcome(&view(&s, "p1"), "tok_abcdefgh").0, Expected::Block);
         assert_eq!(outcome(&view(&s, "p0"), "tok_abcdefgh").0, Expected::Pass);
     }
@@ -675,7 +699,11 @@ exclude = { ids = ["wide.*"] }
         let text = "QUOTE[the bluebird flies]";
         let all = s.scan(text, Direction::Request);
         assert_eq!(all.len(), 1);
-        assert_eq!(s.rule(all[0].rule).id, "wide.quote", "merged, named by the severe rule");
+        assert_eq!(
+            s.rule(all[0].rule).id,
+            "wide.quote",
+            "merged, named by the severe rule"
+        );
         let narrow = view(&s, "narrow");
         let m = narrow.scan(text, Direction::Request);
         assert_eq!(m.len(), 1);
@@ -707,7 +735,9 @@ models = [\"gpt-4o*\"]
         ));
         let c = s.catalog().expect("catalog");
         let name = |who: Chooser<'_>| -> Option<String> {
-            c.choose(&who).expect("chosen").map(|v| v.policy().to_string())
+            c.choose(&who)
+                .expect("chosen")
+                .map(|v| v.policy().to_string())
         };
         let chat = "/v1/chat/completions";
         let base = Chooser {
@@ -718,23 +748,78 @@ models = [\"gpt-4o*\"]
         };
         // (who, policy chosen; None: the gateway's default)
         let cases = [
-            (Chooser { key: Some("contractors"), tenant: Some("support"), ..base }, Some("contractors")),
-            (Chooser { tenant: Some("fraud-team"), ..base }, Some("fraud-team")),
-            (Chooser { key: Some("default"), tenant: Some("support"), ..base }, Some("default")),
+            (
+                Chooser {
+                    key: Some("contractors"),
+                    tenant: Some("support"),
+                    ..base
+                },
+                Some("contractors"),
+            ),
+            (
+                Chooser {
+                    tenant: Some("fraud-team"),
+                    ..base
+                },
+                Some("fraud-team"),
+            ),
+            (
+                Chooser {
+                    key: Some("default"),
+                    tenant: Some("support"),
+                    ..base
+                },
+                Some("default"),
+            ),
             // model + route beats model alone, whatever the file order.
             (base, Some("support")),
             // model alone beats route alone; the first of equals wins.
-            (Chooser { route: "/v1/embeddings", ..base }, Some("fraud-team")),
-            (Chooser { model: Some("gpt-4o"), ..base }, Some("fraud-team")),
-            (Chooser { model: None, route: "/v1/embeddings", ..base }, Some("contractors")),
-            (Chooser { model: Some("o1"), ..base }, None),
-            (Chooser { model: None, ..base }, None),
+            (
+                Chooser {
+                    route: "/v1/embeddings",
+                    ..base
+                },
+                Some("fraud-team"),
+            ),
+            (
+                Chooser {
+                    model: Some("gpt-4o"),
+                    ..base
+                },
+                Some("fraud-team"),
+            ),
+            (
+                Chooser {
+                    model: None,
+                    route: "/v1/embeddings",
+                    ..base
+                },
+                Some("contractors"),
+            ),
+            (
+                Chooser {
+                    model: Some("o1"),
+                    ..base
+                },
+                None,
+            ),
+            (
+                Chooser {
+                    model: None,
+                    ..base
+                },
+                None,
+            ),
         ];
         for (who, want) in cases {
             assert_eq!(name(who).as_deref(), want, "{who:?}");
         }
         assert_eq!(
-            c.choose(&Chooser { key: Some("gone"), ..base }).err(),
+            c.choose(&Chooser {
+                key: Some("gone"),
+                ..base
+            })
+            .err(),
             Some(PolicyUnavailable("gone".into()))
         );
         assert!(c.chooses_by_model());
@@ -805,7 +890,10 @@ models = [\"gpt-4o*\"]
         let s = ok("[[policy]]\nname = \"none\"\ndescription = \"d\"\nselect = { tags = [\"legal\"] }\nexclude = { tags = [\"confidential\"] }\n");
         let w = s.catalog().expect("catalog").warnings();
         assert_eq!(w.len(), 1);
-        assert!(w[0].ends_with("policies.toml:1: policy 'none' selects no rule"), "{w:?}");
+        assert!(
+            w[0].ends_with("policies.toml:1: policy 'none' selects no rule"),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -817,9 +905,19 @@ models = [\"gpt-4o*\"]
         assert_eq!(outcome(&s, "mail jane@example.com").0, Expected::Pass);
         // What keeps client text out of records is every rule, whatever the policy.
         assert_eq!(s.everything().policy(), DEFAULT);
-        assert!(!s.everything().scan("jane@example.com", Direction::Request).is_empty());
-        let e = with_default(ok(TEAMS), Some("gone"), dir).err().expect("refused");
+        assert!(!s
+            .everything()
+            .scan("jane@example.com", Direction::Request)
+            .is_empty());
+        let e = with_default(ok(TEAMS), Some("gone"), dir)
+            .err()
+            .expect("refused");
         assert!(e.message.contains("[inspect] policy = \"gone\""), "{e}");
-        assert_eq!(with_default(ok(TEAMS), None, dir).expect("as written").policy(), DEFAULT);
+        assert_eq!(
+            with_default(ok(TEAMS), None, dir)
+                .expect("as written")
+                .policy(),
+            DEFAULT
+        );
     }
 }
