@@ -559,8 +559,7 @@ action = "block"
 
     fn errors(policies: &str) -> Vec<String> {
         set(policies)
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .iter()
             .map(|e| {
                 format!(
@@ -909,9 +908,7 @@ models = [\"gpt-4o*\"]
             .everything()
             .scan("jane@example.com", Direction::Request)
             .is_empty());
-        let e = with_default(ok(TEAMS), Some("gone"), dir)
-            .err()
-            .expect("refused");
+        let e = with_default(ok(TEAMS), Some("gone"), dir).expect_err("refused");
         assert!(e.message.contains("[inspect] policy = \"gone\""), "{e}");
         assert_eq!(
             with_default(ok(TEAMS), None, dir)
