@@ -205,7 +205,7 @@ impl ProxyHttp for Gateway {
                     && ctx
                         .rules
                         .as_ref()
-                        .is_some_and(|r| r.scan(v, Direction::Request).is_empty()) =>
+                        .is_some_and(|r| r.everything().scan(v, Direction::Request).is_empty()) =>
             {
                 v.to_string()
             }

@@ -310,6 +310,11 @@ async fn consume(
     present: bool,
 ) -> Result<(), Rejection> {
     if !present {
+        if super::policy::needs_model(ctx) {
+            // No body, no model: the route's selector or the default.
+            let path = session.req_header().uri.path().to_string();
+            super::policy::choose(ctx, &path, None)?;
+        }
         insp.forward = Some(Bytes::new());
         ctx.body = Some(insp);
         return Ok(());

@@ -190,7 +190,7 @@ impl Realtime {
         {
             Some(v)
                 if crate::openai::is_safe_id(v.as_bytes())
-                    && rules.scan(v, Direction::Request).is_empty() =>
+                    && rules.everything().scan(v, Direction::Request).is_empty() =>
             {
                 v.to_string()
             }
