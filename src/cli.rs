@@ -35,7 +35,8 @@ enum Command {
     Demo(DemoArgs),
     /// Run the mock OpenAI upstream alone (for benchmarks and manual tests).
     Mock(MockArgs),
-    /// Validate a rules directory: parse, compile, run every rule's examples. Exit 1 on any failure.
+    /// Validate a rules directory: parse, compile, run every rule's and policy's examples. Exit 1 on any
+    /// failure; a policy selecting no rule is a warning.
     Check(CheckArgs),
     /// Print what the rules find in a text or an OpenAI request body, and the redacted result.
     Scan(ScanArgs),
@@ -127,6 +128,9 @@ struct CheckArgs {
     /// Rules directory.
     #[arg(default_value = "rules")]
     dir: PathBuf,
+    /// A gateway keys file: warn of keys and tenants naming a policy the rules do not have.
+    #[arg(long)]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -217,7 +221,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::Mock(args) => run_mock(args),
-        Command::Check(args) => crate::rules::cli::check(&args.dir),
+        Command::Check(args) => crate::rules::cli::check(&args.dir, args.keys.as_deref()),
         Command::Scan(args) => crate::rules::cli::scan(
             &args.rules,
             args.input.as_deref(),

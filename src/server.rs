@@ -141,10 +141,10 @@ fn build(config: &Config, launch: Launch) -> Result<Server, StartError> {
     }
     // Fail closed: never run with no rules, or with a set that does not pass `promptgate check`.
     let store = Arc::new(
-        RuleStore::open(RulesDir::new(
-            &config.rules.dir,
-            config.rules.budget.clone(),
-        ))
+        RuleStore::open(
+            RulesDir::new(&config.rules.dir, config.rules.budget.clone())
+                .with_policy(config.rules.policy.clone()),
+        )
         .map_err(StartError::Rules)?,
     );
     let snapshot = store.snapshot();

@@ -152,6 +152,8 @@ struct Line<'a> {
     decision: &'a Decisions,
     rules: Vec<RuleLine<'a>>,
     rules_version: &'a str,
+    /// The policy the request was checked under (`default`: every rule as written).
+    policy: &'a str,
     status: u16,
     error: Option<&'static str>,
     blocked_mid_stream: bool,
@@ -194,7 +196,12 @@ impl Event {
             })
             .collect();
         // Client text goes into the record only in a safe shape and when no rule matches it.
-        let clean = |v: &str| self.rules.scan(v, Direction::Request).is_empty();
+        let clean = |v: &str| {
+            self.rules
+                .everything()
+                .scan(v, Direction::Request)
+                .is_empty()
+        };
         let session_id = self
             .session_id
             .as_deref()
@@ -214,6 +221,7 @@ impl Event {
             decision: &self.decision,
             rules,
             rules_version: self.rules.version(),
+            policy: self.rules.policy(),
             status: self.status,
             error: self.error,
             blocked_mid_stream: self.blocked_mid_stream,
@@ -237,9 +245,9 @@ impl Event {
 }
 
 /// Whether a client-supplied model name may be recorded (events, spans): the shape of a model name, and no
-/// rule matches it.
+/// rule matches it (any rule as written: a policy chooses what is enforced, not what is recorded).
 pub fn safe_model(rules: &RuleSet, m: &str) -> bool {
-    crate::openai::is_safe_name(m) && rules.scan(m, Direction::Request).is_empty()
+    crate::openai::is_safe_name(m) && rules.everything().scan(m, Direction::Request).is_empty()
 }
 
 /// The `direction` of a rule match, as events and metrics name it.

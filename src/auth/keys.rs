@@ -9,6 +9,7 @@
 //! [[tenant]]
 //! id = "team-a"
 //! limits = { requests_per_minute = 600 }
+//! policy = "support"                   # a [[policy]] of the rules directory; a key's own wins
 //!
 //! [[key]]
 //! id = "team-a-app"
@@ -19,6 +20,7 @@
 //! allowed_origins = ["https://app.example.com"]
 //! expires_at = 2027-01-01T00:00:00Z
 //! mode = "enforce"                     # or "monitor"
+//! policy = "fraud-team"                # the rules policy of this key's requests (beats its tenant's)
 //! limits = { requests_per_minute = 60, tokens_per_minute = 100000, max_concurrent = 4 }
 //! ```
 
@@ -54,6 +56,8 @@ struct TenantSpec {
     id: String,
     #[serde(default)]
     limits: LimitSpec,
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +78,8 @@ struct KeySpec {
     disabled: bool,
     #[serde(default)]
     mode: Option<String>,
+    #[serde(default)]
+    policy: Option<String>,
     #[serde(default)]
     limits: LimitSpec,
 }
@@ -125,6 +131,10 @@ pub struct GatewayKey {
     pub disabled: bool,
     /// Rules only record for this key (`mode = "monitor"`).
     pub monitor: bool,
+    /// The rules policy this key's requests get (`policy = "…"`); before its tenant's.
+    pub policy: Option<String>,
+    /// The policy its tenant names, if the key names none of its own.
+    pub tenant_policy: Option<String>,
     pub limits: LimitSpec,
     /// Counter names for the limiter, made once.
     pub counter: String,
@@ -159,6 +169,8 @@ pub struct KeySet {
     version: String,
     by_hash: HashMap<[u8; 32], Arc<GatewayKey>>,
     tenants: HashMap<String, LimitSpec>,
+    /// Each tenant's policy, where it names one.
+    tenant_policies: HashMap<String, String>,
     /// Every origin some key allows (preflight requests carry no key).
     origins: Vec<String>,
 }
@@ -172,6 +184,22 @@ impl KeySet {
 
     pub fn tenant_limits(&self, tenant: &str) -> Option<&LimitSpec> {
         self.tenants.get(tenant)
+    }
+
+    /// Every policy a key or tenant names, with who names it (`key "id"`, `tenant "id"`), sorted.
+    pub fn policies(&self) -> Vec<(String, &str)> {
+        let mut out: Vec<(String, &str)> = self
+            .tenant_policies
+            .iter()
+            .map(|(t, p)| (format!("tenant {t:?}"), p.as_str()))
+            .chain(
+                self.by_hash
+                    .values()
+                    .filter_map(|k| k.policy.as_deref().map(|p| (format!("key {:?}", k.id), p))),
+            )
+            .collect();
+        out.sort();
+        out
     }
 
     /// Whether some key allows `origin` (for preflight requests, which carry no credentials).
@@ -195,6 +223,7 @@ impl KeySet {
     pub fn parse(text: &str, source: &str) -> Result<Self, Vec<String>> {
         let file = parse_toml(text, source)?;
         let mut errors = Vec::new();
+        let tenant_policies = tenant_policies(&file.tenants, source, &mut errors);
         let tenants = parse_tenants(file.tenants, source, &mut errors);
         let mut by_hash = HashMap::new();
         let mut ids = HashSet::new();
@@ -210,9 +239,10 @@ impl KeySet {
             if !ids.insert(spec.id.clone()) {
                 errors.push(key_error(source, &spec.id, "id: defined twice"));
             }
-            let Some((digest, key)) = key_entry(spec, source, &mut errors) else {
+            let Some((digest, mut key)) = key_entry(spec, source, &mut errors) else {
                 continue;
             };
+            key.tenant_policy = tenant_policies.get(&key.tenant).cloned();
             if by_hash.contains_key(&digest) {
                 errors.push(key_error(
                     source,
@@ -232,6 +262,7 @@ impl KeySet {
             version: hex::encode(&Sha256::digest(text.as_bytes())[..6]),
             by_hash,
             tenants,
+            tenant_policies,
             origins,
         })
     }
@@ -255,6 +286,43 @@ fn parse_toml(text: &str, source: &str) -> Result<FileSpec, Vec<String>> {
             None => format!("{source}: {}", e.message().trim()),
         }]
     })
+}
+
+/// Each tenant's policy, by tenant id (checked for shape only: whether the rules have it is the request's
+/// question, answered against the live rules, and `promptgate check --keys`'s warning).
+fn tenant_policies(
+    specs: &[TenantSpec],
+    source: &str,
+    errors: &mut Vec<String>,
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for t in specs {
+        if let Some(p) = &t.policy {
+            match check_policy_name(p) {
+                Ok(()) => {
+                    out.insert(t.id.clone(), p.clone());
+                }
+                Err(m) => errors.push(format!("{source}: tenant {:?}: {m}", t.id)),
+            }
+        }
+    }
+    out
+}
+
+/// A policy name as the rules spell them.
+fn check_policy_name(p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.len() <= 64
+        && p.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "policy: {p:?}: expected a policy name of the rules (a-z, 0-9, _, -, .)"
+        ))
+    }
 }
 
 /// Each tenant's limits, by tenant id.
@@ -307,6 +375,9 @@ fn key_entry(
     if let Err(m) = spec.limits.validate() {
         err(format!("limits.{m}"));
     }
+    if let Some(Err(m)) = spec.policy.as_deref().map(check_policy_name) {
+        err(m);
+    }
     let digest = digest?;
     Some((
         digest,
@@ -325,6 +396,8 @@ fn key_entry(
             expires_at,
             disabled: spec.disabled,
             monitor,
+            policy: spec.policy,
+            tenant_policy: None,
             limits: spec.limits,
         },
     ))

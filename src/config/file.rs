@@ -195,6 +195,7 @@ pub struct InspectSection {
     pub max_json_depth: usize,
     pub max_stream_hold_bytes: usize,
     pub websocket: String,
+    pub policy: Option<String>,
 }
 
 impl Default for InspectSection {
@@ -206,6 +207,7 @@ impl Default for InspectSection {
             max_json_depth: 64,
             max_stream_hold_bytes: 8192,
             websocket: "deny".into(),
+            policy: None,
         }
     }
 }

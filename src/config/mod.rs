@@ -283,6 +283,8 @@ pub struct RulesConfig {
     /// Quiet time after the last change before reloading (editors write in several steps).
     pub debounce: Duration,
     pub budget: crate::rules::Budget,
+    /// `[inspect] policy`: the default policy (`None`: every rule as written).
+    pub policy: Option<String>,
 }
 
 /// Where and how requests are forwarded.
@@ -354,7 +356,7 @@ impl Config {
         let tls = tls_listeners(&raw.server.tls, [listen, admin], &src)?;
         let (upgrade_sock, pid_file) = process_files(&raw.server, &src)?;
         let upstreams = pools::pools(&raw.upstream, overrides, &src)?;
-        let rules = rules(&raw.rules, overrides, &src)?;
+        let rules = rules(&raw.rules, raw.inspect.policy.as_deref(), overrides, &src)?;
         let inspect = inspect(&raw.inspect, &raw.policy, &raw.limits, &src)?;
         let (auth, limit_window) = auth(&raw.auth, &raw.limits, &src)?;
         let limits_backend = limits_backend(&raw.limits, &auth, &src)?;
@@ -598,13 +600,22 @@ fn tls_listeners(
     Ok(out)
 }
 
-/// `[rules]`: where the rules live (the flag first), reloading, the budget of a rule set.
+/// `[rules]`: where the rules live (the flag first), reloading, the budget of a rule set; and `[inspect]
+/// policy`, the policy of requests nothing else assigns one (its existence is the rule set's to check).
 fn rules(
     r: &file::RulesSection,
+    policy: Option<&str>,
     overrides: &Overrides,
     src: &Source,
 ) -> Result<RulesConfig, ConfigError> {
+    if policy.is_some_and(|p| p.trim().is_empty()) {
+        return Err(src.error(
+            "inspect.policy",
+            "must name a policy of the rules directory (leave it out for every rule as written)",
+        ));
+    }
     Ok(RulesConfig {
+        policy: policy.map(str::to_string),
         dir: overrides.rules.clone().unwrap_or_else(|| r.dir.clone()),
         watch: r.watch,
         debounce: Duration::from_millis(r.reload_debounce_ms),
@@ -1248,8 +1259,8 @@ mod tests {
                 Some(2),
             ),
             (
-                "[rules]\nwatch = true\n[audit]\nenabled = true\n[inspect]\n\npolicy = \"x\"\nrules = [1]",
-                "x.toml: inspect.policy: unknown field",
+                "[rules]\nwatch = true\n[audit]\nenabled = true\n[inspect]\n\npolcy = \"x\"\nrules = [1]",
+                "x.toml: inspect.polcy: unknown field",
                 Some(7),
             ),
             // Nested tables, inline tables, dotted and quoted keys, values over several lines.

@@ -60,6 +60,9 @@ pub enum Rejection {
     AuditUnavailable,
     #[error("The gateway cannot check rate limits right now (limits backend unavailable); the request was not forwarded")]
     LimitsUnavailable,
+    /// The caller's key or tenant names a policy the live rules do not have (fail closed).
+    #[error("The policy assigned to this caller is not in the gateway's live rules; the request was not forwarded")]
+    PolicyUnavailable,
     #[error("The request head did not arrive in time")]
     HeaderTimeout,
     #[error("The request body did not arrive in time")]
@@ -142,6 +145,7 @@ impl Rejection {
             Rejection::RateLimited(_) => (429, "rate_limit_exceeded", "rate_limit_exceeded"),
             Rejection::AuditUnavailable => (503, "server_error", "audit_unavailable"),
             Rejection::LimitsUnavailable => (503, "server_error", "limits_unavailable"),
+            Rejection::PolicyUnavailable => (503, "server_error", "policy_unavailable"),
             Rejection::HeaderTimeout | Rejection::BodyTimeout => {
                 (408, "invalid_request_error", "request_timeout")
             }
@@ -238,6 +242,8 @@ impl Rejection {
                 | Rejection::HeadersTooLarge
                 | Rejection::MalformedRequest(_)
                 | Rejection::ModelNotFound(_)
+                // Until an operator fixes the keys file or the rules, a retry meets the same refusal.
+                | Rejection::PolicyUnavailable
                 | Rejection::UpgradeDenied => Some(false),
                 // The shared limits come back on their own: a retry after a moment will likely be admitted.
                 Rejection::LimitsUnavailable => Some(true),

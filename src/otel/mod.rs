@@ -170,6 +170,8 @@ pub struct Finished<'a> {
     pub decision_response: &'static str,
     /// The ids of the rules that matched.
     pub rules: Vec<String>,
+    /// `promptgate.policy`: the policy the request was checked under.
+    pub policy: Option<&'a str>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     /// The gateway's own error or refusal code.
@@ -294,6 +296,9 @@ impl RequestTrace {
         a.push(("promptgate.decision.response", f.decision_response.into()));
         if !f.rules.is_empty() {
             a.push(("promptgate.rules", Attr::Strs(f.rules.clone())));
+        }
+        if let Some(p) = f.policy {
+            a.push(("promptgate.policy", p.into()));
         }
         if let Some(k) = f.key_id {
             a.push(("promptgate.key_id", k.into()));
@@ -448,6 +453,7 @@ mod tests {
             decision_request: "allow",
             decision_response: "allow",
             rules: Vec::new(),
+            policy: None,
             input_tokens: Some(3),
             output_tokens: Some(4),
             error: None,

@@ -125,6 +125,7 @@ fn spans(
         decision_request: o.request.decision.as_str(),
         decision_response: o.response.decision.as_str(),
         rules: rule_ids,
+        policy: rules.map(|r| r.policy()),
         input_tokens: usage.map(|u| u.prompt_tokens),
         output_tokens: usage.map(|u| u.completion_tokens),
         error: ctx.error_code,

@@ -1,5 +1,5 @@
 //! Headers, both ways. Every answer the client gets — proxied, relayed, refused, or failed — is decorated by
-//! [`decorate`] exactly once: the request id, the rules version, the decision and the rules that matched (ids
+//! [`decorate`] exactly once: the request id, the rules version and policy, the decision and the rules that matched (ids
 //! only, never values) when something was inspected, the caller's rate-limit headers, and CORS. Every request
 //! that goes upstream gets [`to_upstream`]: the request id, the provider credential in place of a gateway
 //! key, a plain (`identity`) answer when the answer will be inspected, and — when tracing is on — the gateway's
@@ -18,12 +18,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 const RULES_VERSION: &str = "x-promptgate-rules-version";
 const DECISION: &str = "x-promptgate-decision";
 const RULES: &str = "x-promptgate-rules";
+const POLICY: &str = "x-promptgate-policy";
 
 /// Adds the headers every answer carries (see the module doc).
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(rules) = &ctx.rules {
         header.insert_header(RULES_VERSION, rules.version())?;
+        header.insert_header(POLICY, rules.policy())?;
         if ctx.outcome.judged() {
             header.insert_header(DECISION, ctx.outcome.decision().as_str())?;
             let ids = ctx.outcome.rule_ids(rules);

@@ -18,6 +18,7 @@ mod headers;
 mod intent;
 mod offload;
 mod path;
+mod policy;
 mod realtime;
 mod relay;
 mod stream;
@@ -205,7 +206,7 @@ impl ProxyHttp for Gateway {
                     && ctx
                         .rules
                         .as_ref()
-                        .is_some_and(|r| r.scan(v, Direction::Request).is_empty()) =>
+                        .is_some_and(|r| r.everything().scan(v, Direction::Request).is_empty()) =>
             {
                 v.to_string()
             }

@@ -169,6 +169,14 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     if let Err(r) = admitted {
         return refuse(r);
     }
+    // The policy, unless a selector needs the model the body names (then once the body is read).
+    let by_model = super::policy::needs_model(ctx);
+    if !by_model {
+        let path = session.req_header().uri.path().to_string();
+        if let Err(r) = super::policy::choose(ctx, &path, None) {
+            return refuse(r);
+        }
+    }
     let req = session.req_header();
     if gw.answers_models
         && ctx.route == Route::Models
@@ -182,6 +190,12 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     if is_upgrade(&req.headers) {
         // No body to read: a caller whose admission waits for one is admitted now, with no token estimate.
         let method = req.method.clone();
+        if by_model {
+            let path = req.uri.path().to_string();
+            if let Err(r) = super::policy::choose(ctx, &path, None) {
+                return refuse(r);
+            }
+        }
         let admitted = ctx
             .admission
             .admit_body(&gw.auth, &*gw.limiter, ctx.route, &method, None, Ok(()))
@@ -212,7 +226,14 @@ pub async fn choose(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -
     });
     let (consumed, early) = match planned {
         Err(r) => (false, Err(r)),
-        Ok((BodyPlan::Untouched, _)) => (false, Ok(())),
+        Ok((BodyPlan::Untouched, _)) => {
+            // No body to learn the model from but the path's (`/v1/models/{model}`).
+            let path = session.req_header().uri.path().to_string();
+            let model = path
+                .strip_prefix("/v1/models/")
+                .filter(|m| !m.contains('/'));
+            (false, super::policy::choose(ctx, &path, model))
+        }
         Ok((BodyPlan::Consume(insp), present)) => {
             (true, consume(gw, session, ctx, *insp, present).await)
         }
@@ -261,6 +282,16 @@ fn unframed_body(session: &mut Session) -> bool {
         && !session.as_mut().is_body_empty()
 }
 
+/// The model a held body names, read before it is judged (only when a policy selector chooses by model: the
+/// body is then decoded and parsed once more). A body that does not read names none.
+fn model_of(insp: &BodyInspection, cap: usize, max_depth: usize) -> Option<String> {
+    let decoded = crate::inspect::decode_body(insp.encoding, &insp.held, cap).ok()?;
+    match &insp.multipart {
+        Some(boundary) => crate::openai::multipart::field(&decoded, boundary, "model"),
+        None => crate::inspect::Facts::read(&decoded, max_depth).ok()?.model,
+    }
+}
+
 fn refuse(r: Rejection) -> Path {
     Path::Respond(Reply::Refuse(r))
 }
@@ -279,6 +310,11 @@ async fn consume(
     present: bool,
 ) -> Result<(), Rejection> {
     if !present {
+        if super::policy::needs_model(ctx) {
+            // No body, no model: the route's selector or the default.
+            let path = session.req_header().uri.path().to_string();
+            super::policy::choose(ctx, &path, None)?;
+        }
         insp.forward = Some(Bytes::new());
         ctx.body = Some(insp);
         return Ok(());
@@ -299,6 +335,15 @@ async fn consume(
                 )))
             }
         }
+    }
+    if super::policy::needs_model(ctx) {
+        let model = model_of(
+            &insp,
+            gw.inspect.max_decoded_body_bytes,
+            gw.inspect.options.max_depth,
+        );
+        let path = session.req_header().uri.path().to_string();
+        super::policy::choose(ctx, &path, model.as_deref())?;
     }
     let rules = ctx.rules.clone().ok_or(Rejection::InspectionFailed)?;
     let opts = InspectOptions {

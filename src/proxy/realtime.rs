@@ -261,7 +261,7 @@ impl Realtime {
         {
             Some(v)
                 if crate::openai::is_safe_id(v.as_bytes())
-                    && rules.scan(v, Direction::Request).is_empty() =>
+                    && rules.everything().scan(v, Direction::Request).is_empty() =>
             {
                 v.to_string()
             }
@@ -295,6 +295,7 @@ impl Realtime {
             decision_request: ctx.outcome.request.decision.as_str(),
             decision_response: ctx.outcome.response.decision.as_str(),
             rules: Vec::new(),
+            policy: rules.map(|r| r.policy()),
             input_tokens: None,
             output_tokens: None,
             error: ctx.error_code,
@@ -340,6 +341,7 @@ impl Realtime {
             .admit_session(&gw.auth, &*gw.limiter, hs.model.as_deref())
             .await
             .map_err(Opened::Refused)?;
+        super::policy::choose(ctx, PATH, hs.model.as_deref()).map_err(Opened::Refused)?;
         let Some(i) = gw.upstreams.route(hs.model.as_deref(), PATH) else {
             return Err(Opened::Refused(Rejection::ModelNotFound(
                 hs.model.clone().unwrap_or_default(),

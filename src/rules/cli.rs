@@ -8,18 +8,45 @@ use serde_json::{json, Value};
 
 use super::{load, redact, Budget, Direction, RuleSet};
 
-/// Validates `dir`; prints every error (`file:line: rule 'id': what`) and a one-line summary.
-pub fn check(dir: &Path) -> i32 {
+/// Validates `dir` (rules, policies and both kinds of examples); prints every error (`file:line: rule 'id':
+/// what`), a warning per policy that selects no rule, and a one-line summary. With `keys`, also warns of keys
+/// and tenants naming a policy the rules lack (their requests would be refused).
+pub fn check(dir: &Path, keys: Option<&Path>) -> i32 {
     let started = std::time::Instant::now();
     match load(dir, &Budget::default()) {
         Ok(set) => {
             let files = super::spec::rule_files(dir).map(|f| f.len()).unwrap_or(0);
+            let catalog = set.catalog();
+            for w in catalog.map(|c| c.warnings()).unwrap_or_default() {
+                println!("warning: {w}");
+            }
+            if let Some(keys) = keys {
+                match crate::auth::keys::KeySet::load(keys) {
+                    Ok(k) => {
+                        for (whose, name) in k.policies() {
+                            if catalog.is_none_or(|c| c.get(name).is_none()) {
+                                println!(
+                                    "warning: {}: {whose} names policy '{name}', which the rules do not have (its requests would be refused: 503 policy_unavailable)",
+                                    keys.display()
+                                );
+                            }
+                        }
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            println!("{e}");
+                        }
+                        return 1;
+                    }
+                }
+            }
             println!(
-                "{}: ok — {} rules in {} files, {} keyword terms, examples pass, version {} ({} ms)",
+                "{}: ok — {} rules in {} files, {} keyword terms, {} policies, examples pass, version {} ({} ms)",
                 dir.display(),
                 set.rules().len(),
                 files,
                 set.term_count(),
+                catalog.map(|c| c.names().len()).unwrap_or(0),
                 set.version(),
                 started.elapsed().as_millis()
             );

@@ -4,9 +4,16 @@
 //! multi-pattern `regex-automata` meta regex, each with a pattern-id → rule table. Matching runs on the
 //! normalised views of `normalize`, validators run only on regex candidates, and spans are mapped back to the
 //! original text. Construction is fallible; scanning is not.
+//!
+//! The matchers are the [`Core`], built once per version and shared (`Arc`) by every view of the set: a
+//! [`RuleSet`] is one policy's view of it — the rule table with the policy's actions and modes, and the bitset
+//! of the rules it applies, tested where a candidate is accepted (before overlaps merge, so a rule the policy
+//! leaves out never hides the span of one it applies). A thousand policies are a thousand small tables over
+//! one set of automata (`policy` builds them).
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
@@ -55,6 +62,8 @@ pub struct Rule {
     pub replacement: String,
     pub file: PathBuf,
     pub line: usize,
+    /// The names policies select the rule by: the first segment of its id, then its `tags`.
+    pub tags: Vec<String>,
     validator: Option<Validator>,
     whole_word: bool,
     context: Option<Context>,
@@ -102,10 +111,8 @@ struct Regexes {
     scope: Scope,
 }
 
-/// The whole compiled rule set.
-pub struct RuleSet {
-    version: String,
-    rules: Vec<Rule>,
+/// The compiled matchers of one version, shared by all its policies' views.
+pub struct Core {
     folded: Option<Keywords>,
     exact: Option<Keywords>,
     regexes: Vec<Regexes>,
@@ -117,13 +124,40 @@ pub struct RuleSet {
     context_reach: usize,
 }
 
+/// A compiled rule set as one policy sees it: the shared [`Core`], the rule table with the policy's actions
+/// and modes (indexed like every view's), and which rules the policy applies.
+pub struct RuleSet {
+    version: String,
+    core: Arc<Core>,
+    rules: Vec<Rule>,
+    /// Bit `i` set: rule `i` applies under this policy.
+    active: Box<[u64]>,
+    /// The policy's name (`default`: every rule as written).
+    policy: Arc<str>,
+    /// The named policies and their selectors; only on the live set (a view does not hold its siblings).
+    catalog: Option<Arc<super::policy::Catalog>>,
+    /// Every rule as written, for a view that leaves some out: what keeps client text out of records
+    /// ([`RuleSet::everything`]) is not a policy's choice.
+    all: Option<Arc<RuleSet>>,
+}
+
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleSet")
             .field("version", &self.version)
             .field("rules", &self.rules.len())
+            .field("policy", &self.policy)
             .finish()
     }
+}
+
+/// A bitset with the first `n` bits set.
+pub(super) fn all_active(n: usize) -> Box<[u64]> {
+    let mut bits = vec![0u64; n.div_ceil(64)];
+    for i in 0..n {
+        bits[i / 64] |= 1 << (i % 64);
+    }
+    bits.into_boxed_slice()
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -157,22 +191,90 @@ impl RuleSet {
             .map_err(|m| set_error(loaded, m))?;
         compiled_within_budget(started.elapsed(), budget).map_err(|m| set_error(loaded, m))?;
 
-        let set = RuleSet {
+        let active = all_active(rules.len());
+        let mut set = RuleSet {
             version: loaded.version.clone(),
+            core: Arc::new(Core {
+                folded,
+                exact,
+                regexes,
+                prefixes,
+                terms,
+                declared,
+                context_reach,
+            }),
             rules,
-            folded,
-            exact,
-            regexes,
-            prefixes,
-            terms,
-            declared,
-            context_reach,
+            active,
+            policy: Arc::from(super::policy::DEFAULT),
+            catalog: None,
+            all: None,
         };
         let failures = set.check_examples(loaded);
         if !failures.is_empty() {
             return Err(failures);
         }
+        // The policies are views over the matchers just built: checked, then their examples run.
+        let catalog = super::policy::Catalog::build(&set, loaded)?;
+        set.catalog = Some(Arc::new(catalog));
         Ok(set)
+    }
+
+    /// A view of the same matchers under a policy: `rules` indexed like this set's, `active` its bitset.
+    pub(super) fn view(&self, policy: &str, rules: Vec<Rule>, active: Box<[u64]>) -> RuleSet {
+        RuleSet {
+            version: self.version.clone(),
+            core: Arc::clone(&self.core),
+            rules,
+            active,
+            policy: Arc::from(policy),
+            catalog: None,
+            all: self.all.clone(),
+        }
+    }
+
+    /// This view, knowing `all` as the set with every rule as written.
+    pub(super) fn with_all(mut self, all: &Arc<RuleSet>) -> RuleSet {
+        self.all = Some(Arc::clone(all));
+        self
+    }
+
+    /// The set with every rule as written, whatever this view's policy: for deciding whether client text
+    /// (a model name, a request id) may go into a record.
+    pub fn everything(&self) -> &RuleSet {
+        self.all.as_deref().unwrap_or(self)
+    }
+
+    /// A copy of this view (same matchers, same table and bitset), without the catalog.
+    pub(super) fn clone_view(&self) -> RuleSet {
+        self.view(&self.policy, self.rules.clone(), self.active.clone())
+    }
+
+    /// This set with its catalog given to it (the live set carries the catalog, whichever view it is).
+    pub(super) fn with_catalog(mut self, catalog: Option<Arc<super::policy::Catalog>>) -> RuleSet {
+        self.catalog = catalog;
+        self
+    }
+
+    /// The named policies of this version, on the set a load returned (views carry none).
+    pub fn catalog(&self) -> Option<&Arc<super::policy::Catalog>> {
+        self.catalog.as_ref()
+    }
+
+    /// The name of the policy this view applies (`default`: every rule as written).
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    /// Whether rule `rule` applies under this view's policy.
+    pub fn is_active(&self, rule: usize) -> bool {
+        self.active
+            .get(rule / 64)
+            .is_some_and(|w| w >> (rule % 64) & 1 == 1)
+    }
+
+    /// The shared matchers (two views of one version hold the same).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Runs every rule's `examples`; returns one error per example that does not behave.
@@ -202,7 +304,13 @@ impl RuleSet {
 
     /// The rules as declared (a match may also name the twin of an optional-context rule: see [`Self::rule`]).
     pub fn rules(&self) -> &[Rule] {
-        &self.rules[..self.declared]
+        &self.rules[..self.core.declared]
+    }
+
+    /// Every entry a match may name: the declared rules, then the twins of optional-context rules (each with
+    /// its rule's id and tags, so a policy selecting the rule selects its twin).
+    pub(super) fn table(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// The rule a match names: a declared rule, or the twin of an optional-context rule (same id, the context
@@ -214,12 +322,12 @@ impl RuleSet {
     /// The widest context window of any rule, in characters: a text that arrives in pieces must keep this many
     /// characters (and one more) of what it released before the text still to scan (see [`Self::scan_after`]).
     pub fn context_reach(&self) -> usize {
-        self.context_reach
+        self.core.context_reach
     }
 
     /// Keyword terms across all rules.
     pub fn term_count(&self) -> usize {
-        self.terms
+        self.core.terms
     }
 
     /// For a text that is still growing (a streamed answer): feeds what arrived since the last call to the
@@ -232,7 +340,7 @@ impl RuleSet {
         buffer: &str,
         buffer_start: usize,
     ) {
-        growing.push(&self.prefixes, cache, buffer, buffer_start);
+        growing.push(&self.core.prefixes, cache, buffer, buffer_start);
     }
 
     /// Non-overlapping matches of the rules that apply to `flow`, sorted by position. Overlapping candidates
@@ -248,7 +356,7 @@ impl RuleSet {
     /// characters (and one more) of `before` matter.
     pub fn scan_after(&self, before: &str, skip: usize, text: &str, flow: Direction) -> Vec<Match> {
         let mut cands = self.candidates(text, flow);
-        if self.context_reach > 0 {
+        if self.core.context_reach > 0 {
             self.apply_context(&mut cands, before, skip, text);
         }
         if cands.len() <= 1 {
@@ -285,11 +393,11 @@ impl RuleSet {
     /// Every candidate of every matcher, before overlaps are resolved.
     fn candidates(&self, text: &str, flow: Direction) -> Vec<Match> {
         let mut out = Vec::new();
-        if self.regexes.is_empty() && self.exact.is_none() && self.folded.is_none() {
+        if self.core.regexes.is_empty() && self.core.exact.is_none() && self.core.folded.is_none() {
             return out;
         }
         let norm = View::new(text, false);
-        for group in &self.regexes {
+        for group in &self.core.regexes {
             match &group.scope {
                 Scope::Prefixed | Scope::Everything => {
                     self.scan_regex(group, &norm, 0..norm.text().len(), flow, &mut out)
@@ -306,10 +414,10 @@ impl RuleSet {
                 }
             }
         }
-        if let Some(kw) = &self.exact {
+        if let Some(kw) = &self.core.exact {
             self.scan_keywords(kw, &norm, flow, &mut out);
         }
-        if let Some(kw) = &self.folded {
+        if let Some(kw) = &self.core.folded {
             let folded = View::new(text, true);
             self.scan_keywords(kw, &folded, flow, &mut out);
         }
@@ -350,6 +458,10 @@ impl RuleSet {
     }
 
     fn accepts(&self, rule: usize, hay: &str, r: &Range<usize>, flow: Direction) -> bool {
+        // The policy's bit first: a rule it leaves out costs no validator run.
+        if self.active[rule >> 6] >> (rule & 63) & 1 == 0 {
+            return false;
+        }
         let rule = &self.rules[rule];
         rule.direction.applies_to(flow) && rule.validator.is_none_or(|v| v.check(&hay[r.clone()]))
     }
@@ -403,7 +515,7 @@ impl RuleSet {
             if self.rules[rule].whole_word && !at_word_boundaries(hay, &r) {
                 continue;
             }
-            if !self.rules[rule].direction.applies_to(flow) {
+            if !self.rules[rule].direction.applies_to(flow) || !self.is_active(rule) {
                 continue;
             }
             // A match that starts or ends inside a character's expansion (a ligature, `ß` → `ss`) widens to
@@ -460,6 +572,9 @@ fn rule_table(loaded: &LoadedSet) -> Vec<Rule> {
                 .unwrap_or_else(|| default_replacement(&r.spec.id)),
             file: r.file.clone(),
             line: r.line,
+            tags: std::iter::once(r.spec.id.split('.').next().unwrap_or_default().to_string())
+                .chain(r.spec.tags.iter().cloned())
+                .collect(),
             validator: r.spec.validator,
             whole_word: r.spec.whole_word,
             context: None,

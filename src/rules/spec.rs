@@ -132,6 +132,9 @@ pub struct RuleSpec {
     /// Words that must (or, with `require = false`, may) stand shortly before a match.
     #[serde(default)]
     pub context: Option<ContextSpec>,
+    /// Extra names policies select the rule by (the first segment of its id is always one).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// The widest context window a rule may ask for, in characters: the stream hold-back keeps this much of the
@@ -170,6 +173,116 @@ pub struct ContextSpec {
 struct RuleFile {
     #[serde(default)]
     rule: Vec<Spanned<RuleSpec>>,
+    #[serde(default)]
+    policy: Vec<Spanned<PolicySpec>>,
+    #[serde(default)]
+    assign: Vec<Spanned<AssignSpec>>,
+}
+
+/// Which rules a policy (or one of its overrides) names: by tag and by id (an id may end in `*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+impl Selection {
+    /// Whether the selection names nothing (a policy's `select` then means every rule).
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.ids.is_empty()
+    }
+}
+
+/// A policy's change to the rules it selects: their `action`, their `mode`, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub action: Option<Action>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+/// What a policy example expects: the outcome of a request carrying `text`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    Pass,
+    Log,
+    Redact,
+    Block,
+}
+
+impl Expected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expected::Pass => "pass",
+            Expected::Log => "log",
+            Expected::Redact => "redact",
+            Expected::Block => "block",
+        }
+    }
+}
+
+/// One example of a policy, run by `promptgate rules check` and by every load.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyExample {
+    pub text: String,
+    pub outcome: Expected,
+    /// The text as forwarded, when the outcome is `redact`.
+    #[serde(default)]
+    pub redacted: Option<String>,
+}
+
+/// A named policy, as written (`[[policy]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub name: String,
+    pub description: String,
+    /// The rules the policy applies; empty: every rule.
+    #[serde(default)]
+    pub select: Selection,
+    /// Rules taken out of the selection.
+    #[serde(default)]
+    pub exclude: Selection,
+    /// Applied in order to the selected rules (a later one wins).
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<Spanned<OverrideSpec>>,
+    #[serde(default, rename = "example")]
+    pub examples: Vec<Spanned<PolicyExample>>,
+}
+
+/// A header-free choice of policy for requests no key or tenant names one for (`[[assign]]`): by the model
+/// the request names and/or its route. Never by a client header, which any caller could forge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignSpec {
+    pub policy: String,
+    /// Model names, or prefixes ending in `*`.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Request paths, or prefixes ending in `*`.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// A spec read from a file, with where it stands (`file:line`).
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub spec: T,
+    pub file: PathBuf,
+    pub line: usize,
+    /// Lines of the spec's nested tables (overrides, examples), in order.
+    pub lines: Vec<usize>,
 }
 
 /// A rule with where it came from and its terms resolved.
@@ -211,6 +324,10 @@ pub struct LoadedSet {
     /// First 12 hex digits of the SHA-256 of every file (names and contents, terms files included).
     pub version: String,
     pub files: Vec<PathBuf>,
+    /// The `[[policy]]` tables of every file, in file order.
+    pub policies: Vec<Located<PolicySpec>>,
+    /// The `[[assign]]` tables of every file, in file order.
+    pub assigns: Vec<Located<AssignSpec>>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -236,7 +353,7 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
     Ok(files)
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id.split('.').all(|part| {
@@ -256,6 +373,8 @@ pub fn load_dir(dir: &Path) -> Result<LoadedSet, Vec<RuleError>> {
         errors: Vec::new(),
         rules: Vec::new(),
         files: files.clone(),
+        policies: Vec::new(),
+        assigns: Vec::new(),
     };
     for file in &files {
         loader.file(file);
@@ -271,6 +390,8 @@ struct Loader<'a> {
     rules: Vec<LoadedRule>,
     /// Every file the set was read from (rule files and terms files).
     files: Vec<PathBuf>,
+    policies: Vec<Located<PolicySpec>>,
+    assigns: Vec<Located<AssignSpec>>,
 }
 
 impl Loader<'_> {
@@ -311,6 +432,31 @@ impl Loader<'_> {
         for spanned in parsed.rule {
             let line = line_of(&text, spanned.span().start);
             self.rule(file, line, spanned.into_inner());
+        }
+        for spanned in parsed.policy {
+            let line = line_of(&text, spanned.span().start);
+            let spec = spanned.into_inner();
+            let lines = spec
+                .overrides
+                .iter()
+                .map(|o| line_of(&text, o.span().start))
+                .chain(spec.examples.iter().map(|e| line_of(&text, e.span().start)))
+                .collect();
+            self.policies.push(Located {
+                spec,
+                file: file.to_path_buf(),
+                line,
+                lines,
+            });
+        }
+        for spanned in parsed.assign {
+            let line = line_of(&text, spanned.span().start);
+            self.assigns.push(Located {
+                spec: spanned.into_inner(),
+                file: file.to_path_buf(),
+                line,
+                lines: Vec::new(),
+            });
         }
     }
 
@@ -376,6 +522,11 @@ impl Loader<'_> {
         {
             errors.push(at("replacement must be one line".into()));
         }
+        for tag in spec.tags.iter().filter(|t| !valid_id(t)) {
+            errors.push(at(format!(
+                "invalid tag {tag:?}: use lowercase names like ids (a-z, 0-9, _, -, dots)"
+            )));
+        }
         self.errors.extend(errors);
         self.rules.push(LoadedRule {
             spec,
@@ -433,6 +584,8 @@ impl Loader<'_> {
             rules: self.rules,
             version,
             files: self.files,
+            policies: self.policies,
+            assigns: self.assigns,
         })
     }
 }

@@ -16,19 +16,28 @@ use crate::metrics;
 /// The live rule set of one rules directory.
 pub type RuleStore = Live<RulesDir>;
 
-/// A rules directory and the budget its sets must stay within.
+/// A rules directory, the budget its sets must stay within, and the policy that is the gateway's default.
 pub struct RulesDir {
     dir: PathBuf,
     budget: Budget,
+    /// `[inspect] policy`: a set without this policy is refused like a bad edit.
+    policy: Option<String>,
 }
 
 impl RulesDir {
-    /// The rules in `dir` (its `*.toml` files), held to `budget`.
+    /// The rules in `dir` (its `*.toml` files), held to `budget`, every rule as written by default.
     pub fn new(dir: &Path, budget: Budget) -> Self {
         Self {
             dir: dir.to_path_buf(),
             budget,
+            policy: None,
         }
+    }
+
+    /// The same, with the named policy as the default of requests no key, tenant or selector assigns one.
+    pub fn with_policy(mut self, policy: Option<String>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The directory the rules are read from.
@@ -49,7 +58,8 @@ impl Source for RulesDir {
 
     /// Compiling is the costly step: it only runs for a version that is not the live one.
     fn validate(&self, loaded: LoadedSet) -> Result<RuleSet, Vec<RuleError>> {
-        RuleSet::compile(&loaded, &self.budget)
+        let set = RuleSet::compile(&loaded, &self.budget)?;
+        super::policy::with_default(set, self.policy.as_deref(), &self.dir).map_err(|e| vec![e])
     }
 
     fn loaded_version(loaded: &LoadedSet) -> &str {
@@ -66,6 +76,9 @@ impl Source for RulesDir {
 
     fn went_live(&self, set: &RuleSet) {
         metrics::set_rules_version(set.version(), set.rules().len());
+        for w in set.catalog().map(|c| c.warnings()).unwrap_or_default() {
+            tracing::warn!(version = set.version(), "{w}");
+        }
     }
 
     fn reloads() -> &'static IntCounterVec {

@@ -19,6 +19,7 @@ mod keys_limits;
 mod lifecycle;
 mod limits_redis;
 mod paths;
+mod policies;
 mod pool_health;
 mod pools;
 mod realtime;

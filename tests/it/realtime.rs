@@ -822,3 +822,51 @@ async fn on_block_close_ends_the_session_with_1008() {
     let got = serde_json::to_string(&received(&mock).await).expect("json");
     assert!(!got.contains(SECRET));
 }
+
+#[tokio::test]
+async fn a_realtime_session_is_inspected_under_the_policy_its_route_selects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::copy_rules(dir.path());
+    std::fs::write(
+        dir.path().join("team.toml"),
+        "[[policy]]\nname = \"watcher\"\ndescription = \"Personal data only logged\"\n\
+         [[policy.override]]\ntags = [\"pii\"]\naction = \"log\"\n\n\
+         [[assign]]\npolicy = \"watcher\"\nroutes = [\"/v1/realtime\"]\n",
+    )
+    .expect("write");
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with(GatewayOpts::new(mock.url()).rules(dir.path())).await;
+    let (mut ws, resp) = ws_connect(
+        &ws_url(&gw),
+        &[("authorization", "Bearer sk-test-client")],
+        &[],
+    )
+    .await
+    .expect("the session opens");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()
+            .get("x-promptgate-policy")
+            .and_then(|v| v.to_str().ok()),
+        Some("watcher")
+    );
+    until(&mut ws, &["session.created"]).await;
+    // Logged, not redacted: the upstream gets the email as sent; a secret still blocks.
+    send(
+        &mut ws,
+        json!({"type": "session.update", "session": {"instructions": format!("reply to {EMAIL}")}}),
+    )
+    .await;
+    let updated = until(&mut ws, &["session.updated"]).await;
+    assert!(updated.to_string().contains(EMAIL), "{updated}");
+    send(
+        &mut ws,
+        json!({"type": "session.update", "event_id": "e1", "session": {"instructions": format!("use {SECRET}")}}),
+    )
+    .await;
+    let err = until(&mut ws, &["error"]).await;
+    assert_eq!(err["error"]["code"], "policy_blocked");
+    let got = serde_json::to_string(&received(&mock).await).expect("json");
+    assert!(got.contains(&format!("reply to {EMAIL}")), "{got}");
+    assert!(!got.contains(SECRET), "{got}");
+}

@@ -49,7 +49,8 @@ fn check_passes_the_shipped_rules_and_reports_failures_with_file_line() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().count(), 1, "one-line summary: {out}");
     assert!(
-        out.contains(&format!("{} rules in 3 files", shipped_rules()))
+        out.contains(&format!("{} rules in 4 files", shipped_rules()))
+            && out.contains("3 policies")
             && out.contains("examples pass"),
         "{out}"
     );
