@@ -185,7 +185,11 @@ fn num(rng: &mut Rng, lo: u32, hi: u32) -> String {
 fn base64_encode(bytes: &[u8], alphabet: &[u8], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
@@ -220,7 +224,7 @@ fn group(s: &str, sizes: &[usize], sep: &str) -> String {
 /// Groups of four, the last one shorter.
 fn fours(len: usize) -> Vec<usize> {
     let mut sizes = vec![4; len / 4];
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         sizes.push(len % 4);
     }
     sizes
@@ -533,14 +537,23 @@ fn cards(n: usize, out: &mut Vec<Entity>) {
                 }
                 3 => ("ms timestamp", luhn_number(rng, "17", 13)),
                 4 => {
-                    let number = format!("1{}", { let k = rng.usize(12..16); digits(rng, k) });
+                    let number = format!("1{}", {
+                        let k = rng.usize(12..16);
+                        digits(rng, k)
+                    });
                     ("order number", format!("order number {number}"))
                 }
                 5 => ("ISBN-13", isbn13(rng)),
                 6 => ("UUID", uuid_with_digit_groups(rng)),
+                // A mobile number in E.164 without its "+": 12 digits, a length no family
+                // issues with these prefixes.
                 _ => (
                     "phone digits",
-                    format!("49{}{}", num(rng, 150, 179), digits(rng, 8)),
+                    if rng.bool() {
+                        format!("49{}{}", num(rng, 150, 179), digits(rng, 7))
+                    } else {
+                        format!("447{}", digits(rng, 9))
+                    },
                 ),
             }
         };
@@ -626,8 +639,8 @@ fn ssn(n: usize, out: &mut Vec<Entity>) {
                 ),
             ),
             _ => (
-                "part number",
-                format!("{a:03}-{g:02}-{s:04}-{}", draw(rng, UPPER, 2)),
+                "ZIP+4",
+                format!("{:05}-{:04}", rng.u32(501..99951), rng.u32(1..10000)),
             ),
         }
     };
@@ -734,12 +747,13 @@ fn phones(n: usize, out: &mut Vec<Entity>) {
                 "version string",
                 match rng.u8(0..3) {
                     0 => format!("v{}.{}.{}", rng.u8(0..20), rng.u8(0..50), rng.u8(0..100)),
-                    1 => format!(
-                        "10.0.{}.{}",
-                        rng.u32(10000..30000),
-                        rng.u32(1000..9999)
+                    1 => format!("10.0.{}.{}", rng.u32(10000..30000), rng.u32(1000..9999)),
+                    _ => format!(
+                        "release {}.{}.{}",
+                        rng.u8(1..4),
+                        rng.u8(0..30),
+                        rng.u8(0..10)
                     ),
-                    _ => format!("release {}.{}.{}", rng.u8(1..4), rng.u8(0..30), rng.u8(0..10)),
                 },
             ),
             4 => (
@@ -822,7 +836,10 @@ fn phones(n: usize, out: &mut Vec<Entity>) {
 
 /// Country, total IBAN length, BBAN layout (`n` digit, `a` upper-case letter, `c` letter or digit, each with
 /// a count), per the SWIFT IBAN registry.
-const IBAN_COUNTRIES: &[(&str, usize, &[(char, usize)])] = &[
+/// A BBAN layout: (kind of character, count) in order.
+type Layout = &'static [(char, usize)];
+
+const IBAN_COUNTRIES: &[(&str, usize, Layout)] = &[
     ("DE", 22, &[('n', 18)]),
     ("GB", 22, &[('a', 4), ('n', 14)]),
     ("FR", 27, &[('n', 10), ('c', 11), ('n', 2)]),
@@ -894,13 +911,44 @@ fn iban_miss(rng: &mut Rng) -> Miss {
 // ----- email ----------------------------------------------------------------------------------------------
 
 const NAMES: &[&str] = &[
-    "jane", "john", "maria", "li", "oluwaseun", "francois", "anna", "k", "dev", "ops", "sales", "noreply",
+    "jane",
+    "john",
+    "maria",
+    "li",
+    "oluwaseun",
+    "francois",
+    "anna",
+    "k",
+    "dev",
+    "ops",
+    "sales",
+    "noreply",
 ];
 const DOMAINS: &[&str] = &[
-    "example", "mail", "acme-corp", "uni-heidelberg", "startup", "post", "contoso", "my-shop", "xn--bcher-kva",
+    "example",
+    "mail",
+    "acme-corp",
+    "uni-heidelberg",
+    "startup",
+    "post",
+    "contoso",
+    "my-shop",
+    "xn--bcher-kva",
 ];
 const TLDS: &[&str] = &[
-    "com", "org", "net", "io", "de", "fr", "co.uk", "dev", "ai", "app", "technology", "museum", "com.au",
+    "com",
+    "org",
+    "net",
+    "io",
+    "de",
+    "fr",
+    "co.uk",
+    "dev",
+    "ai",
+    "app",
+    "technology",
+    "museum",
+    "com.au",
     "info",
 ];
 
@@ -909,20 +957,25 @@ fn email_valid(rng: &mut Rng) -> Value {
     let b = pick(rng, NAMES);
     let (kind, local) = match rng.u8(0..6) {
         0 => ("first.last", format!("{a}.{b}")),
-        1 => ("plus tag", format!("{a}+{}", pick(rng, &["news", "tag", "x1"]))),
-        2 => ("underscore and digits", format!("{a}_{b}{}", rng.u16(1..2000))),
+        1 => (
+            "plus tag",
+            format!("{a}+{}", pick(rng, &["news", "tag", "x1"])),
+        ),
+        2 => (
+            "underscore and digits",
+            format!("{a}_{b}{}", rng.u16(1..2000)),
+        ),
         3 => ("hyphen", format!("{a}-{b}")),
         4 => ("upper case", format!("{}.{}", a.to_uppercase(), b)),
-        _ => ("random", draw(rng, b"abcdefghijklmnopqrstuvwxyz0123456789", 10)),
+        _ => (
+            "random",
+            draw(rng, b"abcdefghijklmnopqrstuvwxyz0123456789", 10),
+        ),
     };
     let sub = if rng.u8(0..4) == 0 { "mail." } else { "" };
     Value::whole(
         kind,
-        format!(
-            "{local}@{sub}{}.{}",
-            pick(rng, DOMAINS),
-            pick(rng, TLDS)
-        ),
+        format!("{local}@{sub}{}.{}", pick(rng, DOMAINS), pick(rng, TLDS)),
     )
 }
 
@@ -1011,10 +1064,7 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
             Value::whole("key id", format!("{p}{}", key(rng, BASE32, 16)))
         },
         |rng| match rng.u8(0..4) {
-            0 => (
-                "one char short",
-                format!("AKIA{}", key(rng, BASE32, 15)),
-            ),
+            0 => ("one char short", format!("AKIA{}", key(rng, BASE32, 15))),
             1 => (
                 "user id, not a key",
                 format!("AIDA{}", key(rng, BASE32, 16)),
@@ -1085,9 +1135,7 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         PROSE,
         |rng| {
             let kind = pick(rng, &["RSA ", "EC ", "OPENSSH ", "", "ENCRYPTED ", "DSA "]);
-            let body: Vec<String> = (0..rng.usize(3..8))
-                .map(|_| key(rng, BASE64, 64))
-                .collect();
+            let body: Vec<String> = (0..rng.usize(3..8)).map(|_| key(rng, BASE64, 64)).collect();
             Value::whole(
                 "PEM block",
                 format!(
@@ -1097,7 +1145,15 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
             )
         },
         |rng| {
-            let kind = pick(rng, &["PUBLIC KEY", "CERTIFICATE", "CERTIFICATE REQUEST", "RSA PUBLIC KEY"]);
+            let kind = pick(
+                rng,
+                &[
+                    "PUBLIC KEY",
+                    "CERTIFICATE",
+                    "CERTIFICATE REQUEST",
+                    "RSA PUBLIC KEY",
+                ],
+            );
             let body = key(rng, BASE64, 64);
             (
                 "public PEM block",
@@ -1202,7 +1258,12 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
     out.push(entity_with(
         n,
         "secret.gcp_service_account",
-        &["{}", "here is the key file: {}", "credentials.json:\n{}\n", "```json\n{}\n```"],
+        &[
+            "{}",
+            "here is the key file: {}",
+            "credentials.json:\n{}\n",
+            "```json\n{}\n```",
+        ],
         PROSE,
         &mut gcp,
         &mut gcp_miss,
@@ -1366,7 +1427,10 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         |rng| Value::whole("API key SID", format!("SK{}", draw(rng, HEX, 32))),
         |rng| match rng.u8(0..3) {
             0 => ("one char short", format!("SK{}", draw(rng, HEX, 31))),
-            1 => ("account SID, not a key", format!("AC{}", draw(rng, HEX, 32))),
+            1 => (
+                "account SID, not a key",
+                format!("AC{}", draw(rng, HEX, 32)),
+            ),
             _ => ("placeholder", format!("SK{}", "x".repeat(32))),
         },
     ));
@@ -1378,29 +1442,17 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         |rng| {
             Value::whole(
                 "key",
-                format!(
-                    "SG.{}.{}",
-                    key(rng, BASE64URL, 22),
-                    key(rng, BASE64URL, 43)
-                ),
+                format!("SG.{}.{}", key(rng, BASE64URL, 22), key(rng, BASE64URL, 43)),
             )
         },
         |rng| match rng.u8(0..3) {
             0 => (
                 "one char short",
-                format!(
-                    "SG.{}.{}",
-                    key(rng, BASE62, 22),
-                    key(rng, BASE62, 42)
-                ),
+                format!("SG.{}.{}", key(rng, BASE62, 22), key(rng, BASE62, 42)),
             ),
             1 => (
                 "wrong prefix",
-                format!(
-                    "SX.{}.{}",
-                    key(rng, BASE62, 22),
-                    key(rng, BASE62, 43)
-                ),
+                format!("SX.{}.{}", key(rng, BASE62, 22), key(rng, BASE62, 43)),
             ),
             _ => ("placeholder", "SG.xxxxx.yyyyy".to_string()),
         },
@@ -1480,8 +1532,14 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         "secret.discord_webhook",
         PROSE,
         |rng| {
-            let host = pick(rng, &["discord.com", "discordapp.com", "canary.discord.com"]);
-            let prefix = format!("https://{host}/api/webhooks/{}/", { let k = rng.usize(17..20); digits(rng, k) });
+            let host = pick(
+                rng,
+                &["discord.com", "discordapp.com", "canary.discord.com"],
+            );
+            let prefix = format!("https://{host}/api/webhooks/{}/", {
+                let k = rng.usize(17..20);
+                digits(rng, k)
+            });
             Value::framed("webhook URL", &prefix, &key(rng, BASE64URL, 68), "")
         },
         |rng| match rng.u8(0..3) {
@@ -1509,7 +1567,10 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         "secret.telegram_bot_token",
         PROSE,
         |rng| {
-            let id = { let k = rng.usize(8..11); digits(rng, k) };
+            let id = {
+                let k = rng.usize(8..11);
+                digits(rng, k)
+            };
             Value::whole(
                 "bot token",
                 format!("{}{id}:AA{}", rng.u8(1..10), key(rng, BASE64URL, 33)),
@@ -1522,7 +1583,12 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
             ),
             1 => (
                 "clock time",
-                format!("{:02}:{:02}:{:02}", rng.u8(0..24), rng.u8(0..60), rng.u8(0..60)),
+                format!(
+                    "{:02}:{:02}:{:02}",
+                    rng.u8(0..24),
+                    rng.u8(0..60),
+                    rng.u8(0..60)
+                ),
             ),
             _ => ("placeholder", "123456789:YOUR_BOT_TOKEN".to_string()),
         },
@@ -1533,16 +1599,54 @@ fn secrets(n: usize, out: &mut Vec<Entity>) {
         "secret.database_url",
         PROSE,
         |rng| {
-            let password = { let k = rng.usize(12..33); key(rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~", k) };
+            let password = {
+                let k = rng.usize(12..33);
+                key(
+                    rng,
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~",
+                    k,
+                )
+            };
             let user = pick(rng, &["app", "admin", "svc_orders", "root", "analytics"]);
             let (scheme, prefix, suffix) = match rng.u8(0..7) {
-                0 => ("postgres", format!("postgres://{user}:"), "@db.internal:5432/orders".to_string()),
-                1 => ("postgresql", format!("postgresql://{user}:"), "@10.0.3.7/app?sslmode=require".to_string()),
-                2 => ("mysql", format!("mysql://{user}:"), "@mysql.prod.local:3306/shop".to_string()),
-                3 => ("mongodb+srv", format!("mongodb+srv://{user}:"), format!("@cluster0.{}.mongodb.net/test?retryWrites=true", draw(rng, LOWER, 5))),
-                4 => ("mongodb", format!("mongodb://{user}:"), "@mongo-1:27017,mongo-2:27017/app".to_string()),
-                5 => ("redis", "redis://:".to_string(), "@cache.internal:6379/0".to_string()),
-                _ => ("rediss", "rediss://default:".to_string(), "@redis.example.net:6380".to_string()),
+                0 => (
+                    "postgres",
+                    format!("postgres://{user}:"),
+                    "@db.internal:5432/orders".to_string(),
+                ),
+                1 => (
+                    "postgresql",
+                    format!("postgresql://{user}:"),
+                    "@10.0.3.7/app?sslmode=require".to_string(),
+                ),
+                2 => (
+                    "mysql",
+                    format!("mysql://{user}:"),
+                    "@mysql.prod.local:3306/shop".to_string(),
+                ),
+                3 => (
+                    "mongodb+srv",
+                    format!("mongodb+srv://{user}:"),
+                    format!(
+                        "@cluster0.{}.mongodb.net/test?retryWrites=true",
+                        draw(rng, LOWER, 5)
+                    ),
+                ),
+                4 => (
+                    "mongodb",
+                    format!("mongodb://{user}:"),
+                    "@mongo-1:27017,mongo-2:27017/app".to_string(),
+                ),
+                5 => (
+                    "redis",
+                    "redis://:".to_string(),
+                    "@cache.internal:6379/0".to_string(),
+                ),
+                _ => (
+                    "rediss",
+                    "rediss://default:".to_string(),
+                    "@redis.example.net:6380".to_string(),
+                ),
             };
             Value::framed(scheme, &prefix, &password, &suffix)
         },
