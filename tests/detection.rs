@@ -6,7 +6,10 @@
 //!   part that must not leak: the whole value, or the password of a URL, the key of a connection string);
 //!   a rule that blocks needs only to touch it, since the whole request is refused;
 //! - near-miss FP rate: near misses on which any rule matches;
-//! - stray matches: valid texts with a match outside the value (the sentence around it matched).
+//! - stray matches: valid texts with a match outside the value (the sentence around it matched);
+//! - streamed leaks: found values whose core leaves raw when the text goes through the answer stream's
+//!   hold-back (`inspect::holdback`) in pieces cut inside the value (must be 0: the stream agrees with the
+//!   whole-text scan).
 //!
 //! [`TABLE`] is the one place that says what each entity must reach. Entities whose rule this pack does not
 //! have yet are `pending`: measured and printed, not asserted. The test prints the table; it can also
@@ -26,7 +29,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use corpus::{Entity, Sample};
-use promptgate::rules::{load, Action, Budget, Direction, RuleSet};
+use promptgate::inspect::holdback::{Form, HeldText, Holding, Release, MAX_HELD};
+use promptgate::rules::{load, Action, Budget, Direction, PrefixCache, RuleSet};
 
 /// Valid values and near misses generated per entity.
 const N: usize = 500;
@@ -276,6 +280,8 @@ struct Measured {
     fp_by_kind: BTreeMap<&'static str, (usize, BTreeMap<String, usize>)>,
     /// Rules that matched outside the value in valid texts.
     stray_rules: BTreeMap<String, usize>,
+    /// Found values whose core left raw when the text was streamed in pieces cut inside the value.
+    streamed_leaks: usize,
 }
 
 impl Measured {
@@ -312,6 +318,7 @@ fn measure(set: &RuleSet, entity: &Entity, accept: &[&str], show: bool) -> Measu
         }
         if found {
             m.found += 1;
+            m.streamed_leaks += usize::from(streamed_leak(set, s));
         } else {
             let (count, rules) = m.missed_by_kind.entry(s.kind).or_default();
             *count += 1;
@@ -358,6 +365,53 @@ fn measure(set: &RuleSet, entity: &Entity, accept: &[&str], show: bool) -> Measu
 
 /// The shipped `rules/` directory, or the one `PROMPTGATE_CORPUS_RULES` names (to measure another pack
 /// against the same table).
+/// Byte offsets that cut `s`'s value into pieces: at a third and two thirds of the core, after its first
+/// byte, and every 5 bytes; each list a separate run.
+fn cuts(s: &Sample) -> Vec<Vec<usize>> {
+    let c = &s.core;
+    let len = c.end - c.start;
+    vec![
+        vec![c.start + len / 3, c.start + 2 * len / 3],
+        vec![c.start + 1],
+        (s.value.start..s.value.end).step_by(5).skip(1).collect(),
+    ]
+}
+
+/// Whether streaming the sample's text through the answer filter's hold-back, cut inside the value, lets
+/// any of the value's core leave raw (the whole-text scan found it, so the stream must redact or block it).
+fn streamed_leak(set: &RuleSet, s: &Sample) -> bool {
+    let core = &s.text[s.core.clone()];
+    cuts(s).into_iter().any(|cuts| {
+        let mut cache = PrefixCache::default();
+        let mut h = Holding {
+            rules: set,
+            cache: &mut cache,
+            monitor: false,
+            cap: MAX_HELD,
+        };
+        let mut held = HeldText::new(Form::Plain);
+        let mut out = String::new();
+        let mut at = 0;
+        let ends = cuts
+            .into_iter()
+            .filter(|&c| s.text.is_char_boundary(c))
+            .chain([s.text.len()]);
+        for end in ends {
+            match held.push(&s.text[at..end], &mut h) {
+                Release::Text { text, .. } => out.push_str(&text),
+                Release::Block { .. } => return false,
+                Release::OverBudget => return false,
+            }
+            at = end;
+        }
+        match held.finish(&mut h) {
+            Release::Text { text, .. } => out.push_str(&text),
+            Release::Block { .. } | Release::OverBudget => return false,
+        }
+        out.contains(core)
+    })
+}
+
 fn rules_under_test() -> RuleSet {
     let dir = match std::env::var_os("PROMPTGATE_CORPUS_RULES") {
         Some(dir) => dir.into(),
@@ -389,6 +443,8 @@ fn markdown(set: &RuleSet, results: &[(&Entity, &Expect, Measured)]) -> String {
          this directory's rules (request direction). **Recall**: valid values caught by an accepted rule \
          (a redacting rule must cover the value's core, a blocking rule must touch it). **Near-miss FP**: \
          near misses on which any rule matched. **Stray**: valid texts with a match outside the value. \
+         **Streamed leaks**: found values whose core left raw when the text went through the answer \
+         stream's hold-back in pieces cut inside the value. \
          `pending` rows have no rule in this pack yet: measured, not asserted. Regenerate with \
          `PROMPTGATE_CORPUS_REPORT=rules/README.md cargo test --release --test detection`; \
          `PROMPTGATE_CORPUS_DIR=<dir>` writes the corpus as JSON lines.\n"
@@ -396,9 +452,9 @@ fn markdown(set: &RuleSet, results: &[(&Entity, &Expect, Measured)]) -> String {
     let _ = writeln!(out, "Rule set version `{}`.\n", set.version());
     let _ = writeln!(
         out,
-        "| entity | accepted rules | status | recall | near-miss FP | stray | asserted |"
+        "| entity | accepted rules | status | recall | near-miss FP | stray | streamed leaks | asserted |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for (e, x, m) in results {
         let asserted = match x.status {
             Asserted => format!(
@@ -410,7 +466,7 @@ fn markdown(set: &RuleSet, results: &[(&Entity, &Expect, Measured)]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} ({}/{}) | {} ({}/{}) | {} | {} |",
+            "| {} | {} | {} | {} ({}/{}) | {} ({}/{}) | {} | {} | {} |",
             e.name,
             x.accept
                 .iter()
@@ -428,6 +484,7 @@ fn markdown(set: &RuleSet, results: &[(&Entity, &Expect, Measured)]) -> String {
             m.false_positives,
             m.misses,
             m.stray,
+            m.streamed_leaks,
             asserted
         );
     }
@@ -583,6 +640,12 @@ fn shipped_rules_meet_the_detection_table() {
                         percent(m.fp_rate()),
                         percent(x.max_fp),
                         m.fp_by_kind
+                    ));
+                }
+                if m.streamed_leaks > 0 {
+                    failures.push(format!(
+                        "{}: {} found values left raw when streamed in pieces",
+                        e.name, m.streamed_leaks
                     ));
                 }
                 if m.stray > 0 {

@@ -487,26 +487,53 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// How a card of `len` digits is printed in groups (Amex 4-6-5, Diners 4-6-4, 13 digits 4-3-3-3, else fours).
-fn card_groups(len: usize) -> Vec<usize> {
-    match len {
-        15 => vec![4, 6, 5],
-        14 => vec![4, 6, 4],
-        13 => vec![4, 3, 3, 3],
-        _ => fours(len),
+/// How a card of `len` digits is printed in groups, and the grouping's name.
+fn card_grouping(number: &str) -> (Vec<usize>, &'static str) {
+    let amex = number.starts_with("34") || number.starts_with("37");
+    match number.len() {
+        15 if amex => (vec![4, 6, 5], "4-6-5"),
+        15 => (fours(15), "4-4-4-3"),
+        14 => (vec![4, 6, 4], "4-6-4"),
+        13 => (vec![4, 3, 3, 3], "4-3-3-3"),
+        12 => (fours(12), "4-4-4"),
+        16 => (fours(16), "4-4-4-4"),
+        17 => (fours(17), "4-4-4-4-1"),
+        18 => (fours(18), "4-4-4-4-2"),
+        _ => (fours(number.len()), "4-4-4-4-3"),
+    }
+}
+
+/// The variant's name for the report ("spaced 4-3-3-3"), from a closed set so it can stay `&'static`.
+fn card_kind(sep: &str, grouping: &str) -> &'static str {
+    match (sep, grouping) {
+        ("spaced", "4-4-4") => "spaced 4-4-4",
+        ("spaced", "4-3-3-3") => "spaced 4-3-3-3",
+        ("spaced", "4-6-4") => "spaced 4-6-4",
+        ("spaced", "4-4-4-4") => "spaced 4-4-4-4",
+        ("spaced", "4-4-4-4-1") => "spaced 4-4-4-4-1",
+        ("spaced", "4-4-4-4-2") => "spaced 4-4-4-4-2",
+        ("spaced", "4-4-4-4-3") => "spaced 4-4-4-4-3",
+        ("spaced", "4-6-5") => "spaced 4-6-5",
+        ("spaced", "4-4-4-3") => "spaced 4-4-4-3",
+        ("dashed", "4-4-4") => "dashed 4-4-4",
+        ("dashed", "4-3-3-3") => "dashed 4-3-3-3",
+        ("dashed", "4-6-4") => "dashed 4-6-4",
+        ("dashed", "4-4-4-4") => "dashed 4-4-4-4",
+        ("dashed", "4-4-4-4-1") => "dashed 4-4-4-4-1",
+        ("dashed", "4-4-4-4-2") => "dashed 4-4-4-4-2",
+        ("dashed", "4-4-4-4-3") => "dashed 4-4-4-4-3",
+        ("dashed", "4-6-5") => "dashed 4-6-5",
+        ("dashed", "4-4-4-3") => "dashed 4-4-4-3",
+        _ => "grouped",
     }
 }
 
 fn card_print(rng: &mut Rng, number: &str) -> (&'static str, String) {
-    let sizes = if number.len() == 15 && !(number.starts_with("34") || number.starts_with("37")) {
-        fours(15)
-    } else {
-        card_groups(number.len())
-    };
+    let (sizes, grouping) = card_grouping(number);
     match rng.u8(0..3) {
         0 => ("plain", number.to_string()),
-        1 => ("spaced", group(number, &sizes, " ")),
-        _ => ("dashed", group(number, &sizes, "-")),
+        1 => (card_kind("spaced", grouping), group(number, &sizes, " ")),
+        _ => (card_kind("dashed", grouping), group(number, &sizes, "-")),
     }
 }
 
