@@ -183,7 +183,13 @@ const TABLE: &[Expect] = &[
         0.98,
         0.02,
     ),
-    row("secret.twilio", &["secret.twilio*"], Pending, 0.98, 0.02),
+    row(
+        "secret.twilio",
+        &["secret.twilio_api_key*", "secret.twilio_key*"],
+        Pending,
+        0.98,
+        0.02,
+    ),
     row(
         "secret.sendgrid",
         &["secret.sendgrid*"],
