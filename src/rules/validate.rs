@@ -441,13 +441,21 @@ fn assigned_value(s: &str) -> &str {
 /// placeholder word, or a single repeated character.
 fn is_placeholder(value: &str) -> bool {
     let lower = value.to_ascii_lowercase();
-    value.starts_with(['$', '{', '<', '%', '[', '/', '~'])
-        || value.starts_with("./")
+    value.starts_with(['$', '{', '<', '%', '['])
+        || is_path(value)
         || value.contains("://")
         || value.bytes().all(|b| b.is_ascii_digit())
         || PLACEHOLDER_VALUES.contains(&lower.as_str())
         || PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m))
         || value.bytes().all(|b| Some(b) == value.bytes().next())
+}
+
+/// A file path (`/run/secrets/db`, `~/.aws/key`, `./key.pem`), not base64 that happens to start with `/`: a
+/// path has no `+` and does not end in base64's `=` padding.
+fn is_path(value: &str) -> bool {
+    (value.starts_with(['/', '~']) || value.starts_with("./"))
+        && !value.contains('+')
+        && !value.ends_with('=')
 }
 
 /// A value random enough to be a credential (see [`Validator::Entropy`]).
