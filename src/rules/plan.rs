@@ -238,6 +238,7 @@ pub fn prefix_gate(patterns: &[String]) -> Option<Prefilter> {
         let seq = Extractor::new().extract(&hir);
         literals.extend(seq.literals()?.iter().map(|l| l.as_bytes().to_vec()));
     }
+    let literals = families_cut(literals);
     let mut cut = Vec::new();
     for keep in [usize::MAX, 8, 6, 5, 4, 3] {
         cut = literals
@@ -261,6 +262,33 @@ pub fn prefix_gate(patterns: &[String]) -> Option<Prefilter> {
         return None;
     }
     Prefilter::new(MatchKind::LeftmostFirst, &cut)
+}
+
+/// More literals than this with the same first 3 bytes are one family (`A3T[A-Z0-9]` is 36 literals, `xox[abprse]-`
+/// six), searched for by their common prefix.
+const FAMILY: usize = 4;
+
+/// `literals` with each large family (see [`FAMILY`]) replaced by the longest prefix its members share, so that
+/// the gate stays within [`GATE_LITERALS`] without cutting every literal short: `postgres://` stays whole and
+/// rare in prose while `A3TA`…`A3T9` become `A3T`.
+fn families_cut(mut literals: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    literals.sort();
+    literals.dedup();
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(literals.len());
+    for family in literals.chunk_by(|a, b| a.len() >= 3 && b.len() >= 3 && a[..3] == b[..3]) {
+        if family.len() <= FAMILY {
+            out.extend(family.iter().cloned());
+            continue;
+        }
+        let first = &family[0];
+        let common = family
+            .iter()
+            .map(|l| l.iter().zip(first).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(0);
+        out.push(first[..common].to_vec());
+    }
+    out
 }
 
 /// Merged windows `[p - reach, p + reach + 1)` around every byte of `bytes` in `hay`, on char boundaries.
@@ -368,6 +396,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn large_literal_families_are_cut_to_their_common_prefix_and_the_rest_kept_whole() {
+        let lits = |l: &[&str]| l.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        let mut input = lits(&["postgres://", "postgresql://", "ghp_", "gho_", "A3T"]);
+        input.extend((b'A'..=b'Z').map(|c| [b"A3T".as_slice(), &[c]].concat()));
+        input.extend(lits(&[
+            "xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-", "xoxe-",
+        ]));
+        let mut want = lits(&["A3T", "gho_", "ghp_", "postgres://", "postgresql://", "xox"]);
+        want.sort();
+        assert_eq!(families_cut(input), want);
     }
 
     #[test]
