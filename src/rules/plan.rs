@@ -365,7 +365,7 @@ mod tests {
             ByteSet::single(b'@'),
             ByteSet::from_fn(|b| matches!(b, b':' | b'=' | b'+' | b'0'..=b'9')),
             ByteSet::from_fn(|b| b >= 0x80),
-            ByteSet::from_fn(|b| b % 7 == 0),
+            ByteSet::from_fn(|b| b.is_multiple_of(7)),
         ];
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for round in 0..2000 {
@@ -377,7 +377,7 @@ mod tests {
             let hay: Vec<u8> = (0..len)
                 .map(|i| {
                     let h = x.wrapping_mul(i as u64 + 1).rotate_left(17);
-                    if h % density == 0 {
+                    if h.is_multiple_of(density) {
                         (h >> 8) as u8
                     } else {
                         b"the quick brown fox "[i % 20]
