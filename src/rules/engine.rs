@@ -837,6 +837,8 @@ mod tests {
         "ghp_",
         "github_pat_",
         "xoxb-",
+        "xoxp-123456789012-",
+        "xoxe-1234567-",
         "glpat-",
         "AIza",
         "npm_",
