@@ -238,7 +238,13 @@ pub fn prefix_gate(patterns: &[String]) -> Option<Prefilter> {
         let seq = Extractor::new().extract(&hir);
         literals.extend(seq.literals()?.iter().map(|l| l.as_bytes().to_vec()));
     }
-    let literals = families_cut(literals);
+    // Families are cut, the largest first, until the set fits; only then is every literal cut short.
+    for family in [FAMILY, 2, 1] {
+        literals = families_cut(literals, family);
+        if literals.len() <= GATE_LITERALS {
+            break;
+        }
+    }
     let mut cut = Vec::new();
     for keep in [usize::MAX, 8, 6, 5, 4, 3] {
         cut = literals
@@ -264,24 +270,24 @@ pub fn prefix_gate(patterns: &[String]) -> Option<Prefilter> {
     Prefilter::new(MatchKind::LeftmostFirst, &cut)
 }
 
-/// More literals than this with the same first 3 bytes are one family (`A3T[A-Z0-9]` is 36 literals, `xox[abprse]-`
-/// six), searched for by their common prefix.
+/// More literals than this with the same first 3 bytes are one family (`xox[abprse]-` is six), searched for
+/// by their common prefix; smaller families are cut too, largest first, while the gate holds too many.
 const FAMILY: usize = 4;
 
-/// `literals` with each large family (see [`FAMILY`]) replaced by the longest prefix its members share, so that
-/// the gate stays within [`GATE_LITERALS`] without cutting every literal short: `postgres://` stays whole and
-/// rare in prose while `A3TA`…`A3T9` become `A3T`.
-fn families_cut(mut literals: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+/// `literals` with each family of more than `family` members (see [`FAMILY`]) replaced by the longest prefix
+/// its members share, so that the gate stays within [`GATE_LITERALS`] without cutting every literal short:
+/// `postgres://` stays whole and rare in prose while `xoxa-`…`xoxs-` become `xox`.
+fn families_cut(mut literals: Vec<Vec<u8>>, family: usize) -> Vec<Vec<u8>> {
     literals.sort();
     literals.dedup();
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(literals.len());
-    for family in literals.chunk_by(|a, b| a.len() >= 3 && b.len() >= 3 && a[..3] == b[..3]) {
-        if family.len() <= FAMILY {
-            out.extend(family.iter().cloned());
+    for members in literals.chunk_by(|a, b| a.len() >= 3 && b.len() >= 3 && a[..3] == b[..3]) {
+        if members.len() <= family {
+            out.extend(members.iter().cloned());
             continue;
         }
-        let first = &family[0];
-        let common = family
+        let first = &members[0];
+        let common = members
             .iter()
             .map(|l| l.iter().zip(first).take_while(|(a, b)| a == b).count())
             .min()
@@ -408,7 +414,7 @@ mod tests {
         ]));
         let mut want = lits(&["A3T", "gho_", "ghp_", "postgres://", "postgresql://", "xox"]);
         want.sort();
-        assert_eq!(families_cut(input), want);
+        assert_eq!(families_cut(input, FAMILY), want);
     }
 
     #[test]
