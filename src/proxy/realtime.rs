@@ -733,8 +733,17 @@ fn fill_decisions(
         .collect();
 }
 
-/// Parses the client's handshake and checks that it is one (RFC 6455 §4.2.1).
-fn parse(head: &[u8]) -> Result<Handshake, Rejection> {
+/// A request head read by the edge, parsed: its method, target (path and query as sent), fields, and length.
+pub(super) struct RawHead {
+    pub method: http::Method,
+    pub target: String,
+    pub headers: http::HeaderMap,
+    /// Bytes of the head: what follows is what the client sent after it.
+    pub len: usize,
+}
+
+/// Parses a request head (at most 256 fields, as the edge allows).
+pub(super) fn parse_head(head: &[u8]) -> Result<RawHead, Rejection> {
     let malformed = |why: &str| Rejection::MalformedRequest(why.to_string());
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut fields);
@@ -742,6 +751,8 @@ fn parse(head: &[u8]) -> Result<Handshake, Rejection> {
         Ok(httparse::Status::Complete(n)) => n,
         _ => return Err(malformed("the request head cannot be parsed")),
     };
+    let method = http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
+        .map_err(|_| malformed("the request method is invalid"))?;
     let target = req.path.unwrap_or("/").to_string();
     let mut headers = http::HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -751,13 +762,38 @@ fn parse(head: &[u8]) -> Result<Handshake, Rejection> {
             .map_err(|_| malformed("a header field value is invalid"))?;
         headers.append(name, value);
     }
-    let has = |name: http::header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if !has(http::header::UPGRADE, "websocket") || !has(http::header::CONNECTION, "upgrade") {
+    Ok(RawHead {
+        method,
+        target,
+        headers,
+        len,
+    })
+}
+
+/// Whether a comma-separated field lists `token` (case-insensitive), in any of its lines.
+pub(super) fn lists_token(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+    token: &str,
+) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Parses the client's handshake and checks that it is one (RFC 6455 §4.2.1).
+fn parse(head: &[u8]) -> Result<Handshake, Rejection> {
+    let malformed = |why: &str| Rejection::MalformedRequest(why.to_string());
+    let RawHead {
+        target,
+        headers,
+        len,
+        ..
+    } = parse_head(head)?;
+    if !lists_token(&headers, http::header::UPGRADE, "websocket")
+        || !lists_token(&headers, http::header::CONNECTION, "upgrade")
+    {
         return Err(malformed(
             "a realtime session is a WebSocket: Upgrade: websocket and Connection: Upgrade are required",
         ));

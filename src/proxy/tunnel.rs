@@ -27,7 +27,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::realtime::{write_head, Realtime};
+use super::realtime::{lists_token, parse_head, write_head, RawHead, Realtime};
 use super::{error, headers, RequestCtx};
 use crate::metrics;
 use crate::openai::{Rejection, Route};
@@ -257,37 +257,17 @@ impl Realtime {
     }
 }
 
-/// Parses the client's head.
+/// Parses the client's head; an upgrade must say so in `Connection` too.
 fn parse(head: &[u8]) -> Result<Head, Rejection> {
-    let malformed = |why: &str| Rejection::MalformedRequest(why.to_string());
-    let mut fields = [httparse::EMPTY_HEADER; 256];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(head) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err(malformed("the request head cannot be parsed")),
-    };
-    let method = http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
-        .map_err(|_| malformed("the request method is invalid"))?;
-    let target = req.path.unwrap_or("/").to_string();
-    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = http::header::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| malformed("a header field name is invalid"))?;
-        let value = http::HeaderValue::from_bytes(h.value)
-            .map_err(|_| malformed("a header field value is invalid"))?;
-        headers.append(name, value);
-    }
-    let upgrading = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    if !upgrading {
-        return Err(malformed(
-            "an upgrade needs `Connection: Upgrade` next to its `Upgrade` field",
+    let RawHead {
+        method,
+        target,
+        headers,
+        len,
+    } = parse_head(head)?;
+    if !lists_token(&headers, http::header::CONNECTION, "upgrade") {
+        return Err(Rejection::MalformedRequest(
+            "an upgrade needs `Connection: Upgrade` next to its `Upgrade` field".to_string(),
         ));
     }
     Ok(Head {
