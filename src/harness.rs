@@ -67,7 +67,7 @@ fn check_matches(set: &RuleSet, text: &str, matches: &[Match], what: &str) {
     let mut last = 0;
     for m in matches {
         assert!(
-            m.rule < set.rules().len()
+            m.rule < set.table().len()
                 && last <= m.start
                 && m.start < m.end
                 && m.end <= text.len()

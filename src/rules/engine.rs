@@ -323,7 +323,7 @@ impl RuleSet {
 
     /// Every entry a match may name: the declared rules, then the twins of optional-context rules (each with
     /// its rule's id and tags, so a policy selecting the rule selects its twin).
-    pub(super) fn table(&self) -> &[Rule] {
+    pub fn table(&self) -> &[Rule] {
         &self.rules
     }
 
