@@ -115,6 +115,8 @@ struct Regexes {
     scope: Scope,
     /// For a `Prefixed` group: where its matches can start (see [`plan::prefix_gate`]).
     gate: Option<Prefilter>,
+    /// The longest match any of its patterns reports (see [`MAX_MATCH_BYTES`]).
+    reach: usize,
 }
 
 /// The compiled matchers of one version, shared by all its policies' views.
@@ -171,6 +173,20 @@ fn is_word_byte(b: u8) -> bool {
 }
 
 /// The first character boundary of `hay` at or after `at`, or `end` if none comes before it.
+/// Bytes handed to one regex search, summed per thread in tests: the work the scan's linearity tests count.
+#[cfg(test)]
+fn count_searched(bytes: usize) {
+    SEARCHED.with(|n| n.set(n.get() + bytes));
+}
+
+#[cfg(not(test))]
+fn count_searched(_: usize) {}
+
+#[cfg(test)]
+thread_local! {
+    static SEARCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn next_boundary(hay: &str, mut at: usize, end: usize) -> usize {
     while at < end && !hay.is_char_boundary(at) {
         at += 1;
@@ -495,11 +511,26 @@ impl RuleSet {
             input = input.anchored(Anchored::Yes);
         }
         let mut at = window.start;
+        // Every search looks at most this far ahead of where its match may start, so that however many
+        // candidates overlap (one per repeat of `sk-` in `sk-sk-sk-…`), each costs a bounded search.
+        let reach = re.reach;
         while at < window.end {
             let found = match &re.gate {
+                // An ungated group: the leftmost match starting in the next `reach` bytes, searched in twice
+                // that (a match is never longer than `reach`, so one starting there is whole). None starting
+                // there: the next stretch.
                 None => {
-                    input.set_start(at);
-                    re.re.search(&input)
+                    let stop = window.end.min(at.saturating_add(2 * reach));
+                    input.set_span(at..stop);
+                    count_searched(stop - at);
+                    match re.re.search(&input) {
+                        Some(m) if stop == window.end || m.start() < at + reach => Some(m),
+                        _ if stop < window.end => {
+                            at = next_boundary(hay, at + reach, window.end);
+                            continue;
+                        }
+                        _ => None,
+                    }
                 }
                 // A gated group: its matches start only where the gate finds a prefix, so the next match is
                 // the one that starts at the next such place, found by an anchored search there (the same
@@ -508,7 +539,9 @@ impl RuleSet {
                     let Some(c) = gate.find(hay.as_bytes(), Span::from(at..window.end)) else {
                         break;
                     };
-                    input.set_start(c.start);
+                    let stop = window.end.min(c.start.saturating_add(reach));
+                    input.set_span(c.start..stop);
+                    count_searched(stop - c.start);
                     let found = re.re.search(&input);
                     if found.is_none() {
                         at = next_boundary(hay, c.start + 1, window.end);
@@ -816,6 +849,8 @@ struct Group {
     scope: Scope,
     patterns: Vec<String>,
     rules: Vec<u32>,
+    /// The longest match of any of its patterns, at most [`MAX_MATCH_BYTES`].
+    reach: usize,
 }
 
 /// Every pattern of a set, checked and sorted into the matchers that will run it, in severity order.
@@ -849,8 +884,8 @@ impl Patterns {
             patterns.add_terms(r, i as u32, &mut errors);
             if let Some(re) = &r.spec.regex {
                 match planned_regex(r, re.pattern.get_ref()) {
-                    Ok((scope, pattern)) => {
-                        add_to_plan(&mut patterns.groups, scope, pattern, i as u32)
+                    Ok((scope, pattern, reach)) => {
+                        add_to_plan(&mut patterns.groups, scope, pattern, reach, i as u32)
                     }
                     Err(message) => errors.push(rule_error(r, message)),
                 }
@@ -907,9 +942,18 @@ impl Patterns {
     }
 }
 
+/// The longest text one regex match may cover, bytes: a pattern that could match more (`+`, `{20,}`) has its
+/// matches cut here. The scan searches again just after each candidate's start (another rule's match may start
+/// inside it, or a shorter valid one where a longer one failed its validator), so a match's length bounds the
+/// work spent per byte: unbounded, text made of one prefix repeated (`sk-sk-sk-…`) starts a match at every
+/// repeat that runs to the end of the text, and the scan turns quadratic (82 s for 240 KB of `sk-`). Bounded, each start
+/// costs at most a few times this many bytes of search and of validation, and the scan is linear.
+pub const MAX_MATCH_BYTES: usize = 8 << 10;
+
 /// A rule's regex as it is compiled (word boundaries and case-insensitivity applied), and where it is
-/// searched. Refuses a pattern that does not parse or can match the empty string.
-fn planned_regex(r: &LoadedRule, pattern: &str) -> Result<(Scope, String), String> {
+/// searched, and how long its matches can be (at most [`MAX_MATCH_BYTES`]). Refuses a pattern that does not
+/// parse or can match the empty string.
+fn planned_regex(r: &LoadedRule, pattern: &str) -> Result<(Scope, String, usize), String> {
     let mut p = pattern.to_string();
     if r.spec.whole_word {
         p = format!(r"(?-u:\b)(?:{p})(?-u:\b)");
@@ -934,7 +978,11 @@ fn planned_regex(r: &LoadedRule, pattern: &str) -> Result<(Scope, String), Strin
     if hir.properties().minimum_len() == Some(0) {
         return Err("regex can match the empty string".into());
     }
-    Ok((plan::scope_of(&hir), p))
+    let reach = hir
+        .properties()
+        .maximum_len()
+        .map_or(MAX_MATCH_BYTES, |n| n.min(MAX_MATCH_BYTES));
+    Ok((plan::scope_of(&hir), p, reach))
 }
 
 /// One keyword automaton, or none for no terms.
@@ -997,13 +1045,14 @@ fn regex_group(g: Group, budget: &Budget) -> Result<Regexes, String> {
         rules: g.rules,
         scope: g.scope,
         gate,
+        reach: g.reach,
     })
 }
 
 /// Adds a pattern to its planned group: one group per scope kind, except `IfPresent`, one per pattern (each
 /// then gets the single-pattern optimisations of the meta regex). Windowed groups share one window set: the
 /// union of their bytes, the largest reach.
-fn add_to_plan(groups: &mut Vec<Group>, scope: Scope, pattern: String, rule: u32) {
+fn add_to_plan(groups: &mut Vec<Group>, scope: Scope, pattern: String, reach: usize, rule: u32) {
     let slot = match &scope {
         Scope::IfPresent { .. } => None,
         Scope::Prefixed => groups.iter().position(|g| g.scope == Scope::Prefixed),
@@ -1017,9 +1066,11 @@ fn add_to_plan(groups: &mut Vec<Group>, scope: Scope, pattern: String, rule: u32
             scope,
             patterns: vec![pattern],
             rules: vec![rule],
+            reach,
         }),
         Some(i) => {
             let g = &mut groups[i];
+            g.reach = g.reach.max(reach);
             if let (
                 Scope::Windowed { bytes, reach },
                 Scope::Windowed {
@@ -1175,6 +1226,71 @@ mod tests {
         "\u{00A0}",
         "中",
     ];
+
+    /// A set of the rules in `toml`, compiled.
+    fn set_of(toml: &str) -> RuleSet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("t.toml"), toml).expect("write");
+        let loaded = load_dir(dir.path()).expect("loads");
+        RuleSet::compile(&loaded, &Budget::default()).expect("compiles")
+    }
+
+    /// The bytes one scan of `text` handed to regex searches.
+    fn searched(set: &RuleSet, text: &str) -> usize {
+        SEARCHED.with(|n| n.set(0));
+        set.scan(text, Direction::Request);
+        SEARCHED.with(std::cell::Cell::get)
+    }
+
+    /// Regression: in `sk-sk-sk-…` every repeat started an OpenAI-key candidate that ran to the end of the
+    /// text, and the next search started just after it: 82 s of scan for 240 KB. Whatever a pattern's own bound
+    /// (none, or the shipped pack's), the work grows with the text as the text does.
+    #[test]
+    fn overlapping_candidates_cost_work_linear_in_the_text() {
+        let unbounded = set_of(
+            r#"
+[[rule]]
+id = "t.key"
+description = "gated, unbounded"
+regex = { pattern = '(?-u:\b)sk-[A-Za-z0-9/_-]{20,}' }
+validator = "entropy"
+action = "redact"
+
+[[rule]]
+id = "t.blob"
+description = "ungated, unbounded"
+regex = { pattern = '(?-u:\b)[A-Za-z0-9+/-]{80,}' }
+action = "log"
+
+[[rule]]
+id = "t.word"
+description = "ungated, shares the blob's group: every blob is searched again after its start"
+regex = { pattern = '[a-z]{3,}[0-9]{3,}' }
+action = "log"
+"#,
+        );
+        let (shipped, _) = grown_pack_gated_and_not();
+        for (name, set) in [("unbounded", &unbounded), ("shipped", &shipped)] {
+            for unit in ["sk-", "a/", "sk-a/", "eyJ-"] {
+                let text = |len: usize| unit.repeat(len / unit.len());
+                let (small, big) = (text(24 << 10), text(96 << 10));
+                let (w_small, w_big) = (searched(set, &small), searched(set, &big));
+                assert!(
+                    w_big <= 5 * w_small.max(small.len()),
+                    "{name}, {unit:?}: 4 times the text cost {w_big} bytes of search against {w_small}"
+                );
+                assert!(
+                    w_big <= big.len() * 2 * MAX_MATCH_BYTES,
+                    "{name}, {unit:?}: {w_big} bytes searched for {} of text",
+                    big.len()
+                );
+            }
+        }
+        // Cut, not lost: a candidate longer than the bound is still found (and redacted from its start).
+        let long = format!("key sk-{} end", "aB3/".repeat(MAX_MATCH_BYTES));
+        let found = unbounded.scan(&long, Direction::Request);
+        assert_eq!(found.first().map(|m| m.start), Some(4), "{found:?}");
+    }
 
     #[test]
     fn gated_groups_find_what_the_unanchored_search_finds() {
