@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared by the load scripts (`source benches/common.sh`): installs wrk when missing, builds the gateway,
-# starts the mock upstream, and defines start_gateway / make_body / run_wrk.
+# starts the mock upstream, and defines start_gateway / start_nginx / wait_up / stop / cpu_ticks / make_body /
+# run_wrk.
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -8,8 +9,8 @@ GW_THREADS=${GW_THREADS:-1}
 # wrk counts a request unanswered after this long as an error (and run_wrk fails on any error).
 WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
 
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v wrk >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 bash .ci/setup >/dev/null
@@ -83,6 +84,80 @@ print(sum(ticks.get(p, 0) for p in tree))
 PY
 }
 
+# wait_up URL PID → 0 once URL answers anything over HTTP, 1 if PID died or START_TIMEOUT (s) passed first.
+wait_up() {
+  local deadline=$((SECONDS + ${START_TIMEOUT:-60}))
+  while ((SECONDS < deadline)); do
+    curl -s -o /dev/null "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+# stop PID: ends the process and whatever it forked (nginx's worker, a Python server's children). The parent
+# first (so nginx's master does not replace a worker it sees die), then the children listed before it went.
+stop() {
+  local child children
+  children=$(pgrep -P "$1" || true)
+  kill "$1" 2>/dev/null || true
+  for child in $children; do stop "$child"; done
+  wait "$1" 2>/dev/null || true
+}
+
+brief() { tail -n "${2:-1}" "$1" | tr '\n' ' ' | cut -c1-240; } # brief FILE [LINES]: a log's last words, for a note
+
+# start_nginx UPSTREAM_PORT… → the reference proxy: one nginx (installed with apt when missing), pinned like a
+# gateway (PIN_GW), with one server per upstream port, each a proxy_pass to 127.0.0.1:PORT. Sets NGINX_PID and
+# NGINX_URLS (one URL per upstream port, in order); returns 1 with NGINX_WHY set when it cannot install or
+# start. Configured as a production proxy would be, and as fairly as we can: one worker, a keep-alive pool to
+# the upstream, bodies kept in memory, a buffered access log, streamed answers passed as they arrive.
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+start_nginx() {
+  NGINX_WHY="" NGINX_URLS=() NGINX_PID=""
+  if [ ! -x "$NGINX" ]; then
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >"$WORK/nginx-install.log" 2>&1 ||
+      { NGINX_WHY="apt-get install nginx-light failed: $(brief "$WORK/nginx-install.log" 1)"; return 1; }
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  fi
+  local dir up p i=0 upstreams="" servers=""
+  dir=$(mktemp -d "$WORK/nginx.XXXX")
+  mkdir -p "$dir/logs"
+  for up in "$@"; do
+    p=$(port)
+    upstreams+="  upstream u$i { server 127.0.0.1:$up; keepalive 64; }"$'\n'
+    servers+="  server { listen 127.0.0.1:$p; location / { proxy_pass http://u$i; } }"$'\n'
+    NGINX_URLS+=("http://127.0.0.1:$p")
+    i=$((i + 1))
+  done
+  cat >"$dir/nginx.conf" <<NGINX
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log error;
+events { worker_connections 4096; }
+http {
+  # One line per request, written in 64 KB batches (at least every second), as a production proxy would log.
+  access_log $dir/logs/access.log combined buffer=64k flush=1s;
+  # Bodies up to 1 MB stay in memory: never a temp file for the benchmarks' bodies (64 KB at most).
+  client_body_buffer_size 1m;
+  client_max_body_size 1m;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+$upstreams
+  # Streamed answers pass through as they arrive (what an SSE proxy needs); keep-alive both ways.
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_buffering off;
+$servers}
+NGINX
+  "${PIN_GW[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" -g 'daemon off;' \
+    >"$dir/stderr.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_up "${NGINX_URLS[0]}/" "$NGINX_PID" || { NGINX_WHY="nginx did not start: $(brief "$dir/stderr.log" 2)"; return 1; }
+}
+
 # make_body SIZE PLANT: a chat body of about SIZE bytes of prose, with PLANT (if any) in the middle.
 make_body() {
   python3 - "$1" "$2" <<'PY'
@@ -100,23 +175,32 @@ PY
 
 # run_wrk NAME URL BODYFILE [LUA] [PID] → prints "rps p50_ms p99_ms", and with PID a fourth field: the CPU
 # time process PID spent per request over the measured run (µs; warm-up excluded). LUA: extra script text
-# (e.g. a `request` function that varies headers).
+# (e.g. a `request` function that varies headers). WARMUP: the warm-up run's length (default 2s; 0: none).
 run_wrk() {
   local name=$1 url=$2 body=$3 extra=${4:-} pid=${5:-}
   cat >"$WORK/$name.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 local f = io.open("$body", "rb"); wrk.body = f:read("*a"); f:close()
-local bad = 0
+-- Any answer but 200 counts as a failure (wrk's own status errors count only 4xx and 5xx). The count lives in
+-- each thread's Lua state; done() runs in the main one and reads it through the threads setup() kept.
+bad = 0
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
 response = function(status, headers, body) if status ~= 200 then bad = bad + 1 end end
 done = function(summary, latency, requests)
+  local failed = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  for _, t in ipairs(threads) do failed = failed + t:get("bad") end
   io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests))
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, failed, summary.requests))
 end
 $extra
 LUA
   # A short warm-up fills connection pools and caches.
-  "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/$name.lua" "$url/v1/chat/completions" >/dev/null
+  if [ "${WARMUP:-2s}" != 0 ]; then
+    "${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${WARMUP:-2s}" -s "$WORK/$name.lua" \
+      "$url/v1/chat/completions" >/dev/null
+  fi
   local out before=0 after=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$("${PIN_HELPER[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$WRK_TIMEOUT" -s "$WORK/$name.lua" \

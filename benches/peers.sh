@@ -40,7 +40,6 @@ START_TIMEOUT=${START_TIMEOUT:-180}
 # A Python or Node peer saturated by 32 connections queues requests for longer than wrk's 2 s default.
 WRK_TIMEOUT=${WRK_TIMEOUT:-10s}
 source benches/common.sh
-if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 mkdir -p "$PEERS_CACHE"
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -53,29 +52,7 @@ wait_http "http://127.0.0.1:$STREAM_PORT/v1/models"
 make_body 4096 "" >"$WORK/body4k.json"
 
 note() { echo "peers: $*" >&2; NOTES+=("$*"); }
-brief() { tail -n "${2:-1}" "$1" | tr '\n' ' ' | cut -c1-240; } # brief FILE [LINES]: a log's last words, for a note
 NOTES=()
-
-# wait_up URL PID → 0 once URL answers anything over HTTP, 1 if PID died or START_TIMEOUT passed first.
-wait_up() {
-  local deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    curl -s -o /dev/null "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
-
-# stop PID: ends the process and whatever it forked (nginx's worker, a Python server's children). The parent
-# first (so nginx's master does not replace a worker it sees die), then the children listed before it went.
-stop() {
-  local child children
-  children=$(pgrep -P "$1" || true)
-  kill "$1" 2>/dev/null || true
-  for child in $children; do stop "$child"; done
-  wait "$1" 2>/dev/null || true
-}
 
 # measure KEY → the results of the peer just started (PEER_URL, PEER_PID, PEER_LUA: wrk script text setting
 # its extra headers; PEER_STREAM_URL, PEER_STREAM_MODEL, PEER_HEADERS: the stream client's), or 1 if a run failed.
@@ -118,46 +95,10 @@ start_direct() {
   PEER_URL="http://127.0.0.1:$MOCK_PORT" PEER_STREAM_URL="http://127.0.0.1:$STREAM_PORT" PEER_LUA="" PEER_HEADERS=()
 }
 
-# --- nginx: two servers in one nginx (one per mock), one worker, HTTP/1.1 keep-alive to the upstream.
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-start_nginx() {
-  if [ ! -x "$NGINX" ]; then
-    $SUDO apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >"$WORK/nginx-install.log" 2>&1 ||
-      { SKIP_WHY="apt-get install nginx-light failed"; return 1; }
-    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  fi
-  local p sp dir=$WORK/nginx
-  p=$(port); sp=$(port)
-  mkdir -p "$dir/logs"
-  cat >"$dir/nginx.conf" <<NGINX
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log error;
-events { worker_connections 4096; }
-http {
-  # One line per request, written in 64 KB batches (at least every second), as a production proxy would log.
-  access_log $dir/logs/access.log combined buffer=64k flush=1s;
-  # Bodies up to 1 MB stay in memory: never a temp file for the 4 KB body.
-  client_body_buffer_size 1m;
-  client_max_body_size 1m;
-  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
-  upstream paced { server 127.0.0.1:$STREAM_PORT; keepalive 16; }
-  # Streamed answers pass through as they arrive (what an SSE proxy needs); keep-alive both ways.
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  proxy_buffering off;
-  server { listen 127.0.0.1:$p; location / { proxy_pass http://mock; } }
-  server { listen 127.0.0.1:$sp; location / { proxy_pass http://paced; } }
-}
-NGINX
-  "${PIN_GW[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" -g 'daemon off;' \
-    >"$WORK/nginx.log" 2>&1 &
-  PEER_PID=$!
-  wait_up "http://127.0.0.1:$p/" "$PEER_PID" || { SKIP_WHY="nginx did not start: $(brief "$WORK/nginx.log" 2)"; return 1; }
-  PEER_URL="http://127.0.0.1:$p" PEER_STREAM_URL="http://127.0.0.1:$sp" PEER_LUA="" PEER_HEADERS=()
+# --- nginx (benches/common.sh configures it): two servers in one nginx, one per mock.
+start_nginx_peer() {
+  start_nginx "$MOCK_PORT" "$STREAM_PORT" || { SKIP_WHY=$NGINX_WHY; return 1; }
+  PEER_PID=$NGINX_PID PEER_URL=${NGINX_URLS[0]} PEER_STREAM_URL=${NGINX_URLS[1]} PEER_LUA="" PEER_HEADERS=()
 }
 
 # --- promptgate: one gateway per mock (the load one is the measured process).
@@ -248,7 +189,7 @@ wrk.headers[\"authorization\"] = \"Bearer sk-mock\""
 }
 
 run_peer direct "direct → mock" start_direct
-run_peer nginx "nginx" start_nginx
+run_peer nginx "nginx" start_nginx_peer
 run_peer pg-bare "promptgate, inspection off, audit off" start_promptgate_bare
 run_peer pg-default "promptgate, default pack, audit on" start_promptgate_default
 run_peer litellm "LiteLLM" start_litellm
