@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::openai::json::{self, Edit, JsonError, Node, Str};
+use crate::openai::usage::Usage;
 use crate::rules::{Action, Direction, Mode, RuleSet};
 
 /// What was decided about one direction of a request, from the least to the most severe.
@@ -139,12 +140,16 @@ pub struct Facts {
     pub text_bytes: u64,
     /// The client's conversation id: `user`, or `metadata.session_id` / `metadata.conversation_id`.
     pub session: Option<String>,
+    /// The token counts an answer reports (`usage`), read from the walked document so that an answer is
+    /// parsed once.
+    pub usage: Option<Usage>,
 }
 
 impl Facts {
-    /// Reads the top-level fields of a parsed body.
-    fn of(doc: &Node) -> Self {
+    /// Reads the top-level fields of a parsed body (`src`, the document `doc` was parsed from).
+    fn of(doc: &Node, src: &[u8], max_depth: usize) -> Self {
         Self {
+            usage: top_level_usage(doc, src, max_depth),
             model: doc.get("model").and_then(Node::as_str).map(str::to_string),
             stream: matches!(doc.get("stream"), Some(Node::Bool(true))),
             text_bytes: 0,
@@ -173,7 +178,7 @@ impl Facts {
         }
         json::parse(body, max_depth).map(|doc| Self {
             text_bytes: text_bytes(&doc),
-            ..Self::of(&doc)
+            ..Self::of(&doc, body, max_depth)
         })
     }
 
@@ -181,6 +186,18 @@ impl Facts {
     pub fn estimated_tokens(&self) -> u64 {
         self.text_bytes.div_ceil(4)
     }
+}
+
+/// The `usage` member of a document's top-level object: only its value is parsed again (numbers are not kept
+/// in the tree), not the whole answer.
+fn top_level_usage(doc: &Node, src: &[u8], max_depth: usize) -> Option<Usage> {
+    let Node::Object(entries) = doc else {
+        return None;
+    };
+    let (key, _) = entries.iter().find(|(k, _)| k.value == "usage")?;
+    let value = json::member_value(src, key.range.end, max_depth)?;
+    let usage: serde_json::Value = serde_json::from_slice(&src[value]).ok()?;
+    Usage::from_value(&usage)
 }
 
 const OPAQUE_PART_TYPES: &[&str] = &[
@@ -465,7 +482,7 @@ pub fn inspect_json(
     let mut edits = Vec::new();
     w.node(&doc, body, None, 0, &mut edits);
     let rewritten = (!edits.is_empty()).then(|| json::splice(body, &edits));
-    Ok(w.verdict(rewritten, Facts::of(&doc)))
+    Ok(w.verdict(rewritten, Facts::of(&doc, body, opts.max_depth)))
 }
 
 /// Inspects a body that is text but not JSON.

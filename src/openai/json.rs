@@ -108,6 +108,23 @@ fn hex4(h: &[u8]) -> Option<u32> {
         .try_fold(0u32, |v, &b| Some((v << 4) | char::from(b).to_digit(16)?))
 }
 
+/// The length of the run of `s` before its first quote, backslash or control character: `memchr` finds the
+/// first two (a string is text up to its closing quote, so this is the whole string when it has no escape), and
+/// control characters, which JSON refuses inside strings, are looked for in blocks the compiler vectorises,
+/// the exact place only when a block holds one. A byte at a time, this loop was the costliest part of parsing
+/// a chat body (BENCHMARKS.md §18).
+fn plain_run(s: &[u8]) -> usize {
+    let end = memchr::memchr2(b'"', b'\\', s).unwrap_or(s.len());
+    let mut at = 0;
+    for block in s[..end].chunks(32) {
+        if block.iter().fold(false, |any, &b| any | (b < 0x20)) {
+            return at + block.iter().position(|&b| b < 0x20).unwrap_or(block.len());
+        }
+        at += block.len();
+    }
+    end
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -205,12 +222,7 @@ impl Parser<'_> {
         loop {
             // Copy the run of plain characters at once.
             let run_start = self.i;
-            while let Some(&b) = self.s.get(self.i) {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.i += 1;
-            }
+            self.i += plain_run(&self.s[self.i..]);
             // The source is valid UTF-8 and the run stops only at ASCII bytes, so it is a char boundary.
             out.push_str(
                 std::str::from_utf8(&self.s[run_start..self.i]).map_err(|_| JsonError::Utf8)?,
@@ -519,6 +531,27 @@ pub fn encode_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_run_stops_where_the_byte_by_byte_scan_does() {
+        let naive = |s: &[u8]| {
+            s.iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(s.len())
+        };
+        for len in [0, 1, 31, 32, 33, 64, 100] {
+            for at in 0..=len {
+                for stop in [b'"', b'\\', b'\n', 0x1f, 0x00, b'a'] {
+                    let mut s = vec![b'x'; len];
+                    if at < len {
+                        s[at] = stop;
+                    }
+                    s.extend_from_slice(b"tail\"");
+                    assert_eq!(plain_run(&s), naive(&s), "{len} {at} {stop}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn strings_keep_their_source_ranges_and_decode_escapes() {

@@ -15,7 +15,6 @@ use super::headers::{self, Framing};
 use super::relay::unless_client_leaves;
 use super::{Gateway, RequestCtx};
 use crate::inspect::{self, InspectOptions, Side};
-use crate::openai::usage::Usage;
 use crate::openai::Rejection;
 use crate::upstream::Exchange;
 
@@ -38,7 +37,6 @@ pub async fn hold(
         return Err(Rejection::UpstreamTooLarge { limit: cap }.into_error());
     };
     up.finish().await;
-    ctx.usage = Usage::from_body(&raw);
     if let Some(t) = ctx.trace.as_mut().filter(|t| t.sampled) {
         t.response_model = answer_model(&raw);
     }
@@ -65,6 +63,8 @@ pub async fn hold(
         return Err(Rejection::InspectionFailed.into_error());
     };
     ctx.outcome.response = verdict.as_ref().map_or_else(Side::failed, Side::of);
+    // Read from the document the walk parsed: the answer is parsed once.
+    ctx.usage = verdict.as_ref().and_then(|v| v.facts.usage);
     let released = released.map_err(Rejection::into_error)?;
     let resp = headers::from_upstream(
         header,

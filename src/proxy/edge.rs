@@ -37,6 +37,7 @@ use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -180,7 +181,9 @@ enum Head {
 /// Reads one request head: its first byte within `idle`, the rest within the header timeout.
 async fn read_head(stream: &mut Stream, idle: Duration, cfg: &EdgeConfig) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
-    match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
+    // Pingora's timer wheel, not tokio's: registering a tokio timer earlier than the driver's next wake-up
+    // wakes the driver through its eventfd, a write system call and an extra poll on every keep-alive request.
+    match fast_timeout(idle, stream.read_buf(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => {}
         _ => return Head::Closed,
     }
@@ -199,7 +202,8 @@ async fn read_head(stream: &mut Stream, idle: Duration, cfg: &EdgeConfig) -> Hea
         // The terminator may straddle reads: look again from three bytes back.
         searched = buf.len().saturating_sub(3);
         buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match fast_timeout(left, stream.read_buf(&mut buf)).await {
             Err(_) => return Head::Refused("header_timeout", Rejection::HeaderTimeout),
             Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
             Ok(Ok(_)) => {}

@@ -321,9 +321,12 @@ async fn consume(
     }
     // The whole body within the body timeout, counted from the request's start: a client dribbling it holds
     // nothing for longer (408).
-    let deadline = tokio::time::Instant::from_std(ctx.started + gw.inspect.body_timeout);
+    let deadline = ctx.started + gw.inspect.body_timeout;
     loop {
-        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        // Pingora's timer wheel (see `edge::read_head`); it starts only if the read has to wait.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let read =
+            pingora_timeout::fast_timeout::fast_timeout(left, session.read_request_body()).await;
         match read {
             Err(_) => return Err(Rejection::BodyTimeout),
             Ok(Ok(Some(chunk))) => body::hold(&mut insp, &chunk, gw.inspect.max_body_bytes)?,
