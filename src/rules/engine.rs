@@ -172,7 +172,6 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
-/// The first character boundary of `hay` at or after `at`, or `end` if none comes before it.
 /// Bytes handed to one regex search, summed per thread in tests: the work the scan's linearity tests count.
 #[cfg(test)]
 fn count_searched(bytes: usize) {
@@ -187,6 +186,7 @@ thread_local! {
     static SEARCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// The first character boundary of `hay` at or after `at`, or `end` if none comes before it.
 fn next_boundary(hay: &str, mut at: usize, end: usize) -> usize {
     while at < end && !hay.is_char_boundary(at) {
         at += 1;
@@ -946,8 +946,8 @@ impl Patterns {
 /// matches cut here. The scan searches again just after each candidate's start (another rule's match may start
 /// inside it, or a shorter valid one where a longer one failed its validator), so a match's length bounds the
 /// work spent per byte: unbounded, text made of one prefix repeated (`sk-sk-sk-…`) starts a match at every
-/// repeat that runs to the end of the text, and the scan turns quadratic (82 s for 240 KB of `sk-`). Bounded, each start
-/// costs at most a few times this many bytes of search and of validation, and the scan is linear.
+/// repeat that runs to the end of the text, and the scan turns quadratic (82 s for 240 KB of `sk-`). Bounded,
+/// each start costs at most a few times this many bytes of search and of validation, and the scan is linear.
 pub const MAX_MATCH_BYTES: usize = 8 << 10;
 
 /// A rule's regex as it is compiled (word boundaries and case-insensitivity applied), and where it is
