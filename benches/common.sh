@@ -35,7 +35,10 @@ PIN_HELPER=()
 if [ "$PIN" = 1 ]; then PIN_GW=(taskset -c 0); PIN_HELPER=(taskset -c "1-$(( $(nproc) - 1 ))"); fi
 
 MOCK_PORT=$(port)
-"${PIN_HELPER[@]}" "$MOCK_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 >/dev/null 2>&1 &
+# MOCK_ARGS: more flags for the mock, e.g. `--echo` (every answer carries the request back: answers as large as
+# the bodies sent).
+read -r -a MOCK_EXTRA <<<"${MOCK_ARGS:-}"
+"${PIN_HELPER[@]}" "$MOCK_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --threads 1 "${MOCK_EXTRA[@]}" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 
