@@ -35,6 +35,8 @@ pub mod otel;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+#[cfg(test)]
+mod testkit;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

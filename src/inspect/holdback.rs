@@ -771,6 +771,7 @@ fn hex4(b: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::rules::{load, Budget};
+    use crate::testkit::{rule_set, Rng};
     use serde_json::Value;
 
     fn pack() -> RuleSet {
@@ -1002,17 +1003,6 @@ mod tests {
                 }
                 Some(rule) => panic!("cut {cut}: ended by {rule}: {out}"),
             }
-        }
-    }
-
-    /// A seeded xorshift: random texts without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
         }
     }
 
@@ -1362,20 +1352,14 @@ mod tests {
         }
     }
 
-    /// A rule set in a temporary directory.
-    fn rules(toml: &str) -> RuleSet {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("r.toml"), toml).expect("write");
-        load(dir.path(), &Budget::default()).expect("rules")
-    }
-
     #[test]
     fn a_text_over_its_work_budget_ends_over_budget() {
         // A long bounded repetition of a common character keeps a thousand states alive at once: each byte of
         // a run of it costs a thousand steps.
-        let set = rules(
+        let set = rule_set(
             "[[rule]]\nid = \"t.long\"\ndescription = \"d\"\nregex = { pattern = 'a{1000,1200}b' }\naction = \"redact\"\n",
-        );
+        )
+        .expect("rules");
         let run = "a".repeat(8192);
         let (out, end, held) = run_as(&set, Form::Plain, &[&run[..4096], &run[4096..]], 1 << 20);
         assert_eq!(end.as_deref(), Some("over budget"));

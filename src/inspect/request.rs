@@ -507,6 +507,7 @@ pub fn inspect_text(set: &RuleSet, body: &str, opts: &InspectOptions) -> Verdict
 mod tests {
     use super::*;
     use crate::rules::{load, redact, Budget};
+    use crate::testkit::Rng;
     use serde_json::Value;
 
     /// A small pack: a redaction whose replacement needs escaping, a plain one, and a monitor-mode rule
@@ -638,22 +639,6 @@ mode = "monitor"
         let args: Value =
             serde_json::from_str(out["arguments"].as_str().expect("args")).expect("args json");
         assert_eq!(args["p"], "<\"\\\t\u{1}é>");
-    }
-
-    /// xorshift64: a few lines of reproducible randomness, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-
-        fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-            &from[self.below(from.len())]
-        }
     }
 
     /// Text the generated strings are made of: matches, near misses, escapable and multi-byte characters.

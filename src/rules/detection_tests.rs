@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::testkit::rule_set;
 
 fn pack() -> RuleSet {
     load(
@@ -234,13 +235,6 @@ fn bare_ssns_and_phone_numbers_count_only_after_a_word_that_names_them() {
     }
 }
 
-/// A rule set of one rules file, written to a temporary directory.
-fn set_of(toml: &str) -> Result<RuleSet, Vec<RuleError>> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("r.toml"), toml).expect("write");
-    load(dir.path(), &Budget::default())
-}
-
 const NINE: &str = r#"
 [[rule]]
 id = "t.nine"
@@ -252,7 +246,7 @@ severity = "medium"
 
 #[test]
 fn the_window_counts_characters_before_the_match_and_no_further() {
-    let set = set_of(&format!(
+    let set = rule_set(&format!(
         "{NINE}context = {{ words = [\"ssn\", \"social security\"], window = 20 }}"
     ))
     .expect("set");
@@ -283,7 +277,7 @@ fn the_window_counts_characters_before_the_match_and_no_further() {
 
 #[test]
 fn an_optional_context_raises_the_severity_of_the_matches_that_have_it() {
-    let set = set_of(&format!(
+    let set = rule_set(&format!(
         "{NINE}context = {{ words = [\"ssn\"], window = 20, require = false, severity = \"critical\" }}"
     ))
     .expect("set");
@@ -331,7 +325,7 @@ fn a_bad_context_is_refused_at_its_line() {
         ),
     ];
     for (line, want) in bad {
-        let errors = set_of(&format!("{NINE}{line}")).expect_err(line);
+        let errors = rule_set(&format!("{NINE}{line}")).expect_err(line);
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(
             text.iter()
@@ -349,7 +343,7 @@ fn a_bad_context_is_refused_at_its_line() {
 
 #[test]
 fn context_examples_are_checked_like_any_other() {
-    let errors = set_of(&format!(
+    let errors = rule_set(&format!(
         "{NINE}context = {{ words = [\"ssn\"] }}\nexamples = {{ match = [\"order 123456789\"] }}"
     ))
     .expect_err("an example without its context word does not match");

@@ -1114,6 +1114,7 @@ mod tests {
 
     use super::*;
     use crate::rules::spec::load_dir;
+    use crate::testkit::{rule_set, Rng};
 
     /// The shipped pack (its secret formats: literal prefixes of every kind, URIs with long counted
     /// repetitions, case-insensitive rules), compiled twice: as planned, and with every gate removed so that
@@ -1144,22 +1145,6 @@ mod tests {
             kw.gate = None;
         }
         (gated, plain)
-    }
-
-    /// Deterministic xorshift, so that a failing case can be replayed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-            from[(self.next() % from.len() as u64) as usize]
-        }
     }
 
     /// Pieces of text that start, continue, cut short or disguise the values the rules look for.
@@ -1227,14 +1212,6 @@ mod tests {
         "中",
     ];
 
-    /// A set of the rules in `toml`, compiled.
-    fn set_of(toml: &str) -> RuleSet {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("t.toml"), toml).expect("write");
-        let loaded = load_dir(dir.path()).expect("loads");
-        RuleSet::compile(&loaded, &Budget::default()).expect("compiles")
-    }
-
     /// The bytes one scan of `text` handed to regex searches.
     fn searched(set: &RuleSet, text: &str) -> usize {
         SEARCHED.with(|n| n.set(0));
@@ -1247,7 +1224,7 @@ mod tests {
     /// (none, or the shipped pack's), the work grows with the text as the text does.
     #[test]
     fn overlapping_candidates_cost_work_linear_in_the_text() {
-        let unbounded = set_of(
+        let unbounded = rule_set(
             r#"
 [[rule]]
 id = "t.key"
@@ -1268,7 +1245,8 @@ description = "ungated, shares the blob's group: every blob is searched again af
 regex = { pattern = '[a-z]{3,}[0-9]{3,}' }
 action = "log"
 "#,
-        );
+        )
+        .expect("compiles");
         let (shipped, _) = grown_pack_gated_and_not();
         for (name, set) in [("unbounded", &unbounded), ("shipped", &shipped)] {
             for unit in ["sk-", "a/", "sk-a/", "eyJ-"] {
@@ -1307,7 +1285,7 @@ action = "log"
         let mut found = 0;
         for round in 0..3000 {
             let len = 1 + (rng.next() % 40) as usize;
-            let text: String = (0..len).map(|_| rng.pick(PIECES)).collect();
+            let text: String = (0..len).map(|_| *rng.pick(PIECES)).collect();
             for flow in [Direction::Request, Direction::Response] {
                 // Gated keywords come ordered by start rather than by end: compare as sets.
                 let sorted = |mut c: Vec<Match>| {

@@ -491,6 +491,7 @@ pub fn normalize_term(term: &str, fold: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Rng;
 
     fn norm(s: &str) -> String {
         View::new(s, false).text().to_string()
@@ -710,18 +711,6 @@ mod tests {
                     .collect();
                 assert_eq!(seen, value, "fold={f}");
             }
-        }
-    }
-
-    /// Deterministic xorshift, so that a failing case can be replayed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
         }
     }
 

@@ -493,6 +493,7 @@ fn dedup<S: Ord + Copy>(threads: &mut Vec<(S, usize)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Rng;
 
     /// The walk from every start, one at a time: the definition the incremental walk must agree with.
     fn reference(p: &Prefixes, text: &str) -> usize {
@@ -570,20 +571,6 @@ mod tests {
         let folded = vec!["project bluebird".to_string(), "strasse".to_string()];
         let exact = vec!["TopSecret".to_string()];
         (patterns, folded, exact)
-    }
-
-    /// A seeded xorshift: random texts without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// Texts made of what the patterns care about: word runs, digits, `@`, dots, dashes, spaces, prefixes of
